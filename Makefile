@@ -1,0 +1,38 @@
+# The two commands: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+PG_VERSION ?= 15
+PG_CONFIG := /usr/lib/postgresql/$(PG_VERSION)/bin/pg_config
+# release for `make run` and benchmarks; the tests install the debug build they already compiled.
+PROFILE ?= release
+# The cluster `make test` starts, kept apart from the one `make run` starts.
+TEST_ENV := RUN_DIR=$(CURDIR)/target/test-cluster PG_PORT=54399 WS_PORT=4099
+
+ifeq ($(shell id -u),0)
+  RUNAS := --runas postgres
+  SUDO_FLAG :=
+else
+  RUNAS := --runas $(shell id -un)
+  SUDO_FLAG := --sudo
+endif
+PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
+
+.PHONY: run stop test setup install unit-test pgrx-test regress e2e lint
+
+setup:
+	@scripts/setup.sh
+
+install: setup
+	cargo pgrx install $(PROFILE_FLAG) $(SUDO_FLAG) --pg-config $(PG_CONFIG) --features pg$(PG_VERSION)
+
+run: install
+	@scripts/cluster.sh start
+
+stop:
+	@scripts/cluster.sh stop
+
+test: setup
+	@scripts/test.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --features pg_test -- -D warnings

@@ -1,0 +1,67 @@
+-- What CREATE EXTENSION installs.
+CREATE EXTENSION realtime;
+
+-- The three Supabase roles; service_role bypasses RLS.
+SELECT rolname, rolcanlogin, rolbypassrls FROM pg_roles
+WHERE rolname IN ('anon', 'authenticated', 'service_role') ORDER BY rolname;
+
+SELECT r.rolname, has_schema_privilege(r.rolname, 'realtime', 'USAGE') AS usage,
+       has_table_privilege(r.rolname, 'realtime.messages', 'SELECT, INSERT, UPDATE') AS rw,
+       has_table_privilege(r.rolname, 'realtime.messages', 'DELETE') AS can_delete
+FROM pg_roles r WHERE r.rolname IN ('anon', 'authenticated', 'service_role') ORDER BY 1;
+
+-- The messages table: columns, partitioning, RLS on with no policies.
+SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull,
+       pg_get_expr(d.adbin, d.adrelid) AS default
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE attrelid = 'realtime.messages'::regclass AND attnum > 0 AND NOT attisdropped
+ORDER BY attnum;
+SELECT pg_get_partkeydef('realtime.messages'::regclass);
+SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'realtime.messages'::regclass;
+SELECT relrowsecurity FROM pg_class WHERE oid = 'realtime.messages'::regclass;
+SELECT count(*) AS policies FROM pg_policies WHERE schemaname = 'realtime';
+SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'realtime' AND tablename = 'messages' ORDER BY 1;
+
+-- Five day partitions exist at once: yesterday through today+3 (UTC).
+SELECT count(*) AS partitions,
+       min(c.relname) = 'messages_' || to_char(timezone('utc', now())::date - 1, 'YYYY_MM_DD') AS from_yesterday,
+       max(c.relname) = 'messages_' || to_char(timezone('utc', now())::date + 3, 'YYYY_MM_DD') AS to_today_plus_3
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'realtime.messages'::regclass;
+
+-- The publication Postgres Changes reads, empty.
+SELECT pubname, puballtables, (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname) AS tables
+FROM pg_publication p WHERE pubname = 'supabase_realtime';
+
+-- Functions and their signatures.
+SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS result,
+       p.prosecdef AS security_definer
+FROM pg_proc p WHERE p.pronamespace = 'realtime'::regnamespace ORDER BY 1, 2;
+
+-- Maintenance functions are for superusers and the worker only.
+SELECT has_function_privilege('anon', 'realtime.create_partitions(timestamptz)', 'EXECUTE') AS anon_creates,
+       has_function_privilege('anon', 'realtime.drop_old_partitions(timestamptz)', 'EXECUTE') AS anon_drops,
+       has_function_privilege('anon', 'realtime.send(jsonb, text, text, boolean)', 'EXECUTE') AS anon_sends;
+
+-- Settings and their defaults.
+SELECT name, boot_val, unit, context FROM pg_settings WHERE name LIKE 'realtime.%' ORDER BY name;
+SHOW realtime.retention;
+
+-- The JWT secret is hidden from everyone but superusers.
+SET ROLE anon;
+SHOW realtime.jwt_secret;
+RESET ROLE;
+
+-- realtime.topic() is null until a topic is set, and reads the transaction's setting.
+SELECT realtime.topic() IS NULL AS no_topic;
+BEGIN;
+SELECT set_config('realtime.topic', 'room:1', true) IS NOT NULL;
+SELECT realtime.topic();
+COMMIT;
+SELECT realtime.topic() IS NULL AS no_topic_after_commit;
+
+-- Dropping and recreating the extension works, and keeps the roles.
+DROP EXTENSION realtime;
+SELECT count(*) AS roles_kept FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role');
+CREATE EXTENSION realtime;
+SELECT count(*) AS partitions FROM pg_inherits WHERE inhparent = 'realtime.messages'::regclass;

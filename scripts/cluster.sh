@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A local PostgreSQL cluster with the realtime worker loaded.
+#   cluster.sh start   initdb when needed, (re)start, CREATE EXTENSION, print how to connect
+#   cluster.sh stop
+# RUN_DIR (default .run in the repo), PG_PORT and WS_PORT pick where it lives.
+source "$(dirname "$0")/common.sh"
+
+RUN_DIR=${RUN_DIR:-$REPO_ROOT/.run}
+PG_PORT=${PG_PORT:-54322}
+WS_PORT=${WS_PORT:-4000}
+DATA=$RUN_DIR/pgdata
+PG_LOG=$RUN_DIR/postgres.log
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
+
+running() { [ -f "$DATA/PG_VERSION" ] && as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
+
+start() {
+  mkdir -p "$RUN_DIR"
+  [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$RUN_DIR"
+  if ! as_pg_user test -w "$RUN_DIR"; then
+    echo "user $PG_OS_USER cannot write $RUN_DIR (is a parent directory closed to it?); set RUN_DIR elsewhere" >&2
+    exit 1
+  fi
+  if [ ! -f "$DATA/PG_VERSION" ]; then
+    log "initdb $DATA"
+    as_pg_user "$PG_BIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+    echo "include_if_exists = 'realtime.conf'" | as_pg_user tee -a "$DATA/postgresql.conf" >/dev/null
+  fi
+  # Rewritten on every start so a changed port or secret takes effect.
+  as_pg_user tee "$DATA/realtime.conf" >/dev/null <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = ''
+shared_preload_libraries = 'realtime'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+realtime.database = 'postgres'
+realtime.listen_addresses = '127.0.0.1'
+realtime.port = $WS_PORT
+realtime.jwt_secret = '$DEV_JWT_SECRET'
+CONF
+  if running; then
+    log "restarting PostgreSQL on port $PG_PORT (to load the freshly installed library)"
+    as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" -l "$PG_LOG" -w -m fast restart >/dev/null
+  else
+    log "starting PostgreSQL on port $PG_PORT"
+    as_pg_user touch "$PG_LOG"
+    as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" -l "$PG_LOG" -w start >/dev/null
+  fi
+  "${PSQL[@]}" -c 'CREATE EXTENSION IF NOT EXISTS realtime'
+}
+
+stop() {
+  if running; then
+    as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" -w -m fast stop >/dev/null
+    log "stopped PostgreSQL on port $PG_PORT"
+  fi
+}
+
+info() {
+  local jwt="python3 $REPO_ROOT/scripts/dev_jwt.py"
+  cat <<INFO
+
+realtime is running.
+  psql       psql postgresql://postgres@127.0.0.1:$PG_PORT/postgres
+  WebSocket  ws://127.0.0.1:$WS_PORT/realtime/v1/websocket?apikey=<anon key>&vsn=2.0.0
+  Supabase   createClient('http://127.0.0.1:$WS_PORT', '<anon key>')
+  log        $PG_LOG
+
+JWTs signed with the development secret (realtime.jwt_secret), valid one year:
+  anon           $($jwt anon "$DEV_JWT_SECRET")
+  authenticated  $($jwt authenticated "$DEV_JWT_SECRET" 31536000 00000000-0000-4000-8000-000000000001)
+  service_role   $($jwt service_role "$DEV_JWT_SECRET")
+
+Stop it with: make stop
+INFO
+}
+
+case "${1:-}" in
+  start) start; info ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test, in order: Rust unit and #[pg_test] tests, then against a live
+# cluster started the way `make run` starts one: pg_regress goldens and
+# end-to-end tests. Exits non-zero on the first failure.
+source "$(dirname "$0")/common.sh"
+cd "$REPO_ROOT"
+
+export RUN_DIR=$REPO_ROOT/target/test-cluster PG_PORT=54399 WS_PORT=4099
+cleanup() { scripts/cluster.sh stop || true; }
+trap cleanup EXIT
+
+runas=$([ "$(id -u)" = 0 ] && echo postgres || id -un)
+pgrx_data=$REPO_ROOT/target/pgrx-test-data
+mkdir -p "$pgrx_data"
+[ "$(id -u)" = 0 ] && chown "$runas" "$pgrx_data"
+
+log "cargo pgrx test (unit tests and #[pg_test])"
+cargo pgrx test "pg$PG_VERSION" --runas "$runas" --pgdata "$pgrx_data/data"
+
+log "make run, twice (it must be idempotent)"
+make --no-print-directory run PROFILE=debug >/dev/null
+make --no-print-directory run PROFILE=debug >/dev/null
+
+log "pg_regress goldens"
+pg_test/regress/run.sh
+
+log "end-to-end"
+for t in pg_test/e2e/*.sh; do
+  log "  $t"
+  "$t"
+done
+log "all tests passed"

@@ -1,0 +1,195 @@
+-- The SQL surface of Supabase Realtime, kept compatible so existing triggers and
+-- RLS policies work unchanged. The schema itself comes from `schema = realtime`
+-- in the control file.
+
+-- Roles that Supabase policies name. Roles are cluster-wide, so create only the missing ones.
+DO $roles$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+    CREATE ROLE anon NOLOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+    CREATE ROLE authenticated NOLOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+    CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+  END IF;
+END
+$roles$;
+
+GRANT USAGE ON SCHEMA realtime TO anon, authenticated, service_role;
+
+-- Timestamps are UTC wall-clock time whatever the session TimeZone is, because
+-- partitions are cut on UTC days: a plain now() default would route a row written
+-- from a UTC+14 session into tomorrow's partition.
+CREATE TABLE realtime.messages (
+  topic text NOT NULL,
+  extension text NOT NULL,
+  payload jsonb,
+  event text,
+  private boolean DEFAULT false,
+  updated_at timestamp NOT NULL DEFAULT timezone('utc', now()),
+  inserted_at timestamp NOT NULL DEFAULT timezone('utc', now()),
+  id uuid NOT NULL DEFAULT gen_random_uuid(),
+  PRIMARY KEY (id, inserted_at)
+) PARTITION BY RANGE (inserted_at);
+
+-- No policies ship: private channels are denied until the user writes some.
+ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
+
+-- Serves replay of private broadcasts (newest first per topic). Not ON ONLY, so
+-- every partition gets it.
+CREATE INDEX messages_inserted_at_topic_index ON realtime.messages (inserted_at DESC, topic)
+  WHERE extension = 'broadcast' AND private IS TRUE;
+
+GRANT SELECT, INSERT, UPDATE ON realtime.messages TO anon, authenticated, service_role;
+
+CREATE FUNCTION realtime.topic() RETURNS text
+LANGUAGE sql STABLE
+AS $$ SELECT nullif(current_setting('realtime.topic', true), '')::text $$;
+
+-- Never raises: a broadcast must not abort the caller's statement. Runs as the
+-- caller (not SECURITY DEFINER), so the caller's INSERT policies apply.
+CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  message_id uuid := gen_random_uuid();
+  final_payload jsonb := payload;
+BEGIN
+  IF topic IS NULL THEN
+    RAISE WARNING 'WarnSendingBroadcastMessage: topic must not be null';
+    RETURN;
+  END IF;
+  BEGIN
+    -- Only an object can carry an id; other JSON values pass through untouched.
+    IF jsonb_typeof(payload) = 'object' AND NOT payload ? 'id' THEN
+      final_payload := payload || jsonb_build_object('id', message_id);
+    END IF;
+    -- Policies read the topic through realtime.topic().
+    PERFORM set_config('realtime.topic', topic, true);
+    INSERT INTO realtime.messages (id, payload, event, topic, private, extension)
+    VALUES (message_id, final_payload, event, topic, private, 'broadcast');
+  EXCEPTION
+    WHEN check_violation THEN
+      -- Raised by partition routing when the day's partition is missing.
+      RAISE WARNING 'WarnSendingBroadcastMessage: %', SQLERRM
+        USING HINT = 'The realtime worker creates day partitions ahead; SELECT realtime.create_partitions() creates them now.';
+    WHEN OTHERS THEN
+      RAISE WARNING 'WarnSendingBroadcastMessage: %', SQLERRM;
+  END;
+END
+$$;
+
+-- For row-level triggers:
+--   PERFORM realtime.broadcast_changes('topic', TG_OP, TG_OP, TG_TABLE_NAME,
+--                                      TG_TABLE_SCHEMA, NEW, OLD, TG_LEVEL);
+CREATE FUNCTION realtime.broadcast_changes(
+  topic_name text, event_name text, operation text, table_name text, table_schema text,
+  new record, old record, level text DEFAULT 'ROW')
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  IF level = 'STATEMENT' THEN
+    RAISE EXCEPTION 'Failed to process the row: function can only be triggered for each row, not for each statement';
+  END IF;
+  IF operation IS NULL OR operation NOT IN ('INSERT', 'UPDATE', 'DELETE') THEN
+    RAISE EXCEPTION 'Failed to process the row: Unexpected operation type: %', coalesce(operation, 'NULL');
+  END IF;
+  PERFORM realtime.send(
+    jsonb_build_object('old_record', old, 'record', new, 'operation', operation,
+                       'table', table_name, 'schema', table_schema),
+    event_name, topic_name);
+END
+$$;
+
+-- One partition per UTC day, named realtime.messages_YYYY_MM_DD, from the day
+-- before as_of through three days after it. Returns the partitions it created.
+-- A day that cannot be created is reported as a WARNING and the others still are.
+CREATE FUNCTION realtime.create_partitions(as_of timestamptz DEFAULT now())
+RETURNS SETOF text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  today date := timezone('utc', as_of)::date;
+  day date;
+  partition_name text;
+BEGIN
+  FOR offset_days IN -1..3 LOOP
+    day := today + offset_days;
+    partition_name := 'messages_' || to_char(day, 'YYYY_MM_DD');
+    CONTINUE WHEN to_regclass(format('realtime.%I', partition_name)) IS NOT NULL;
+    BEGIN
+      EXECUTE format('CREATE TABLE realtime.%I PARTITION OF realtime.messages FOR VALUES FROM (%L) TO (%L)',
+                     partition_name, day::timestamp, (day + 1)::timestamp);
+      RETURN NEXT partition_name;
+    EXCEPTION
+      -- Another session created it first.
+      WHEN duplicate_table OR unique_violation THEN NULL;
+      WHEN OTHERS THEN
+        RAISE WARNING 'PartitionCreationFailed: realtime.%: %', partition_name, SQLERRM;
+    END;
+  END LOOP;
+END
+$$;
+
+-- The retention setting (realtime.retention, default 3 days) as an interval.
+CREATE FUNCTION realtime.retention() RETURNS interval
+LANGUAGE sql STABLE
+AS $$ SELECT coalesce(nullif(current_setting('realtime.retention', true), ''), '3d')::interval $$;
+
+-- Drops the day partitions whose every row is older than the retention: a day
+-- goes once its end is at least `retention` before as_of. Returns what it dropped.
+CREATE FUNCTION realtime.drop_old_partitions(as_of timestamptz DEFAULT now())
+RETURNS SETOF text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  cutoff timestamp := timezone('utc', as_of - realtime.retention());
+  partition_name text;
+  day date;
+BEGIN
+  FOR partition_name IN
+    SELECT c.relname
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'realtime.messages'::regclass
+      AND c.relname ~ '^messages_[0-9]{4}_[0-9]{2}_[0-9]{2}$'
+    ORDER BY c.relname
+  LOOP
+    BEGIN
+      day := to_date(substr(partition_name, 10), 'YYYY_MM_DD');
+    EXCEPTION WHEN OTHERS THEN
+      CONTINUE; -- not a date: not ours to drop
+    END;
+    CONTINUE WHEN (day + 1)::timestamp > cutoff;
+    -- Partitions made by CREATE EXTENSION belong to the extension, which would
+    -- refuse the DROP; release them first.
+    IF EXISTS (SELECT 1 FROM pg_depend
+               WHERE classid = 'pg_class'::regclass
+                 AND objid = format('realtime.%I', partition_name)::regclass
+                 AND refclassid = 'pg_extension'::regclass AND deptype = 'e') THEN
+      EXECUTE format('ALTER EXTENSION realtime DROP TABLE realtime.%I', partition_name);
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS realtime.%I', partition_name);
+    RETURN NEXT partition_name;
+  END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION realtime.create_partitions(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.drop_old_partitions(timestamptz) FROM PUBLIC;
+
+-- So realtime.send works as soon as the extension exists.
+SELECT count(*) FROM realtime.create_partitions();
+
+-- Postgres Changes reads the tables of this publication. Users add tables with
+-- ALTER PUBLICATION supabase_realtime ADD TABLE ...
+DO $publication$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'supabase_realtime') THEN
+    CREATE PUBLICATION supabase_realtime;
+  END IF;
+END
+$publication$;

@@ -1,0 +1,53 @@
+//! realtime: Supabase Realtime served from inside PostgreSQL.
+//!
+//! The SQL surface lives in `sql/`; this library adds the settings and, when
+//! preloaded, the background worker that serves the WebSocket protocol.
+
+use pgrx::prelude::*;
+
+mod settings;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/realtime.sql", name = "realtime_schema", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::define();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn send_adds_the_row_id_to_the_payload() {
+        Spi::run("select realtime.send('{\"a\":1}', 'e', 'room:1', false)").unwrap();
+        let matches = Spi::get_one::<bool>(
+            "select (payload->>'id')::uuid = id and payload->>'a' = '1' and not private
+             from realtime.messages where topic = 'room:1'",
+        );
+        assert_eq!(matches, Ok(Some(true)));
+    }
+
+    #[pg_test]
+    fn retention_setting_reads_as_an_interval() {
+        Spi::run("set realtime.retention = '36h'").unwrap();
+        let retention = Spi::get_one::<bool>("select realtime.retention() = interval '36 hours'");
+        assert_eq!(retention, Ok(Some(true)));
+    }
+}
+
+/// Used by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'realtime'",
+            "wal_level = logical",
+        ]
+    }
+}
