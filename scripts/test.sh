@@ -29,4 +29,5 @@ for t in pg_test/e2e/*.sh; do
   log "  $t"
   "$t"
 done
+cargo test -p realtime-e2e
 log "all tests passed"

@@ -5,7 +5,11 @@
 
 use pgrx::prelude::*;
 
+mod auth;
+mod protocol;
+mod server;
 mod settings;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -14,6 +18,10 @@ extension_sql_file!("../sql/realtime.sql", name = "realtime_schema", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::define();
+    // SAFETY: reading a flag Postgres sets while it loads preloaded libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -45,9 +53,6 @@ pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![
-            "shared_preload_libraries = 'realtime'",
-            "wal_level = logical",
-        ]
+        vec!["shared_preload_libraries = 'realtime'", "wal_level = logical"]
     }
 }

@@ -1,15 +1,22 @@
 //! The `realtime.*` settings. Defined when the library loads, which with
 //! `shared_preload_libraries = 'realtime'` is in every backend and the worker.
 
+use crate::server::ServerConfig;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::time::Duration;
 
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
-pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"127.0.0.1"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1"));
 pub static PORT: GucSetting<i32> = GucSetting::<i32>::new(4000);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// In kB.
+pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
+pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// In ms.
+pub static JOIN_ERROR_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
 
@@ -48,6 +55,52 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_string_guc(
+        c"realtime.jwt_jwks",
+        c"JSON Web Key Set for asymmetric JWTs (RS256, ES256, EdDSA) and oct keys.",
+        c"A JSON object {\"keys\": [...]}; keys are picked by kid. Changing it disconnects every socket.",
+        &JWT_JWKS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"realtime.private_only",
+        c"Refuse joins to public channels.",
+        c"",
+        &PRIVATE_ONLY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_payload_size",
+        c"Largest broadcast payload accepted.",
+        c"Larger client broadcasts are refused with payload_size_exceeded.",
+        &MAX_PAYLOAD_SIZE,
+        1,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_channels_per_client",
+        c"How many channels one WebSocket may join.",
+        c"",
+        &MAX_CHANNELS_PER_CLIENT,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.join_error_delay",
+        c"How long a refused join waits before its error reply.",
+        c"Slows the endless rejoin loops of clients refused a private channel; keep it well under the clients' 10 s join timeout.",
+        &JOIN_ERROR_DELAY,
+        0,
+        5000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"realtime.retention",
         c"How long stored broadcast messages are kept.",
@@ -58,4 +111,26 @@ pub fn define() {
         GucContext::Suset,
         GucFlags::UNIT_MIN,
     );
+}
+
+fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().map(|v| CStr::to_string_lossy(&v).into_owned()).filter(|v| !v.is_empty())
+}
+
+pub fn database() -> String {
+    text(&DATABASE).unwrap_or_else(|| "postgres".to_owned())
+}
+
+/// The network side's settings, read on the main thread (at start and on SIGHUP).
+pub fn server_config() -> ServerConfig {
+    ServerConfig::new(
+        &text(&LISTEN_ADDRESSES).unwrap_or_default(),
+        PORT.get() as u16,
+        text(&JWT_SECRET),
+        text(&JWT_JWKS),
+        PRIVATE_ONLY.get(),
+        MAX_PAYLOAD_SIZE.get() as usize * 1024,
+        MAX_CHANNELS_PER_CLIENT.get() as usize,
+        Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
+    )
 }

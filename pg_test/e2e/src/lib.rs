@@ -1,0 +1,327 @@
+//! Helpers for end-to-end tests against the cluster `make test` starts
+//! (`PG_PORT`, `WS_PORT`): a raw Phoenix client speaking V1 or V2, JWTs signed
+//! with the development secret, and psql.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn pg_port() -> String {
+    std::env::var("PG_PORT").unwrap_or_else(|_| "54399".into())
+}
+
+pub fn ws_port() -> String {
+    std::env::var("WS_PORT").unwrap_or_else(|_| "4099".into())
+}
+
+pub fn http_base() -> String {
+    format!("http://127.0.0.1:{}", ws_port())
+}
+
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// An HS256 token with these claims merged over `role`, `exp` (+1 h) and `iat`.
+pub fn jwt_with(role: &str, extra: Value) -> String {
+    let mut claims = json!({"role": role, "exp": now() + 3600, "iat": now()});
+    if let (Value::Object(c), Value::Object(e)) = (&mut claims, extra) {
+        c.extend(e);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+pub fn jwt(role: &str) -> String {
+    jwt_with(role, json!({}))
+}
+
+/// Runs SQL as the superuser; returns psql's unaligned output.
+pub fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A unique topic name per call, so tests never share channels.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vsn {
+    V1,
+    V2,
+}
+
+/// A received message, whatever its framing. Binary kind-4 broadcasts become
+/// `broadcast` with `{type, event, payload, meta?}`, as realtime-js builds them;
+/// `binary` is set for them and holds a binary payload's bytes.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub join_ref: Option<String>,
+    pub msg_ref: Option<String>,
+    pub topic: String,
+    pub event: String,
+    pub payload: Value,
+    pub binary: Option<Vec<u8>>,
+}
+
+pub struct Client {
+    pub vsn: Vsn,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_ref: u64,
+}
+
+pub fn ws_url(vsn: Vsn, apikey: &str) -> String {
+    let v = if vsn == Vsn::V2 { "2.0.0" } else { "1.0.0" };
+    format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={apikey}&vsn={v}", ws_port())
+}
+
+impl Client {
+    pub async fn connect(vsn: Vsn, apikey: &str) -> Client {
+        Self::connect_url(vsn, &ws_url(vsn, apikey)).await
+    }
+
+    pub async fn connect_url(vsn: Vsn, url: &str) -> Client {
+        let (ws, _) = connect_async(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        Client { vsn, ws, next_ref: 1 }
+    }
+
+    pub fn make_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    pub async fn push(
+        &mut self,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) {
+        let text = match self.vsn {
+            Vsn::V1 => {
+                json!({"topic": topic, "event": event, "payload": payload, "ref": msg_ref, "join_ref": join_ref})
+            }
+            Vsn::V2 => json!([join_ref, msg_ref, topic, event, payload]),
+        };
+        self.send_raw(Message::Text(text.to_string().into())).await;
+    }
+
+    /// Joins and returns (join_ref, reply payload).
+    pub async fn join(&mut self, topic: &str, payload: Value) -> (String, Value) {
+        let r = self.make_ref();
+        self.push(Some(&r), Some(&r), topic, "phx_join", payload).await;
+        let reply = self.recv_event("phx_reply").await;
+        assert_eq!(reply.msg_ref.as_deref(), Some(r.as_str()), "the reply carries the join's ref");
+        (r, reply.payload)
+    }
+
+    /// Joins and asserts the reply is ok.
+    pub async fn join_ok(&mut self, topic: &str, config: Value) -> String {
+        let (jr, reply) = self.join(topic, json!({"config": config})).await;
+        assert_eq!(reply["status"], "ok", "join of {topic} refused: {reply}");
+        jr
+    }
+
+    /// The next message, or None after `wait`.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Msg> {
+        loop {
+            let next = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match next.ok()? {
+                Message::Text(t) => return Some(decode_text(self.vsn, t.as_str())),
+                Message::Binary(b) => return Some(decode_kind4(&b)),
+                Message::Close(c) => {
+                    return Some(Msg {
+                        join_ref: None,
+                        msg_ref: None,
+                        topic: String::new(),
+                        event: "socket_close".into(),
+                        payload: close_json(c),
+                        binary: None,
+                    });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Msg {
+        self.try_recv(WAIT).await.expect("a message within 5 s")
+    }
+
+    /// The next message whose event is `event`, skipping heartbeat replies.
+    pub async fn recv_event(&mut self, event: &str) -> Msg {
+        loop {
+            let m = self.recv().await;
+            if m.topic == "phoenix" {
+                continue;
+            }
+            assert_eq!(m.event, event, "expected {event}, got {m:?}");
+            return m;
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(m) = self.try_recv(wait).await {
+            panic!("expected nothing, got {m:?}");
+        }
+    }
+}
+
+fn close_json(c: Option<CloseFrame>) -> Value {
+    match c {
+        Some(c) => json!({"code": u16::from(c.code), "reason": c.reason.as_str()}),
+        None => json!({"code": null}),
+    }
+}
+
+fn opt(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+pub fn decode_text(vsn: Vsn, t: &str) -> Msg {
+    let v: Value = serde_json::from_str(t).unwrap_or_else(|e| panic!("server sent invalid JSON {t}: {e}"));
+    match vsn {
+        Vsn::V1 => {
+            assert!(v.get("ref").is_some(), "V1 messages always carry \"ref\": {t}");
+            Msg {
+                join_ref: opt(&v["join_ref"]),
+                msg_ref: opt(&v["ref"]),
+                topic: v["topic"].as_str().unwrap().into(),
+                event: v["event"].as_str().unwrap().into(),
+                payload: v["payload"].clone(),
+                binary: None,
+            }
+        }
+        Vsn::V2 => {
+            let a = v.as_array().unwrap_or_else(|| panic!("V2 text frames are arrays: {t}"));
+            assert_eq!(a.len(), 5, "{t}");
+            Msg {
+                join_ref: opt(&a[0]),
+                msg_ref: opt(&a[1]),
+                topic: a[2].as_str().unwrap().into(),
+                event: a[3].as_str().unwrap().into(),
+                payload: a[4].clone(),
+                binary: None,
+            }
+        }
+    }
+}
+
+/// Decodes a kind-4 frame exactly as realtime-js does.
+pub fn decode_kind4(b: &[u8]) -> Msg {
+    assert_eq!(b[0], 4, "the only binary kind a server may send is 4");
+    let (t, e, m, enc) = (b[1] as usize, b[2] as usize, b[3] as usize, b[4]);
+    let mut at = 5;
+    let mut take = |n: usize| {
+        let s = &b[at..at + n];
+        at += n;
+        s.to_vec()
+    };
+    let topic = String::from_utf8(take(t)).unwrap();
+    let event = String::from_utf8(take(e)).unwrap();
+    let meta = take(m);
+    let body = b[at..].to_vec();
+    let mut payload = json!({"type": "broadcast", "event": event});
+    if !meta.is_empty() {
+        payload["meta"] = serde_json::from_slice(&meta).unwrap();
+    }
+    let binary = if enc == 1 {
+        payload["payload"] = serde_json::from_slice(&body).unwrap();
+        None
+    } else {
+        Some(body)
+    };
+    Msg { join_ref: None, msg_ref: None, topic, event: "broadcast".into(), payload, binary }
+}
+
+/// Builds a kind-3 frame (a client's binary broadcast push), as realtime-js does.
+pub fn kind3(
+    join_ref: &str,
+    msg_ref: &str,
+    topic: &str,
+    event: &str,
+    json_body: Option<&Value>,
+    bin: &[u8],
+) -> Message {
+    let (enc, body) = match json_body {
+        Some(v) => (1u8, serde_json::to_vec(v).unwrap()),
+        None => (0u8, bin.to_vec()),
+    };
+    let mut f = vec![3, join_ref.len() as u8, msg_ref.len() as u8, topic.len() as u8, event.len() as u8, 0, enc];
+    for s in [join_ref, msg_ref, topic, event] {
+        f.extend_from_slice(s.as_bytes());
+    }
+    f.extend_from_slice(&body);
+    Message::Binary(f.into())
+}
+
+/// A small HTTP/1.1 POST over a raw socket; returns (status, body).
+pub async fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await.unwrap();
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// A GET over a raw socket; returns (status, body).
+pub async fn get(path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,4 @@
+//! Authentication of Realtime clients.
+
+pub mod jwt;
+pub mod rls;

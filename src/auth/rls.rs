@@ -1,0 +1,114 @@
+//! Row Level Security checks for private channels, run on the worker's main
+//! thread through SPI, each in a subtransaction that is rolled back: the same
+//! probes Supabase Realtime runs, so the same policies on `realtime.messages`
+//! apply.
+
+use crate::worker::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
+use crate::worker::subxact::rolled_back;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+
+/// Sets what policies read: `role`, `realtime.topic`, `request.jwt.claims`,
+/// `request.jwt.claim.sub` and `request.jwt.claim.role`, for the transaction.
+fn assume(client: &mut pgrx::spi::SpiClient<'_>, ctx: &AuthContext, topic: &str) -> Result<(), pgrx::spi::Error> {
+    let sub = ctx.sub.clone().unwrap_or_default();
+    let args: [DatumWithOid; 4] =
+        [ctx.role.as_str().into(), topic.into(), ctx.claims_json.as_str().into(), sub.as_str().into()];
+    client.update(
+        "SELECT set_config('role', $1, true), set_config('realtime.topic', $2, true),
+                set_config('request.jwt.claims', $3, true), set_config('request.jwt.claim.sub', $4, true),
+                set_config('request.jwt.claim.role', $1, true)",
+        None,
+        &args,
+    )?;
+    Ok(())
+}
+
+/// Inserts probe rows as the worker (a superuser), then selects them back under
+/// the subscriber's role: the rows it can see are the extensions it may read.
+pub fn read_permissions(ctx: &AuthContext, topic: &str, presence: bool) -> Result<ReadPermissions, String> {
+    rolled_back(|| {
+        Spi::connect_mut(|client| {
+            let broadcast_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+            let presence_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+            let args: [DatumWithOid; 4] = [broadcast_id.into(), topic.into(), presence_id.into(), presence.into()];
+            client.update(
+                "INSERT INTO realtime.messages (id, topic, extension)
+                 SELECT $1, $2, 'broadcast' UNION ALL SELECT $3, $2, 'presence' WHERE $4",
+                None,
+                &args,
+            )?;
+            assume(client, ctx, topic)?;
+            let args: [DatumWithOid; 2] = [broadcast_id.into(), presence_id.into()];
+            let seen = client
+                .select(
+                    "SELECT coalesce(bool_or(id = $1), false), coalesce(bool_or(id = $2), false)
+                     FROM realtime.messages WHERE id IN ($1, $2)",
+                    None,
+                    &args,
+                )?
+                .first()
+                .get_two::<bool, bool>()?;
+            Ok::<_, pgrx::spi::Error>(ReadPermissions {
+                broadcast: seen.0.unwrap_or(false),
+                presence: seen.1.unwrap_or(false),
+            })
+        })
+    })
+    .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
+/// Tries the insert a send would do, under the subscriber's role.
+pub fn write_permission(ctx: &AuthContext, topic: &str, extension: Extension) -> Result<bool, String> {
+    let inserted = rolled_back(|| {
+        Spi::connect_mut(|client| {
+            assume(client, ctx, topic)?;
+            let args: [DatumWithOid; 2] = [topic.into(), extension.as_str().into()];
+            client.update("INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)", None, &args)?;
+            Ok::<_, pgrx::spi::Error>(())
+        })
+    });
+    match inserted {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(e.to_string()),
+        // An RLS denial is an answer, not a failure.
+        Err(e) if e.contains("row-level security") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stored private broadcasts of `topic` since `since_ms` (unix ms), at most
+/// `limit` of the newest, oldest first, as the subscriber may read them.
+pub fn replay(ctx: &AuthContext, topic: &str, since_ms: i64, limit: i64) -> Result<Vec<StoredBroadcast>, String> {
+    let rows = rolled_back(|| {
+        Spi::connect_mut(|client| {
+            assume(client, ctx, topic)?;
+            let args: [DatumWithOid; 3] = [topic.into(), since_ms.into(), limit.into()];
+            client
+                .select(
+                    "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'event', event, 'payload', payload)
+                                              ORDER BY inserted_at), '[]')
+                     FROM (SELECT id, event, payload, inserted_at FROM realtime.messages
+                           WHERE topic = $1 AND private AND extension = 'broadcast'
+                             AND inserted_at >= timezone('utc', to_timestamp($2 / 1000.0))
+                             AND inserted_at < timezone('utc', now()) + interval '1 minute'
+                           ORDER BY inserted_at DESC LIMIT $3) newest",
+                    None,
+                    &args,
+                )?
+                .first()
+                .get_one::<pgrx::JsonB>()
+        })
+    })?
+    .map_err(|e| e.to_string())?;
+    let rows = rows.map(|j| j.0).unwrap_or_default();
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .map(|row| StoredBroadcast {
+            id: row["id"].as_str().unwrap_or_default().to_owned(),
+            event: row["event"].as_str().unwrap_or_default().to_owned(),
+            payload: row["payload"].clone(),
+        })
+        .collect())
+}

@@ -1,0 +1,414 @@
+//! The Phoenix wire protocol as Supabase Realtime speaks it: V1 JSON objects,
+//! V2 JSON arrays, and V2 binary user broadcasts (kind 3 in, kind 4 out).
+//! Pure Rust: no Postgres, no I/O.
+
+use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// The serializer a connection asked for with `vsn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Vsn {
+    V1,
+    V2,
+}
+
+impl Vsn {
+    /// `vsn` from the query string; absent means 1.0.0, as in Phoenix.
+    pub fn from_query(vsn: Option<&str>) -> Result<Vsn, String> {
+        match vsn {
+            None | Some("1.0.0") => Ok(Vsn::V1),
+            Some("2.0.0") => Ok(Vsn::V2),
+            Some(other) => Err(format!("Unsupported serializer version: {other}")),
+        }
+    }
+}
+
+/// A frame a client sent, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    pub join_ref: Option<String>,
+    pub msg_ref: Option<String>,
+    pub topic: String,
+    pub event: String,
+    pub payload: InboundPayload,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundPayload {
+    Json(Value),
+    /// A V2 binary user broadcast (kind 3); its event is `broadcast`.
+    Broadcast(Broadcast),
+}
+
+/// A user broadcast: what `{type: "broadcast", event, payload}` carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broadcast {
+    pub event: String,
+    pub payload: Body,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Json(Value),
+    Binary(Vec<u8>),
+}
+
+impl Body {
+    /// Bytes on the wire, for the payload size limit.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Body::Json(v) => serde_json::to_string(v).map(|s| s.len()).unwrap_or(0),
+            Body::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// Why a frame could not be decoded. The connection answers or drops it; it
+/// never affects other connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MalformedWebSocketMessage: {}", self.0)
+    }
+}
+
+fn malformed<T>(why: impl Into<String>) -> Result<T, DecodeError> {
+    Err(DecodeError(why.into()))
+}
+
+/// A ref is a string or null; numbers are accepted and kept as their text.
+fn as_ref(v: Option<&Value>, what: &str) -> Result<Option<String>, DecodeError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => malformed(format!("{what} must be a string or null")),
+    }
+}
+
+fn as_string(v: Option<&Value>, what: &str) -> Result<String, DecodeError> {
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => malformed(format!("{what} must be a string")),
+    }
+}
+
+pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
+    let value: Value = serde_json::from_str(text).or_else(|e| malformed(format!("invalid JSON: {e}")))?;
+    match (vsn, value) {
+        (Vsn::V1, Value::Object(o)) => Ok(Inbound {
+            join_ref: as_ref(o.get("join_ref"), "join_ref")?,
+            msg_ref: as_ref(o.get("ref"), "ref")?,
+            topic: as_string(o.get("topic"), "topic")?,
+            event: as_string(o.get("event"), "event")?,
+            payload: InboundPayload::Json(o.get("payload").cloned().unwrap_or_else(|| json!({}))),
+        }),
+        (Vsn::V2, Value::Array(mut a)) if a.len() == 5 => {
+            let payload = a.pop().unwrap_or(Value::Null);
+            Ok(Inbound {
+                join_ref: as_ref(a.first(), "join_ref")?,
+                msg_ref: as_ref(a.get(1), "ref")?,
+                topic: as_string(a.get(2), "topic")?,
+                event: as_string(a.get(3), "event")?,
+                payload: InboundPayload::Json(payload),
+            })
+        }
+        (Vsn::V1, _) => malformed("expected a JSON object"),
+        (Vsn::V2, _) => malformed("expected a JSON array [join_ref, ref, topic, event, payload]"),
+    }
+}
+
+const KIND_USER_BROADCAST_PUSH: u8 = 3;
+const KIND_USER_BROADCAST: u8 = 4;
+const ENCODING_BINARY: u8 = 0;
+const ENCODING_JSON: u8 = 1;
+
+/// Decodes a binary frame: only V2 kind 3 (a client's user broadcast push).
+pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound, DecodeError> {
+    if vsn != Vsn::V2 {
+        return malformed("binary frames need vsn=2.0.0");
+    }
+    let header = 7;
+    if bytes.len() < header {
+        return malformed("binary frame shorter than its header");
+    }
+    if bytes[0] != KIND_USER_BROADCAST_PUSH {
+        return malformed(format!("unsupported binary frame kind {}", bytes[0]));
+    }
+    let lens = [bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]].map(usize::from);
+    let encoding = bytes[6];
+    let mut rest = &bytes[header..];
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(5);
+    for len in lens {
+        if rest.len() < len {
+            return malformed("binary frame shorter than its declared fields");
+        }
+        let (field, tail) = rest.split_at(len);
+        fields.push(field);
+        rest = tail;
+    }
+    let text = |i: usize, what: &str| -> Result<String, DecodeError> {
+        String::from_utf8(fields[i].to_vec()).or_else(|_| malformed(format!("{what} is not UTF-8")))
+    };
+    let optional = |s: String| if s.is_empty() { None } else { Some(s) };
+    let payload = match encoding {
+        ENCODING_JSON => {
+            Body::Json(serde_json::from_slice(rest).or_else(|e| malformed(format!("invalid JSON payload: {e}")))?)
+        }
+        ENCODING_BINARY => Body::Binary(rest.to_vec()),
+        other => return malformed(format!("unknown payload encoding {other}")),
+    };
+    Ok(Inbound {
+        join_ref: optional(text(0, "join_ref")?),
+        msg_ref: optional(text(1, "ref")?),
+        topic: text(2, "topic")?,
+        event: "broadcast".to_owned(),
+        payload: InboundPayload::Broadcast(Broadcast { event: text(3, "event")?, payload }),
+    })
+}
+
+/// A frame ready to write to a socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// Encodes a server message. Replies, pushes, `phx_close`: everything but
+/// broadcasts, which go through [`encode_broadcast`].
+pub fn encode(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &Value,
+) -> Frame {
+    let text = match vsn {
+        // Phoenix's V1 serializer sends no join_ref; Python requires "ref", even null.
+        Vsn::V1 => json!({"topic": topic, "event": event, "payload": payload, "ref": msg_ref}).to_string(),
+        Vsn::V2 => json!([join_ref, msg_ref, topic, event, payload]).to_string(),
+    };
+    Frame::Text(text)
+}
+
+/// `phx_reply` payload.
+pub fn reply(status: &str, response: Value) -> Value {
+    json!({"status": status, "response": response})
+}
+
+/// Encodes a broadcast for one serializer; the caller encodes once per
+/// serializer and shares the frame among subscribers. `None` when the
+/// serializer cannot carry it (binary payloads to V1 clients).
+pub fn encode_broadcast(vsn: Vsn, topic: &str, broadcast: &Broadcast, meta: Option<&Value>) -> Option<Frame> {
+    if vsn == Vsn::V2
+        && let Some(frame) = encode_kind4(topic, broadcast, meta)
+    {
+        return Some(frame);
+    }
+    let Body::Json(payload) = &broadcast.payload else {
+        return None;
+    };
+    let mut inner = Map::new();
+    inner.insert("type".into(), "broadcast".into());
+    inner.insert("event".into(), broadcast.event.clone().into());
+    inner.insert("payload".into(), payload.clone());
+    if let Some(meta) = meta {
+        inner.insert("meta".into(), meta.clone());
+    }
+    Some(encode(vsn, None, None, topic, "broadcast", &Value::Object(inner)))
+}
+
+/// Kind 4, or `None` when a header field does not fit in its one-byte length.
+fn encode_kind4(topic: &str, broadcast: &Broadcast, meta: Option<&Value>) -> Option<Frame> {
+    let meta = meta.map(|m| m.to_string()).unwrap_or_default();
+    let (encoding, body) = match &broadcast.payload {
+        Body::Json(v) => (ENCODING_JSON, serde_json::to_vec(v).ok()?),
+        Body::Binary(b) => (ENCODING_BINARY, b.clone()),
+    };
+    let lens = [topic.len(), broadcast.event.len(), meta.len()].map(|l| u8::try_from(l).ok());
+    let [Some(t), Some(e), Some(m)] = lens else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(5 + topic.len() + broadcast.event.len() + meta.len() + body.len());
+    out.extend_from_slice(&[KIND_USER_BROADCAST, t, e, m, encoding]);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(broadcast.event.as_bytes());
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(&body);
+    Some(Frame::Binary(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind3(
+        join_ref: &str,
+        msg_ref: &str,
+        topic: &str,
+        event: &str,
+        meta: &str,
+        encoding: u8,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut f = vec![
+            3,
+            join_ref.len() as u8,
+            msg_ref.len() as u8,
+            topic.len() as u8,
+            event.len() as u8,
+            meta.len() as u8,
+            encoding,
+        ];
+        for s in [join_ref, msg_ref, topic, event, meta] {
+            f.extend_from_slice(s.as_bytes());
+        }
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn vsn_defaults_to_v1_and_rejects_unknown() {
+        assert_eq!(Vsn::from_query(None), Ok(Vsn::V1));
+        assert_eq!(Vsn::from_query(Some("1.0.0")), Ok(Vsn::V1));
+        assert_eq!(Vsn::from_query(Some("2.0.0")), Ok(Vsn::V2));
+        assert!(Vsn::from_query(Some("3.0.0")).is_err());
+    }
+
+    #[test]
+    fn decodes_v2_arrays() {
+        let m = decode_text(Vsn::V2, r#"[null,"1","phoenix","heartbeat",{}]"#).unwrap();
+        assert_eq!(m.join_ref, None);
+        assert_eq!(m.msg_ref.as_deref(), Some("1"));
+        assert_eq!(m.topic, "phoenix");
+        assert_eq!(m.event, "heartbeat");
+        assert_eq!(m.payload, InboundPayload::Json(json!({})));
+    }
+
+    #[test]
+    fn decodes_v1_objects_from_js_and_python() {
+        let js = r#"{"topic":"realtime:room","event":"phx_join","payload":{"config":{}},"ref":"6","join_ref":"6"}"#;
+        let m = decode_text(Vsn::V1, js).unwrap();
+        assert_eq!((m.join_ref.as_deref(), m.msg_ref.as_deref()), (Some("6"), Some("6")));
+        let py = r#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#;
+        let m = decode_text(Vsn::V1, py).unwrap();
+        assert_eq!((m.join_ref, m.msg_ref), (None, None));
+        // A numeric ref is kept as text.
+        let m = decode_text(Vsn::V1, r#"{"topic":"t","event":"e","ref":7}"#).unwrap();
+        assert_eq!(m.msg_ref.as_deref(), Some("7"));
+        assert_eq!(m.payload, InboundPayload::Json(json!({})));
+    }
+
+    #[test]
+    fn rejects_malformed_text() {
+        for (vsn, text) in [
+            (Vsn::V2, "not json"),
+            (Vsn::V2, r#"{"topic":"t"}"#),
+            (Vsn::V2, r#"[null,"1","t","e"]"#),
+            (Vsn::V2, r#"[null,"1",5,"e",{}]"#),
+            (Vsn::V2, r#"[{},"1","t","e",{}]"#),
+            (Vsn::V1, r#"["a"]"#),
+            (Vsn::V1, r#"{"event":"e"}"#),
+        ] {
+            assert!(decode_text(vsn, text).is_err(), "{text} should not decode");
+        }
+    }
+
+    #[test]
+    fn decodes_kind3_json_and_binary() {
+        let f = kind3("6", "7", "realtime:room", "ping", "{}", 1, br#"{"n":1}"#);
+        let m = decode_binary(Vsn::V2, &f).unwrap();
+        assert_eq!(m.join_ref.as_deref(), Some("6"));
+        assert_eq!(m.msg_ref.as_deref(), Some("7"));
+        assert_eq!(m.topic, "realtime:room");
+        assert_eq!(m.event, "broadcast");
+        assert_eq!(
+            m.payload,
+            InboundPayload::Broadcast(Broadcast { event: "ping".into(), payload: Body::Json(json!({"n": 1})) })
+        );
+        let f = kind3("6", "", "realtime:room", "bin", "", 0, &[0, 159, 255]);
+        let m = decode_binary(Vsn::V2, &f).unwrap();
+        assert_eq!(m.msg_ref, None);
+        assert_eq!(
+            m.payload,
+            InboundPayload::Broadcast(Broadcast { event: "bin".into(), payload: Body::Binary(vec![0, 159, 255]) })
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_binary() {
+        let good = kind3("6", "7", "realtime:room", "ping", "", 1, b"{}");
+        assert!(decode_binary(Vsn::V1, &good).is_err());
+        for cut in 0..good.len() - 2 {
+            assert!(decode_binary(Vsn::V2, &good[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut wrong_kind = good.clone();
+        wrong_kind[0] = 0;
+        assert!(decode_binary(Vsn::V2, &wrong_kind).is_err());
+        assert!(decode_binary(Vsn::V2, &kind3("6", "7", "t", "e", "", 1, b"{nope")).is_err());
+        assert!(decode_binary(Vsn::V2, &kind3("6", "7", "t", "e", "", 9, b"{}")).is_err());
+        assert!(decode_binary(Vsn::V2, &kind3("6", "7", "t", "\u{ff}", "", 1, b"{}")[..]).is_ok());
+        let mut bad_utf8 = kind3("6", "7", "tt", "e", "", 1, b"{}");
+        bad_utf8[9] = 0xff;
+        assert!(decode_binary(Vsn::V2, &bad_utf8).is_err());
+    }
+
+    #[test]
+    fn encodes_replies_per_serializer() {
+        let p = reply("ok", json!({}));
+        assert_eq!(
+            encode(Vsn::V2, None, Some("1"), "phoenix", "phx_reply", &p),
+            Frame::Text(r#"[null,"1","phoenix","phx_reply",{"response":{},"status":"ok"}]"#.into())
+        );
+        let Frame::Text(v1) = encode(Vsn::V1, Some("1"), Some("1"), "realtime:room", "phx_reply", &p) else {
+            panic!("text expected")
+        };
+        let v1: Value = serde_json::from_str(&v1).unwrap();
+        assert_eq!(
+            v1,
+            json!({"topic":"realtime:room","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"1"})
+        );
+        // "ref" is present even when null.
+        let Frame::Text(push) = encode(Vsn::V1, None, None, "t", "presence_diff", &json!({})) else { panic!() };
+        assert!(push.contains(r#""ref":null"#));
+    }
+
+    #[test]
+    fn broadcasts_go_out_as_kind4_to_v2_and_json_to_v1() {
+        let b = Broadcast { event: "ping".into(), payload: Body::Json(json!({"n": 1})) };
+        let meta = json!({"id": "x"});
+        let Some(Frame::Binary(f)) = encode_broadcast(Vsn::V2, "realtime:room", &b, Some(&meta)) else { panic!() };
+        let expected_meta = br#"{"id":"x"}"#;
+        assert_eq!(&f[..5], &[4, 13, 4, expected_meta.len() as u8, 1]);
+        assert_eq!(&f[5..18], b"realtime:room");
+        assert_eq!(&f[18..22], b"ping");
+        assert_eq!(&f[22..22 + expected_meta.len()], expected_meta);
+        assert_eq!(&f[22 + expected_meta.len()..], br#"{"n":1}"#);
+
+        let Some(Frame::Text(t)) = encode_broadcast(Vsn::V1, "realtime:room", &b, None) else { panic!() };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(
+            v,
+            json!({"topic":"realtime:room","event":"broadcast","ref":null,
+                   "payload":{"type":"broadcast","event":"ping","payload":{"n":1}}})
+        );
+    }
+
+    #[test]
+    fn binary_broadcasts_skip_v1_and_long_topics_fall_back_to_text() {
+        let bin = Broadcast { event: "b".into(), payload: Body::Binary(vec![1, 2]) };
+        assert_eq!(encode_broadcast(Vsn::V1, "realtime:r", &bin, None), None);
+        let Some(Frame::Binary(f)) = encode_broadcast(Vsn::V2, "realtime:r", &bin, None) else { panic!() };
+        assert_eq!(f[4], 0);
+        assert_eq!(&f[f.len() - 2..], &[1, 2]);
+
+        let long_topic = format!("realtime:{}", "x".repeat(300));
+        let json_b = Broadcast { event: "e".into(), payload: Body::Json(json!({})) };
+        let Some(Frame::Text(t)) = encode_broadcast(Vsn::V2, &long_topic, &json_b, None) else { panic!() };
+        assert!(t.starts_with("[null,null,"));
+        assert_eq!(encode_broadcast(Vsn::V2, &long_topic, &bin, None), None);
+    }
+}

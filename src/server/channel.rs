@@ -1,0 +1,162 @@
+//! What a `phx_join` asks for, read from its payload the way Supabase Realtime
+//! reads it: missing flags are false, booleans may be strings.
+
+use serde_json::{Map, Value};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinConfig {
+    pub broadcast_self: bool,
+    pub broadcast_ack: bool,
+    pub replay: Option<Replay>,
+    pub presence_enabled: bool,
+    /// `config.presence.key`; empty means "generate one".
+    pub presence_key: String,
+    pub private: bool,
+    /// The `postgres_changes` bindings, as sent.
+    pub postgres_changes: Vec<Value>,
+    /// `access_token` (or `user_token`) from the payload.
+    pub access_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replay {
+    pub since_ms: i64,
+    pub limit: i64,
+}
+
+/// `true`, `"true"` → true; anything else → false.
+fn flag(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+fn object(v: Option<&Value>) -> Option<&Map<String, Value>> {
+    v.and_then(Value::as_object)
+}
+
+impl JoinConfig {
+    pub fn parse(payload: &Value) -> Result<JoinConfig, String> {
+        let config = object(payload.get("config"));
+        let get = |k: &str| config.and_then(|c| c.get(k));
+        let broadcast = object(get("broadcast"));
+        let presence = object(get("presence"));
+        let replay = match broadcast.and_then(|b| b.get("replay")) {
+            None | Some(Value::Null) => None,
+            Some(r) => Some(Replay::parse(r).ok_or("UnableToReplayMessages: Replay params are not valid")?),
+        };
+        let token = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(JoinConfig {
+            broadcast_self: flag(broadcast.and_then(|b| b.get("self"))),
+            broadcast_ack: flag(broadcast.and_then(|b| b.get("ack"))),
+            replay,
+            presence_enabled: flag(presence.and_then(|p| p.get("enabled"))),
+            presence_key: presence
+                .and_then(|p| p.get("key"))
+                .map(|k| match k {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default(),
+            private: flag(get("private")),
+            postgres_changes: get("postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default(),
+            access_token: token("access_token").or_else(|| token("user_token")),
+        })
+    }
+}
+
+impl Replay {
+    fn parse(v: &Value) -> Option<Replay> {
+        let since_ms = v.get("since")?.as_i64()?;
+        let limit = match v.get("limit") {
+            None | Some(Value::Null) => 25,
+            Some(l) => l.as_i64()?,
+        };
+        Some(Replay { since_ms, limit: limit.clamp(1, 25) })
+    }
+}
+
+/// The join reply's bindings: each echoed unchanged, plus a non-zero integer
+/// `id` that depends only on the binding (clients route events by it).
+pub fn bindings_with_ids(bindings: &[Value]) -> Vec<Value> {
+    bindings
+        .iter()
+        .map(|b| {
+            let mut b = b.clone();
+            let id = binding_id(&b);
+            if let Value::Object(o) = &mut b {
+                o.insert("id".into(), id.into());
+            }
+            b
+        })
+        .collect()
+}
+
+fn binding_id(binding: &Value) -> u32 {
+    let mut h = DefaultHasher::new();
+    binding.to_string().hash(&mut h);
+    // 27 bits like Supabase's phash2, never 0 (clients treat 0 as "no id").
+    (h.finish() as u32 & 0x07FF_FFFF).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn js_join_payload() {
+        let p = json!({"config":{"broadcast":{"ack":false,"self":true},"presence":{"key":"","enabled":true},
+                      "postgres_changes":[],"private":false},"access_token":"tok","version":"realtime-js/2.119.1"});
+        let c = JoinConfig::parse(&p).unwrap();
+        assert!(c.broadcast_self && !c.broadcast_ack && c.presence_enabled && !c.private);
+        assert_eq!(c.presence_key, "");
+        assert_eq!(c.access_token.as_deref(), Some("tok"));
+        assert_eq!(c.replay, None);
+    }
+
+    #[test]
+    fn python_join_payload_and_flexible_booleans() {
+        let p = json!({"config":{"broadcast":null,"presence":{"key":"alice","enabled":true},"private":"true",
+                      "postgres_changes":[]},"user_token":"t"});
+        let c = JoinConfig::parse(&p).unwrap();
+        assert!(!c.broadcast_self && !c.broadcast_ack && c.private);
+        assert_eq!(c.presence_key, "alice");
+        assert_eq!(c.access_token.as_deref(), Some("t"));
+        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"ack":"true"}}})).unwrap();
+        assert!(c.broadcast_ack);
+        let c = JoinConfig::parse(&json!({})).unwrap();
+        assert!(!c.private && c.postgres_changes.is_empty() && c.access_token.is_none());
+    }
+
+    #[test]
+    fn replay_params() {
+        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"replay":{"since":1000,"limit":100}}}})).unwrap();
+        assert_eq!(c.replay, Some(Replay { since_ms: 1000, limit: 25 }));
+        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"replay":{"since":1000}}}})).unwrap();
+        assert_eq!(c.replay.unwrap().limit, 25);
+        assert!(JoinConfig::parse(&json!({"config":{"broadcast":{"replay":{"since":"x"}}}})).is_err());
+    }
+
+    #[test]
+    fn bindings_are_echoed_in_order_with_stable_non_zero_ids() {
+        let b = vec![
+            json!({"event":"*","schema":"public","table":"todos","filter":"id=eq.1"}),
+            json!({"event":"INSERT","schema":"public"}),
+        ];
+        let out = bindings_with_ids(&b);
+        assert_eq!(out.len(), 2);
+        for (i, o) in out.iter().enumerate() {
+            let mut without = o.clone();
+            let id = without.as_object_mut().unwrap().remove("id").unwrap();
+            assert_eq!(without, b[i]);
+            assert!(id.as_u64().unwrap() > 0);
+        }
+        assert_eq!(bindings_with_ids(&b), out, "ids are stable");
+        assert_ne!(out[0]["id"], out[1]["id"]);
+    }
+}

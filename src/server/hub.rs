@@ -1,0 +1,347 @@
+//! The registry: topic → subscribers, sharded by topic so unrelated topics
+//! never contend. A message is encoded once per serializer and the frame is
+//! shared by every subscriber's queue. Public and private topics are different
+//! keys, so they never see each other's messages.
+
+use crate::protocol::{self, Broadcast, Frame, Vsn};
+use crate::server::presence::TopicPresence;
+use axum::extract::ws::Message;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch};
+
+/// One joined channel instance; also its presence owner id.
+pub type SubId = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    pub private: bool,
+    /// The full topic, `realtime:<name>`.
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The sending half of one WebSocket connection.
+pub struct ConnHandle {
+    pub id: u64,
+    pub vsn: Vsn,
+    queue: mpsc::Sender<Message>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+pub type ConnQueues = (mpsc::Receiver<Message>, watch::Receiver<Option<CloseReason>>);
+
+impl ConnHandle {
+    pub fn new(id: u64, vsn: Vsn, capacity: usize) -> (Arc<ConnHandle>, ConnQueues) {
+        let (queue, queue_rx) = mpsc::channel(capacity);
+        let (close, close_rx) = watch::channel(None);
+        (Arc::new(ConnHandle { id, vsn, queue, close }), (queue_rx, close_rx))
+    }
+
+    /// Queues a message without waiting. A full queue means the client is not
+    /// keeping up: the connection is closed rather than buffering without bound.
+    pub fn send(&self, message: Message) -> bool {
+        match self.queue.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(1008, "slow consumer: outgoing queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn send_frame(&self, frame: Frame) -> bool {
+        self.send(to_message(frame))
+    }
+
+    /// Asks the connection to close; the first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.close.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            if code == 1008 {
+                eprintln!("realtime: closing connection {}: {reason}", self.id);
+            }
+            *current = Some(CloseReason { code, reason: reason.to_owned() });
+            true
+        });
+    }
+}
+
+pub fn to_message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(t) => Message::Text(t.into()),
+        Frame::Binary(b) => Message::Binary(b.into()),
+    }
+}
+
+pub struct Subscriber {
+    pub conn: Arc<ConnHandle>,
+    /// Receives broadcasts (always on public channels; read permission on private).
+    pub broadcast: bool,
+    /// Receives presence diffs (presence enabled, and read permission on private).
+    pub presence: bool,
+}
+
+#[derive(Default)]
+struct Topic {
+    subscribers: HashMap<SubId, Subscriber>,
+    presence: TopicPresence,
+}
+
+type Shard = Mutex<HashMap<TopicKey, Topic>>;
+
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    connections: Mutex<HashMap<u64, Arc<ConnHandle>>>,
+    next_id: AtomicU64,
+}
+
+const SHARDS: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard lock leaves plain maps behind; keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Frames encoded lazily, at most once per serializer.
+struct PerVsn<F: FnMut(Vsn) -> Option<Message>> {
+    encode: F,
+    v1: Option<Option<Message>>,
+    v2: Option<Option<Message>>,
+}
+
+impl<F: FnMut(Vsn) -> Option<Message>> PerVsn<F> {
+    fn new(encode: F) -> Self {
+        PerVsn { encode, v1: None, v2: None }
+    }
+
+    fn get(&mut self, vsn: Vsn) -> Option<Message> {
+        let slot = match vsn {
+            Vsn::V1 => &mut self.v1,
+            Vsn::V2 => &mut self.v2,
+        };
+        slot.get_or_insert_with(|| (self.encode)(vsn)).clone()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            connections: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Hub {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shard(&self, key: &TopicKey) -> MutexGuard<'_, HashMap<TopicKey, Topic>> {
+        lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
+    }
+
+    pub fn add_connection(&self, conn: Arc<ConnHandle>) {
+        lock(&self.connections).insert(conn.id, conn);
+    }
+
+    pub fn remove_connection(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for conn in lock(&self.connections).values() {
+            conn.close(code, reason);
+        }
+    }
+
+    pub fn subscribe(&self, key: &TopicKey, id: SubId, subscriber: Subscriber) {
+        self.shard(key).entry(key.clone()).or_default().subscribers.insert(id, subscriber);
+    }
+
+    /// Changes what a subscriber receives (after a token refresh, or when a
+    /// first track enables presence).
+    pub fn update(&self, key: &TopicKey, id: SubId, broadcast: bool, presence: bool) {
+        if let Some(s) = self.shard(key).get_mut(key).and_then(|t| t.subscribers.get_mut(&id)) {
+            s.broadcast = broadcast;
+            s.presence = presence;
+        }
+    }
+
+    /// Removes a subscriber; its presence leaves are sent to the others.
+    pub fn unsubscribe(&self, key: &TopicKey, id: SubId) {
+        let mut shard = self.shard(key);
+        let Some(topic) = shard.get_mut(key) else {
+            return;
+        };
+        topic.subscribers.remove(&id);
+        if let Some(diff) = topic.presence.untrack(id) {
+            send_presence_diff(&key.topic, topic, &diff.to_json());
+        }
+        if topic.subscribers.is_empty() && topic.presence.is_empty() {
+            shard.remove(key);
+        }
+    }
+
+    /// Sends a broadcast to every subscriber of the topic but `except`.
+    /// Returns how many subscribers it was queued for.
+    pub fn broadcast(
+        &self,
+        key: &TopicKey,
+        broadcast: &Broadcast,
+        meta: Option<&Value>,
+        except: Option<SubId>,
+    ) -> usize {
+        let shard = self.shard(key);
+        let Some(topic) = shard.get(key) else {
+            return 0;
+        };
+        let mut frames =
+            PerVsn::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, broadcast, meta).map(to_message));
+        let mut delivered = 0;
+        for (id, sub) in &topic.subscribers {
+            if !sub.broadcast || Some(*id) == except {
+                continue;
+            }
+            if let Some(message) = frames.get(sub.conn.vsn) {
+                delivered += usize::from(sub.conn.send(message));
+            }
+        }
+        delivered
+    }
+
+    pub fn track(&self, key: &TopicKey, id: SubId, presence_key: &str, payload: Map<String, Value>) {
+        let mut shard = self.shard(key);
+        let topic = shard.entry(key.clone()).or_default();
+        if let Some(diff) = topic.presence.track(id, presence_key, payload) {
+            send_presence_diff(&key.topic, topic, &diff.to_json());
+        }
+    }
+
+    pub fn untrack(&self, key: &TopicKey, id: SubId) {
+        let mut shard = self.shard(key);
+        if let Some(topic) = shard.get_mut(key)
+            && let Some(diff) = topic.presence.untrack(id)
+        {
+            send_presence_diff(&key.topic, topic, &diff.to_json());
+        }
+    }
+
+    /// The `presence_state` payload for the topic.
+    pub fn presence_state(&self, key: &TopicKey) -> Value {
+        self.shard(key).get(key).map(|t| t.presence.state()).unwrap_or_else(|| Value::Object(Map::new()))
+    }
+}
+
+fn send_presence_diff(topic_name: &str, topic: &Topic, diff: &Value) {
+    let mut frames =
+        PerVsn::new(|vsn| Some(to_message(protocol::encode(vsn, None, None, topic_name, "presence_diff", diff))));
+    for sub in topic.subscribers.values().filter(|s| s.presence) {
+        if let Some(message) = frames.get(sub.conn.vsn) {
+            sub.conn.send(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Body;
+    use serde_json::json;
+
+    fn key(private: bool) -> TopicKey {
+        TopicKey { private, topic: "realtime:room".into() }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn ping() -> Broadcast {
+        Broadcast { event: "ping".into(), payload: Body::Json(json!({"n": 1})) }
+    }
+
+    #[test]
+    fn broadcasts_reach_subscribers_of_the_same_key_only() {
+        let hub = Hub::default();
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8);
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V2, 8);
+        let (p, (mut p_rx, _)) = ConnHandle::new(3, Vsn::V1, 8);
+        hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
+        hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
+        hub.subscribe(&key(true), 12, Subscriber { conn: p, broadcast: true, presence: false });
+
+        assert_eq!(hub.broadcast(&key(false), &ping(), None, Some(10)), 1);
+        assert!(drain(&mut a_rx).is_empty(), "the sender is excluded");
+        assert!(matches!(drain(&mut b_rx).as_slice(), [Message::Binary(_)]), "V2 gets kind 4");
+        assert!(drain(&mut p_rx).is_empty(), "a private subscriber never sees a public message");
+
+        assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 1);
+        let got = drain(&mut p_rx);
+        let [Message::Text(t)] = got.as_slice() else { panic!("{got:?}") };
+        assert!(t.as_str().contains(r#""event":"ping""#));
+    }
+
+    #[test]
+    fn subscribers_without_read_get_nothing() {
+        let hub = Hub::default();
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8);
+        hub.subscribe(&key(true), 10, Subscriber { conn: a, broadcast: false, presence: false });
+        assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
+        hub.update(&key(true), 10, true, false);
+        assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 1);
+        assert_eq!(drain(&mut a_rx).len(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection() {
+        let hub = Hub::default();
+        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 2);
+        hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
+        for _ in 0..3 {
+            hub.broadcast(&key(false), &ping(), None, None);
+        }
+        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
+    }
+
+    #[test]
+    fn presence_diffs_go_to_presence_subscribers_and_leaves_follow_unsubscribe() {
+        let hub = Hub::default();
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8);
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, 8);
+        hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: true });
+        hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
+        let Value::Object(payload) = json!({"name": "a"}) else { panic!() };
+        hub.track(&key(false), 10, "alice", payload);
+        let got = drain(&mut a_rx);
+        let [Message::Text(t)] = got.as_slice() else { panic!("{got:?}") };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["event"], "presence_diff");
+        assert_eq!(v["payload"]["joins"]["alice"]["metas"][0]["name"], "a");
+        assert!(drain(&mut b_rx).is_empty(), "presence not enabled");
+        assert!(hub.presence_state(&key(false))["alice"].is_object());
+
+        hub.update(&key(false), 11, true, true);
+        hub.unsubscribe(&key(false), 10);
+        let got = drain(&mut b_rx);
+        let [Message::Text(t)] = got.as_slice() else { panic!("{got:?}") };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["payload"]["leaves"]["alice"]["metas"][0]["name"], "a");
+        assert_eq!(hub.presence_state(&key(false)), json!({}));
+    }
+}

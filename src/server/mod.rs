@@ -1,0 +1,223 @@
+//! The network side: HTTP and WebSocket on a tokio runtime whose threads are
+//! created with every signal blocked. Nothing here calls Postgres; what needs
+//! the database goes to the worker's main thread through the bridge.
+
+mod channel;
+mod config;
+mod connection;
+pub mod hub;
+pub mod limits;
+pub mod presence;
+mod rest;
+
+pub use config::ServerConfig;
+
+use crate::protocol::Vsn;
+use crate::worker::bridge::Bridge;
+use axum::Router;
+use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hub::Hub;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Largest frame a client may send (Supabase allows 5 MB).
+const MAX_FRAME: usize = 5_000_000;
+
+pub struct Shared {
+    pub hub: Hub,
+    pub bridge: Bridge,
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The main thread's handle on the network side. Every method returns at once.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    stopped: std::sync::mpsc::Receiver<()>,
+}
+
+impl ServerHandle {
+    pub fn reconfigure(&self, config: ServerConfig) {
+        *self.shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    pub fn disconnect_all(&self, code: u16, reason: &str) {
+        self.shared.hub.close_all(code, reason);
+    }
+
+    /// Closes every socket with `code` and stops; waits briefly for the close
+    /// frames to go out.
+    pub fn shutdown(&self, code: u16, reason: &str) {
+        self.shared.hub.close_all(code, reason);
+        let _ = self.stop.send(true);
+        let _ = self.stopped.recv_timeout(Duration::from_secs(3));
+    }
+}
+
+/// Starts the network thread. Listener errors are retried there, never fatal.
+pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
+    let shared = Arc::new(Shared { hub: Hub::default(), bridge, config: RwLock::new(Arc::new(config)) });
+    let (stop, stop_rx) = watch::channel(false);
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    let thread_shared = shared.clone();
+    with_signals_blocked(|| {
+        std::thread::Builder::new()
+            .name("realtime-net".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("realtime-io")
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(serve(thread_shared, stop_rx)),
+                    Err(e) => eprintln!("realtime: cannot start the network runtime: {e}"),
+                }
+                let _ = stopped_tx.send(());
+            })
+            .expect("spawning the network thread")
+    });
+    ServerHandle { shared, stop, stopped }
+}
+
+/// Threads inherit the signal mask: Postgres's handlers must only ever run on
+/// the main thread.
+fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: plain libc calls on stack-allocated sigset_t values.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        result
+    }
+}
+
+async fn serve(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let app = Router::new().fallback(route).with_state(shared.clone());
+    let mut servers = Vec::new();
+    for addr in shared.config().listen.clone() {
+        let app = app.clone();
+        let mut stop = stop.clone();
+        servers.push(tokio::spawn(async move {
+            // Retry a busy port instead of failing the worker.
+            let listener = loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        eprintln!("realtime: cannot listen on {addr}: {e}; retrying in 5 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                }
+            };
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                eprintln!("realtime: server on {addr} failed: {e}");
+            }
+        }));
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    // Give the close frames a moment, then drop whatever is left.
+    let _ = tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(servers)).await;
+}
+
+/// Collapses `//` so a prefix given with a trailing slash still matches.
+fn normalize(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const PREFIXES: [&str; 2] = ["/realtime/v1", ""];
+
+async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let path = normalize(request.uri().path());
+    let method = request.method().clone();
+    let suffix = PREFIXES.iter().find_map(|p| path.strip_prefix(p).filter(|s| s.starts_with('/')));
+    match (method, suffix) {
+        (Method::GET, Some("/websocket" | "/socket/websocket")) => websocket(shared, request).await,
+        (Method::GET, Some("/health")) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
+        (Method::POST, Some("/api/broadcast")) => rest::batch(shared, request).await,
+        (Method::POST, Some(s)) if s.starts_with("/api/broadcast/") => {
+            // Topic and event come from the raw path so an encoded `/` stays in the topic.
+            let raw = request.uri().path().to_owned();
+            rest::single(shared, &raw, request).await
+        }
+        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response(),
+    }
+}
+
+fn query_params(request: &Request) -> HashMap<String, String> {
+    let query = request.uri().query().unwrap_or_default();
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let decode =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
+    let params = query_params(&request);
+    let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
+        Ok(v) => v,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let headers = request.headers();
+    let apikey =
+        params.get("apikey").cloned().or_else(|| header(headers, "apikey")).or_else(|| header(headers, "x-api-key"));
+    let Some(apikey) = apikey.filter(|k| !k.is_empty()) else {
+        return json_error(StatusCode::UNAUTHORIZED, "API key is missing");
+    };
+    if apikey.starts_with("sb_") {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "sb_ API keys are not supported here: use a JWT signed with realtime.jwt_secret",
+        );
+    }
+    if let Err(e) = shared.config().verifier.verify(&apikey, connection::unix_now()) {
+        return json_error(StatusCode::UNAUTHORIZED, &e.message());
+    }
+    let upgrade = match WebSocketUpgrade::from_request(request, &()).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| connection::serve(socket, shared, vsn, apikey))
+}

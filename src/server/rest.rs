@@ -1,0 +1,241 @@
+//! REST broadcast: `POST /api/broadcast` (a batch) and
+//! `POST /api/broadcast/:topic/events/:event` (one message), under
+//! `/realtime/v1` or not. Both answer 202; private messages need RLS INSERT
+//! permission and are dropped silently without it, as in Supabase.
+
+use super::Shared;
+use super::connection::{auth_context, unix_now};
+use super::hub::TopicKey;
+use super::{header, query_params};
+use crate::auth::jwt::Claims;
+use crate::protocol::{Body, Broadcast};
+use crate::worker::bridge::{Extension, Request as BridgeRequest};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const MAX_BODY: usize = 10 * 1024 * 1024;
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Unauthorized"}))).into_response()
+}
+
+fn unprocessable(body: Value) -> Response {
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+}
+
+/// `Authorization: Bearer` wins, else the `apikey` header. None: answer 401.
+fn authenticate(shared: &Shared, request: &Request) -> Option<Claims> {
+    let headers = request.headers();
+    let bearer = header(headers, "authorization")
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).map(str::to_owned));
+    let token = bearer.or_else(|| header(headers, "apikey"))?;
+    shared
+        .config()
+        .verifier
+        .verify(&token, unix_now())
+        .map_err(|e| eprintln!("realtime: REST broadcast refused: {e}"))
+        .ok()
+}
+
+/// Which of these private topics may the caller write? One check per topic.
+async fn writable(shared: &Shared, claims: &Claims, topics: impl Iterator<Item = String>) -> HashMap<String, bool> {
+    let mut allowed = HashMap::new();
+    for topic in topics {
+        if allowed.contains_key(&topic) {
+            continue;
+        }
+        let ctx = auth_context(claims);
+        let topic_arg = topic.clone();
+        let answer = shared
+            .bridge
+            .call(|reply| BridgeRequest::WritePermission {
+                ctx,
+                topic: topic_arg,
+                extension: Extension::Broadcast,
+                reply,
+            })
+            .await;
+        let ok = match answer {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => {
+                eprintln!("realtime: RlsPolicyError: write check for topic {topic:?} failed: {e}");
+                false
+            }
+            Err(e) => {
+                eprintln!("realtime: write check for topic {topic:?} not run: {e}");
+                false
+            }
+        };
+        allowed.insert(topic, ok);
+    }
+    allowed
+}
+
+struct Outgoing {
+    topic: String,
+    private: bool,
+    broadcast: Broadcast,
+    meta: Option<Value>,
+}
+
+/// Validates a batch the way Supabase does: every message needs a topic, an
+/// event and an object payload; errors are listed per message.
+fn parse_batch(body: &[u8], max_payload: usize) -> Result<Vec<Outgoing>, Value> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| json!({"errors": {"body": [e.to_string()]}}))?;
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return Err(json!({"errors": {"messages": ["can't be blank"]}}));
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut failed = false;
+    for m in messages {
+        let mut e = Map::new();
+        let text = |k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+        if text("topic").is_none() {
+            e.insert("topic".into(), json!(["can't be blank"]));
+        }
+        if text("event").is_none() {
+            e.insert("event".into(), json!(["can't be blank"]));
+        }
+        match m.get("payload") {
+            Some(Value::Object(p)) if Body::Json(Value::Object(p.clone())).wire_len() > max_payload => {
+                e.insert("payload".into(), json!(["Payload size exceeds tenant limit"]));
+            }
+            Some(Value::Object(_)) => {}
+            Some(Value::Null) | None => {
+                e.insert("payload".into(), json!(["can't be blank"]));
+            }
+            Some(_) => {
+                e.insert("payload".into(), json!(["is invalid"]));
+            }
+        }
+        failed |= !e.is_empty();
+        errors.push(Value::Object(e));
+        if !failed {
+            out.push(Outgoing {
+                topic: text("topic").unwrap_or_default().to_owned(),
+                private: m.get("private").and_then(Value::as_bool).unwrap_or(false),
+                broadcast: Broadcast {
+                    event: text("event").unwrap_or_default().to_owned(),
+                    payload: Body::Json(m["payload"].clone()),
+                },
+                meta: m.get("id").filter(|id| !id.is_null()).map(|id| json!({"id": id})),
+            });
+        }
+    }
+    if failed { Err(json!({"errors": {"messages": errors}})) } else { Ok(out) }
+}
+
+async fn deliver(shared: &Shared, claims: &Claims, messages: Vec<Outgoing>) {
+    let private_topics = messages.iter().filter(|m| m.private).map(|m| m.topic.clone());
+    let allowed = writable(shared, claims, private_topics.collect::<Vec<_>>().into_iter()).await;
+    for m in messages {
+        if m.private && !allowed.get(&m.topic).copied().unwrap_or(false) {
+            continue;
+        }
+        let key = TopicKey { private: m.private, topic: format!("realtime:{}", m.topic) };
+        shared.hub.broadcast(&key, &m.broadcast, m.meta.as_ref(), None);
+    }
+}
+
+async fn read_body(request: Request) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"message": e.to_string()}))).into_response())
+}
+
+pub async fn batch(shared: Arc<Shared>, request: Request) -> Response {
+    let Some(claims) = authenticate(&shared, &request) else {
+        return unauthorized();
+    };
+    let body = match read_body(request).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match parse_batch(&body, shared.config().max_payload_bytes) {
+        Ok(messages) => {
+            deliver(&shared, &claims, messages).await;
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(errors) => unprocessable(errors),
+    }
+}
+
+/// `.../api/broadcast/<topic>/events/<event>`, each segment percent-decoded.
+fn topic_and_event(raw_path: &str) -> Option<(String, String)> {
+    let rest = &raw_path[raw_path.find("/api/broadcast/")? + "/api/broadcast/".len()..];
+    let (topic, event) = rest.split_once("/events/")?;
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned());
+    let (topic, event) = (decode(topic)?, decode(event.trim_end_matches('/'))?);
+    (!topic.is_empty() && !event.is_empty() && !event.contains('/')).then_some((topic, event))
+}
+
+pub async fn single(shared: Arc<Shared>, raw_path: &str, request: Request) -> Response {
+    let Some((topic, event)) = topic_and_event(raw_path) else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response();
+    };
+    let Some(claims) = authenticate(&shared, &request) else {
+        return unauthorized();
+    };
+    let private = query_params(&request).get("private").is_some_and(|p| p == "true");
+    let binary = header(request.headers(), "content-type").is_some_and(|c| c.starts_with("application/octet-stream"));
+    let body = match read_body(request).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let payload = if binary {
+        Body::Binary(body.to_vec())
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Body::Json(v),
+            Err(e) => {
+                return unprocessable(json!({"error": format!("the body is not valid JSON: {e}")}));
+            }
+        }
+    };
+    if payload.wire_len() > shared.config().max_payload_bytes {
+        return unprocessable(json!({"error": "Payload size exceeds tenant limit"}));
+    }
+    let message = Outgoing { topic, private, broadcast: Broadcast { event, payload }, meta: None };
+    deliver(&shared, &claims, vec![message]).await;
+    StatusCode::ACCEPTED.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_validation_lists_errors_per_message() {
+        let ok = br#"{"messages":[{"topic":"room","event":"e","payload":{"a":1},"private":true,"id":"x"}]}"#;
+        let parsed = parse_batch(ok, 1000).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert!(parsed[0].private);
+        assert_eq!(parsed[0].meta, Some(json!({"id": "x"})));
+
+        let missing = br#"{"messages":[{"topic":"room","event":"e"}]}"#;
+        assert_eq!(
+            parse_batch(missing, 1000).err().unwrap(),
+            json!({"errors":{"messages":[{"payload":["can't be blank"]}]}})
+        );
+        let big = br#"{"messages":[{"topic":"room","event":"e","payload":{"a":"0123456789"}}]}"#;
+        assert!(parse_batch(big, 10).is_err());
+        assert!(parse_batch(b"nope", 10).is_err());
+        assert!(parse_batch(br#"{"messages":[{"event":"e","payload":[]}]}"#, 1000).is_err());
+    }
+
+    #[test]
+    fn single_path_segments_are_decoded() {
+        assert_eq!(
+            topic_and_event("/realtime/v1/api/broadcast/room%2Fa/events/my%20event"),
+            Some(("room/a".into(), "my event".into()))
+        );
+        assert_eq!(topic_and_event("/api/broadcast/room/events/e"), Some(("room".into(), "e".into())));
+        assert_eq!(topic_and_event("/api/broadcast/room/events/"), None);
+        assert_eq!(topic_and_event("/api/broadcast/room"), None);
+    }
+}

@@ -1,0 +1,34 @@
+//! A long-lived WaitEventSet: the latch (signals, wake-ups), postmaster death,
+//! and the bridge's eventfd.
+
+use pgrx::pg_sys;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+pub struct WaitSet(*mut pg_sys::WaitEventSet);
+
+impl WaitSet {
+    pub fn new(eventfd: RawFd) -> WaitSet {
+        // SAFETY: main thread; the set lives in TopMemoryContext for the
+        // worker's lifetime.
+        unsafe {
+            let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
+            let none = std::ptr::null_mut();
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, -1, pg_sys::MyLatch, none);
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_EXIT_ON_PM_DEATH, -1, std::ptr::null_mut(), none);
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_SOCKET_READABLE, eventfd, std::ptr::null_mut(), none);
+            WaitSet(set)
+        }
+    }
+
+    /// Waits until something happens or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut events = [pg_sys::WaitEvent::default(); 3];
+        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
+        // SAFETY: main thread; `events` outlives the call.
+        unsafe {
+            pg_sys::WaitEventSetWait(self.0, timeout_ms, events.as_mut_ptr(), 3, pg_sys::PG_WAIT_EXTENSION);
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+}
