@@ -30,4 +30,7 @@ for t in pg_test/e2e/*.sh; do
   "$t"
 done
 cargo test -p realtime-e2e
+
+log "official clients"
+scripts/clients.sh
 log "all tests passed"

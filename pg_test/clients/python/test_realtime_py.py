@@ -1,0 +1,136 @@
+"""The Python `realtime` client (V1 JSON) against the live worker."""
+import asyncio
+
+import pytest
+from realtime import AsyncRealtimeClient
+
+from conftest import URL, jwt, psql, unique
+
+WAIT = 5
+
+
+async def connected(token=None):
+    client = AsyncRealtimeClient(URL, token or jwt("anon"), auto_reconnect=True)
+    await client.connect()
+    return client
+
+
+async def subscribed(channel):
+    states = []
+    await channel.subscribe(lambda state, err: states.append((str(state), err)))
+    return states
+
+
+async def next_item(queue: asyncio.Queue, wait=WAIT):
+    return await asyncio.wait_for(queue.get(), wait)
+
+
+async def test_broadcast_self_between_two_clients_with_utf8():
+    a, b = await connected(), await connected()
+    topic = unique("py-room")
+    got_a, got_b = asyncio.Queue(), asyncio.Queue()
+    ch_a = a.channel(topic, {"config": {"broadcast": {"self": True, "ack": True}}})
+    ch_a.on_broadcast("msg", lambda m: got_a.put_nowait(m))
+    ch_b = b.channel(topic, {"config": {"broadcast": {"self": False}}})
+    ch_b.on_broadcast("msg", lambda m: got_b.put_nowait(m))
+    assert "SUBSCRIBED" in str(await subscribed(ch_a))
+    assert "SUBSCRIBED" in str(await subscribed(ch_b))
+    payload = {"text": "héllo wörld — 你好 🎉", "n": 1}
+    await ch_a.send_broadcast("msg", payload)
+    for queue in (got_a, got_b):
+        message = await next_item(queue)
+        assert message["payload"] == payload
+        assert message["event"] == "msg"
+    await a.close()
+    await b.close()
+
+
+async def test_presence_across_two_clients():
+    a, b = await connected(), await connected()
+    topic = unique("py-lobby")
+    joins = asyncio.Queue()
+    ch_a = a.channel(topic, {"config": {"presence": {"key": "alice", "enabled": True}}})
+    ch_a.on_presence_join(lambda key, current, new: joins.put_nowait(key))
+    ch_b = b.channel(topic, {"config": {"presence": {"key": "bob", "enabled": True}}})
+    await subscribed(ch_a)
+    await subscribed(ch_b)
+    await ch_b.track({"status": "online"})
+    assert await next_item(joins) == "bob"
+    state = ch_a.presence_state()
+    assert state["bob"][0]["status"] == "online"
+    await ch_b.untrack()
+    for _ in range(50):
+        if "bob" not in ch_a.presence_state():
+            break
+        await asyncio.sleep(0.1)
+    assert "bob" not in ch_a.presence_state()
+    await a.close()
+    await b.close()
+
+
+async def test_private_channel_denied_then_allowed():
+    client = await connected(jwt("authenticated", sub="py-user"))
+    denied = client.channel(unique("py-secret"), {"config": {"private": True}})
+    states = await subscribed(denied)
+    assert "CHANNEL_ERROR" in str(states)
+    assert "Unauthorized" in str(states)
+    await client.remove_channel(denied)
+    allowed = client.channel(unique("py-private:room"), {"config": {"private": True}})
+    assert "SUBSCRIBED" in str(await subscribed(allowed))
+    await client.close()
+
+
+async def test_http_send_reaches_subscribers():
+    sender = AsyncRealtimeClient(URL, jwt("anon"))
+    receiver = await connected()
+    topic = unique("py-rest")
+    got = asyncio.Queue()
+    ch = receiver.channel(topic)
+    ch.on_broadcast("rest", lambda m: got.put_nowait(m))
+    await subscribed(ch)
+    await sender.channel(topic).http_send("rest", {"via": "http"})
+    assert (await next_item(got))["payload"] == {"via": "http"}
+    await receiver.close()
+
+
+async def test_token_refresh_and_expiry():
+    client = await connected()
+    topic = unique("py-token")
+    errors = asyncio.Queue()
+    ch = client.channel(topic)
+    await subscribed(ch)
+    await client.set_auth(jwt("anon", ttl=2))
+    ch.on_system(lambda payload: errors.put_nowait(payload))
+    # The refreshed token expires; the server ends the channel with a system error.
+    for _ in range(60):
+        if not ch.is_joined:
+            break
+        await asyncio.sleep(0.1)
+    assert not ch.is_joined
+    await client.close()
+
+
+async def test_reconnects_after_the_server_closes_the_socket():
+    client = await connected()
+    topic = unique("py-reconnect")
+    got = asyncio.Queue()
+    ch = client.channel(topic, {"config": {"broadcast": {"self": True}}})
+    ch.on_broadcast("after", lambda m: got.put_nowait(m))
+    await subscribed(ch)
+    pid = psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'")
+    psql(f"SELECT pg_terminate_backend({pid})")
+    # The client reconnects on its own and rejoins its channels.
+    for _ in range(150):
+        await asyncio.sleep(0.1)
+        if client.is_connected and ch.is_joined and psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'realtime'") == "1":
+            try:
+                await ch.send_broadcast("after", {"back": True})
+                message = await next_item(got, 1)
+                assert message["payload"] == {"back": True}
+                break
+            except (asyncio.TimeoutError, Exception):
+                continue
+    else:
+        pytest.fail("the client did not get back a working channel within 15 s")
+    await client.close()
