@@ -25,6 +25,6 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.txt
 fi
 
 log "supabase-js / realtime-js"
-node --test --test-concurrency=1 js/
+node --test --test-concurrency=1 --test-timeout=60000 js/
 log "Python realtime"
 (cd python && ../.venv/bin/python -m pytest -q -p no:cacheprovider)

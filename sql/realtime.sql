@@ -178,6 +178,12 @@ BEGIN
 END
 $$;
 
+-- Wakes the worker when a transaction that wrote messages commits.
+CREATE FUNCTION realtime.wake_worker() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'realtime_wake_worker';
+CREATE TRIGGER wake_worker AFTER INSERT ON realtime.messages
+  FOR EACH STATEMENT EXECUTE FUNCTION realtime.wake_worker();
+
 REVOKE ALL ON FUNCTION realtime.create_partitions(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.drop_old_partitions(timestamptz) FROM PUBLIC;
 

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod auth;
+mod decoder;
 mod protocol;
 mod server;
 mod settings;
@@ -20,6 +21,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::define();
     // SAFETY: reading a flag Postgres sets while it loads preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::wake::init();
         worker::register();
     }
 }

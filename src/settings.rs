@@ -17,6 +17,10 @@ pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// In ms.
 pub static JOIN_ERROR_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// In ms.
+pub static RESTART_GRACE: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// In MB.
+pub static MAX_SLOT_WAL: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
 
@@ -102,6 +106,26 @@ pub fn define() {
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
+        c"realtime.restart_grace",
+        c"How long a starting worker holds database broadcasts for clients to rejoin.",
+        c"Messages committed while the worker was down are delivered to the subscribers that rejoined within this time.",
+        &RESTART_GRACE,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_slot_wal",
+        c"Most WAL the worker's replication slot may hold back.",
+        c"Past it the worker skips the slot ahead and logs what it skipped, rather than filling the disk.",
+        &MAX_SLOT_WAL,
+        16,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_int_guc(
         c"realtime.retention",
         c"How long stored broadcast messages are kept.",
         c"Day partitions of realtime.messages older than this are dropped by the cleanup job.",
@@ -132,5 +156,10 @@ pub fn server_config() -> ServerConfig {
         MAX_PAYLOAD_SIZE.get() as usize * 1024,
         MAX_CHANNELS_PER_CLIENT.get() as usize,
         Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
+        Duration::from_millis(RESTART_GRACE.get() as u64),
     )
+}
+
+pub fn max_slot_wal_bytes() -> i64 {
+    i64::from(MAX_SLOT_WAL.get()) * 1024 * 1024
 }

@@ -10,11 +10,11 @@ use pgrx::prelude::*;
 
 /// Sets what policies read: `role`, `realtime.topic`, `request.jwt.claims`,
 /// `request.jwt.claim.sub` and `request.jwt.claim.role`, for the transaction.
-fn assume(client: &mut pgrx::spi::SpiClient<'_>, ctx: &AuthContext, topic: &str) -> Result<(), pgrx::spi::Error> {
+fn assume(client: &pgrx::spi::SpiClient<'_>, ctx: &AuthContext, topic: &str) -> Result<(), pgrx::spi::Error> {
     let sub = ctx.sub.clone().unwrap_or_default();
     let args: [DatumWithOid; 4] =
         [ctx.role.as_str().into(), topic.into(), ctx.claims_json.as_str().into(), sub.as_str().into()];
-    client.update(
+    client.select(
         "SELECT set_config('role', $1, true), set_config('realtime.topic', $2, true),
                 set_config('request.jwt.claims', $3, true), set_config('request.jwt.claim.sub', $4, true),
                 set_config('request.jwt.claim.role', $1, true)",

@@ -16,6 +16,8 @@ pub struct ServerConfig {
     pub max_payload_bytes: usize,
     pub max_channels_per_client: usize,
     pub join_error_delay: Duration,
+    /// How long a starting worker holds database broadcasts (see `realtime.restart_grace`).
+    pub restart_grace: Duration,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
 }
@@ -31,6 +33,7 @@ impl ServerConfig {
         max_payload_bytes: usize,
         max_channels_per_client: usize,
         join_error_delay: Duration,
+        restart_grace: Duration,
     ) -> ServerConfig {
         let mut warnings = Vec::new();
         let listen = parse_listen(listen_addresses, port, &mut warnings);
@@ -49,6 +52,7 @@ impl ServerConfig {
             max_payload_bytes,
             max_channels_per_client,
             join_error_delay,
+            restart_grace,
             warnings,
         }
     }

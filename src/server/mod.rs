@@ -12,18 +12,20 @@ mod rest;
 
 pub use config::ServerConfig;
 
-use crate::protocol::Vsn;
+use crate::decoder::DbBroadcast;
+use crate::protocol::{Body, Broadcast, Vsn};
 use crate::worker::bridge::Bridge;
 use axum::Router;
 use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hub::Hub;
+use hub::{Hub, TopicKey};
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Largest frame a client may send (Supabase allows 5 MB).
 const MAX_FRAME: usize = 5_000_000;
@@ -32,6 +34,8 @@ pub struct Shared {
     pub hub: Hub,
     pub bridge: Bridge,
     config: RwLock<Arc<ServerConfig>>,
+    /// Decoded rows handed over and not yet fanned out.
+    backlog: AtomicUsize,
 }
 
 impl Shared {
@@ -43,11 +47,23 @@ impl Shared {
 /// The main thread's handle on the network side. Every method returns at once.
 pub struct ServerHandle {
     shared: Arc<Shared>,
+    decoded: mpsc::UnboundedSender<Vec<String>>,
     stop: watch::Sender<bool>,
     stopped: std::sync::mpsc::Receiver<()>,
 }
 
 impl ServerHandle {
+    /// Hands decoded rows (the output plugin's JSON) to the network side.
+    pub fn deliver(&self, rows: Vec<String>) {
+        self.shared.backlog.fetch_add(rows.len(), Ordering::Relaxed);
+        let _ = self.decoded.send(rows);
+    }
+
+    /// Rows handed over and not yet fanned out.
+    pub fn backlog(&self) -> usize {
+        self.shared.backlog.load(Ordering::Relaxed)
+    }
+
     pub fn reconfigure(&self, config: ServerConfig) {
         *self.shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
@@ -67,7 +83,14 @@ impl ServerHandle {
 
 /// Starts the network thread. Listener errors are retried there, never fatal.
 pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
-    let shared = Arc::new(Shared { hub: Hub::default(), bridge, config: RwLock::new(Arc::new(config)) });
+    let grace = config.restart_grace;
+    let shared = Arc::new(Shared {
+        hub: Hub::default(),
+        bridge,
+        config: RwLock::new(Arc::new(config)),
+        backlog: AtomicUsize::new(0),
+    });
+    let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = std::sync::mpsc::channel();
     let thread_shared = shared.clone();
@@ -81,14 +104,47 @@ pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
                     .enable_all()
                     .build();
                 match runtime {
-                    Ok(rt) => rt.block_on(serve(thread_shared, stop_rx)),
+                    Ok(rt) => rt.block_on(async move {
+                        tokio::spawn(deliver_decoded(thread_shared.clone(), decoded_rx, grace));
+                        serve(thread_shared, stop_rx).await
+                    }),
                     Err(e) => eprintln!("realtime: cannot start the network runtime: {e}"),
                 }
                 let _ = stopped_tx.send(());
             })
             .expect("spawning the network thread")
     });
-    ServerHandle { shared, stop, stopped }
+    ServerHandle { shared, decoded, stop, stopped }
+}
+
+/// Fans out broadcasts decoded from the database, in commit order. A starting
+/// worker first waits `grace`, so clients that were connected before a restart
+/// have rejoined and receive what was committed while it was down.
+async fn deliver_decoded(shared: Arc<Shared>, mut rows: mpsc::UnboundedReceiver<Vec<String>>, grace: Duration) {
+    tokio::time::sleep(grace).await;
+    while let Some(batch) = rows.recv().await {
+        for row in &batch {
+            deliver_row(&shared, row);
+        }
+        shared.backlog.fetch_sub(batch.len(), Ordering::Relaxed);
+    }
+}
+
+fn deliver_row(shared: &Shared, row: &str) {
+    let message: DbBroadcast = match serde_json::from_str(row) {
+        Ok(m) => m,
+        Err(e) => return eprintln!("realtime: skipping an undecodable database broadcast: {e}"),
+    };
+    let payload = Body::Json(message.payload);
+    if payload.wire_len() > shared.config().max_payload_bytes {
+        return eprintln!(
+            "realtime: skipping database broadcast {}: payload larger than realtime.max_payload_size",
+            message.id
+        );
+    }
+    let key = TopicKey { private: message.private, topic: format!("realtime:{}", message.topic) };
+    let meta = json!({"id": message.id});
+    shared.hub.broadcast(&key, &Broadcast { event: message.event, payload }, Some(&meta), None);
 }
 
 /// Threads inherit the signal mask: Postgres's handlers must only ever run on

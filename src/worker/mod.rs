@@ -6,6 +6,8 @@
 pub mod bridge;
 pub mod subxact;
 mod wait;
+pub mod wake;
+mod wal;
 
 use crate::auth::rls;
 use crate::server;
@@ -18,6 +20,13 @@ use std::time::{Duration, Instant};
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const EXTENSION_POLL: Duration = Duration::from_secs(2);
+/// Commits wake the worker at once; this is only the fallback.
+const DECODE_FALLBACK: Duration = Duration::from_millis(500);
+const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// Rows per peek (decoding stops at the end of a transaction past it).
+const BATCH_ROWS: i32 = 10_000;
+/// Rows the network side may have pending before decoding pauses.
+const MAX_BACKLOG: usize = 200_000;
 
 /// Registers the worker; called from `_PG_init` while preloading.
 pub fn register() {
@@ -41,6 +50,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     if !wait_for_extension(&database) {
         return exit_for_restart();
     }
+    allow_output_plugin();
     let (bridge, inbox) = match bridge::channel(4096) {
         Ok(pair) => pair,
         Err(e) => error!("realtime: cannot create the worker's eventfd: {e}"),
@@ -50,15 +60,26 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     let server = server::spawn(config.clone(), bridge);
     log!("realtime: serving database \"{database}\" on {}", config.listen_description());
 
+    // SAFETY: MyProc is this process's PGPROC.
+    wake::set_worker(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
     let wait_set = wait::WaitSet::new(inbox.fd());
     let mut next_maintenance = Instant::now();
+    let mut next_slot_check = Instant::now();
+    let mut slot_ready = false;
     let mut config = config;
     loop {
-        if Instant::now() >= next_maintenance {
+        let now = Instant::now();
+        if now >= next_maintenance {
             maintain();
-            next_maintenance = Instant::now() + MAINTENANCE_EVERY;
+            next_maintenance = now + MAINTENANCE_EVERY;
         }
-        wait_set.wait(next_maintenance.saturating_duration_since(Instant::now()));
+        if now >= next_slot_check {
+            slot_ready = check_slot(slot_ready);
+            next_slot_check = now + SLOT_CHECK_EVERY;
+        }
+        let more = slot_ready && decode(&server);
+        let timeout = if more { Duration::ZERO } else { DECODE_FALLBACK };
+        wait_set.wait(timeout.min(next_maintenance.saturating_duration_since(Instant::now())));
         if BackgroundWorker::sigterm_received() {
             server.shutdown(1001, "server shutting down");
             break;
@@ -94,9 +115,102 @@ fn warn_about(config: &server::ServerConfig) {
     }
 }
 
+/// Recent PostgreSQL minor releases only load output plugins listed in
+/// `output_plugin_libraries`; the worker adds its own, for its session only.
+fn allow_output_plugin() {
+    let allowed = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT set_config('output_plugin_libraries', setting || ', realtime', false)
+                 FROM pg_settings WHERE name = 'output_plugin_libraries'
+                   AND 'realtime' <> ALL (string_to_array(replace(setting, ' ', ''), ','))",
+                None,
+                &[],
+            )
+            .map(|_| ())
+        })
+    });
+    if let Err(e) = allowed {
+        warning!("realtime: cannot allow the realtime output plugin: {e}");
+    }
+}
+
+/// Creates the slot when missing and keeps the WAL it holds bounded. Returns
+/// whether decoding can run.
+fn check_slot(was_ready: bool) -> bool {
+    let checked = BackgroundWorker::transaction(|| {
+        subxact::committed(|| -> Result<(bool, Option<i64>), pgrx::spi::Error> {
+            let created = wal::ensure_slot()?;
+            Ok((created, wal::lag_bytes()?))
+        })
+    });
+    let (created, lag) = match checked {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return slot_failed(was_ready, &e.to_string()),
+        Err(e) => return slot_failed(was_ready, &e),
+    };
+    if created {
+        log!("realtime: created replication slot \"{}\" with output plugin realtime", wal::SLOT);
+    }
+    let bound = settings::max_slot_wal_bytes();
+    if let Some(lag) = lag.filter(|lag| *lag > bound) {
+        let skipped = BackgroundWorker::transaction(|| subxact::committed(wal::skip_to_end));
+        warning!(
+            "realtime: replication slot \"{}\" held {lag} bytes of WAL, more than realtime.max_slot_wal ({bound} bytes); \
+             skipped ahead to {:?}: database broadcasts committed in between are not delivered",
+            wal::SLOT,
+            skipped
+        );
+    }
+    true
+}
+
+fn slot_failed(was_ready: bool, cause: &str) -> bool {
+    wal::release_after_error();
+    if was_ready {
+        warning!("realtime: replication slot \"{}\" unavailable: {cause}", wal::SLOT);
+    } else {
+        warning!(
+            "realtime: cannot use replication slot \"{}\" ({cause}); database broadcasts wait until it works \
+             (it needs wal_level = logical and a free max_replication_slots entry)",
+            wal::SLOT
+        );
+    }
+    false
+}
+
+/// Decodes one batch and hands it to the network side, then advances the
+/// slot. Returns true when more is waiting.
+fn decode(server: &server::ServerHandle) -> bool {
+    if server.backlog() > MAX_BACKLOG {
+        return false; // the network side catches up first; the slot keeps the rest
+    }
+    let decoded = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+        subxact::committed(|| -> Result<bool, pgrx::spi::Error> {
+            let batch = wal::peek(BATCH_ROWS)?;
+            if !batch.rows.is_empty() {
+                server.deliver(batch.rows);
+            }
+            if let Some(lsn) = &batch.advance_to {
+                wal::advance(lsn)?;
+            }
+            Ok(batch.full)
+        })
+    }));
+    let error = match decoded {
+        Ok(Ok(more)) => return more,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e,
+    };
+    wal::release_after_error();
+    warning!("realtime: decoding the replication slot failed: {error}");
+    false
+}
+
 /// Exits with code 1: the postmaster restarts the worker (after SIGTERM from
 /// pg_terminate_backend too); during a shutdown it does not.
 fn exit_for_restart() {
+    wake::set_worker(None);
     // SAFETY: ends the process the way Postgres expects.
     unsafe { pg_sys::proc_exit(1) };
 }
@@ -107,7 +221,11 @@ fn wait_for_extension(database: &str) -> bool {
     let mut told = false;
     loop {
         let exists = BackgroundWorker::transaction(|| {
-            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'realtime')")
+            Spi::connect(|c| {
+                c.select("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'realtime')", None, &[])?
+                    .first()
+                    .get_one::<bool>()
+            })
         });
         if exists == Ok(Some(true)) {
             return true;
@@ -116,8 +234,8 @@ fn wait_for_extension(database: &str) -> bool {
             log!("realtime: waiting for CREATE EXTENSION realtime in database \"{database}\"");
             told = true;
         }
-        BackgroundWorker::wait_latch(Some(EXTENSION_POLL));
-        if BackgroundWorker::sigterm_received() {
+        // False on SIGTERM (it consumes the flag) or postmaster death.
+        if !BackgroundWorker::wait_latch(Some(EXTENSION_POLL)) {
             return false;
         }
         if BackgroundWorker::sighup_received() {

@@ -1,7 +1,7 @@
 // Broadcast and presence with supabase-js (V2) and realtime-js (V1).
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { supabase, realtimeClient, subscribed, subscribe, inbox, unique, jwt, until, policies } from './helpers.js'
+import { supabase, realtimeClient, subscribed, subscribe, inbox, unique, jwt, until, policies, psql } from './helpers.js'
 
 const clients = []
 const track = (c) => (clients.push(c), c)
@@ -124,4 +124,41 @@ test('a refreshed token is taken, and when it expires the channel closes', async
   assert.match(m.message, /^Token has expired \d+ seconds ago$/)
   assert.equal(await statuses.next(), 'CLOSED')
   await until(() => ch.state === 'closed')
+})
+
+test('realtime.send from SQL reaches supabase-js, public and private', async () => {
+  policies()
+  // One client per channel: a client reuses its channel object for a topic.
+  const publicClient = track(supabase(jwt('authenticated', { sub: 'js-db' })))
+  const privateClient = track(supabase(jwt('authenticated', { sub: 'js-db' })))
+  const name = unique('js-private:db')
+  const got = inbox()
+  await subscribed(publicClient.channel(name).on('broadcast', { event: 'from_sql' }, (m) => got.push(['public', m])))
+  await subscribed(privateClient.channel(name, { config: { private: true } })
+    .on('broadcast', { event: 'from_sql' }, (m) => got.push(['private', m])))
+  psql(`SELECT realtime.send('{"a": 1}', 'from_sql', '${name}', false)`)
+  psql(`SELECT realtime.send('{"b": 2}', 'from_sql', '${name}', true)`)
+  const [first, second] = [await got.next(10000), await got.next(10000)]
+  assert.equal(first[0], 'public')
+  assert.equal(first[1].payload.a, 1)
+  assert.equal(first[1].payload.id, first[1].meta.id)
+  assert.equal(second[0], 'private')
+  assert.equal(second[1].payload.b, 2)
+})
+
+test('a trigger calling broadcast_changes reaches supabase-js', async () => {
+  const table = unique('js_todos').replace('-', '_')
+  psql(`CREATE TABLE ${table} (id int PRIMARY KEY, title text);
+        CREATE FUNCTION ${table}_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM realtime.broadcast_changes('${table}', TG_OP, TG_OP, TG_TABLE_NAME, TG_TABLE_SCHEMA, NEW, OLD, TG_LEVEL); RETURN NULL; END $$;
+        CREATE TRIGGER t AFTER INSERT OR UPDATE OR DELETE ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_fn();`)
+  const c = track(supabase(jwt('service_role')))
+  const got = inbox()
+  await subscribed(c.channel(table, { config: { private: true } }).on('broadcast', { event: '*' }, (m) => got.push(m)))
+  psql(`INSERT INTO ${table} VALUES (1, 'hello')`)
+  const m = await got.next(10000)
+  assert.equal(m.event, 'INSERT')
+  assert.deepEqual(m.payload.record, { id: 1, title: 'hello' })
+  assert.equal(m.payload.old_record, null)
+  psql(`DROP TABLE ${table}; DROP FUNCTION ${table}_fn()`)
 })

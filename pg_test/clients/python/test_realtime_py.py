@@ -93,6 +93,20 @@ async def test_http_send_reaches_subscribers():
     await receiver.close()
 
 
+async def test_database_broadcast_reaches_python():
+    client = await connected()
+    topic = unique("py-db")
+    got = asyncio.Queue()
+    ch = client.channel(topic)
+    ch.on_broadcast("from_sql", lambda m: got.put_nowait(m))
+    await subscribed(ch)
+    psql(f"SELECT realtime.send('{{\"a\": 1}}', 'from_sql', '{topic}', false)")
+    message = await next_item(got, 10)
+    assert message["payload"]["a"] == 1
+    assert message["payload"]["id"] == message["meta"]["id"]
+    await client.close()
+
+
 async def test_token_refresh_and_expiry():
     client = await connected()
     topic = unique("py-token")

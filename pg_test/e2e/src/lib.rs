@@ -312,10 +312,12 @@ pub async fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, St
     (status, body)
 }
 
-/// A GET over a raw socket; returns (status, body).
+/// A GET over a raw socket; returns (status, body), status 0 when nothing listens.
 pub async fn get(path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await.unwrap();
+    let Ok(mut s) = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await else {
+        return (0, String::new());
+    };
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();

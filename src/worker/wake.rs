@@ -1,0 +1,80 @@
+//! Wake-up at commit: a transaction that inserted into `realtime.messages`
+//! (a statement trigger notes it) sets the worker's latch as it commits, so
+//! the worker decodes at once instead of on its fallback timer.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{PgAtomic, pg_shmem_init};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// The worker's PGPROC number, -1 when no worker runs.
+static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"realtime_worker_procno") };
+/// Set once the shared memory above exists (the library was preloaded).
+static SHMEM_READY: AtomicBool = AtomicBool::new(false);
+/// This backend's transaction wrote a message.
+static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
+
+/// From `_PG_init` while preloading.
+pub fn init() {
+    pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(-1));
+    SHMEM_READY.store(true, Ordering::Relaxed);
+    // SAFETY: registering a process-lifetime callback with no argument.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
+}
+
+/// The worker announces itself (or its exit, with None).
+pub fn set_worker(procno: Option<i32>) {
+    if SHMEM_READY.load(Ordering::Relaxed) {
+        WORKER_PROCNO.get().store(procno.unwrap_or(-1), Ordering::SeqCst);
+    }
+}
+
+/// The statement trigger on `realtime.messages`.
+///
+/// # Safety
+/// Called by Postgres as a trigger function.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn realtime_wake_worker(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    WAKE_AT_COMMIT.store(true, Ordering::Relaxed);
+    pg_sys::Datum::from(0)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_realtime_wake_worker() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) =>
+        {
+            wake_worker();
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            WAKE_AT_COMMIT.store(false, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+fn wake_worker() {
+    if !SHMEM_READY.load(Ordering::Relaxed) {
+        return;
+    }
+    let procno = WORKER_PROCNO.get().load(Ordering::SeqCst);
+    // SAFETY: ProcGlobal is set up before any backend runs; the index is
+    // checked against its size. A stale number wakes some other process's
+    // latch, which is harmless.
+    unsafe {
+        let global = pg_sys::ProcGlobal;
+        if procno < 0 || global.is_null() || procno as u32 >= (*global).allProcCount {
+            return;
+        }
+        let proc = (*global).allProcs.add(procno as usize);
+        pg_sys::SetLatch(&raw mut (*proc).procLatch);
+    }
+}
