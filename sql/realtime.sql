@@ -190,6 +190,36 @@ REVOKE ALL ON FUNCTION realtime.drop_old_partitions(timestamptz) FROM PUBLIC;
 -- So realtime.send works as soon as the extension exists.
 SELECT count(*) FROM realtime.create_partitions();
 
+-- Supabase-style policies call auth.uid(), auth.role() and auth.jwt(). Where no
+-- auth schema provides them (plain Postgres), they read the claims the worker
+-- sets while it checks a subscriber.
+DO $auth$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
+    CREATE SCHEMA auth;
+  END IF;
+  IF to_regprocedure('auth.uid()') IS NULL THEN
+    CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
+      SELECT nullif(coalesce(current_setting('request.jwt.claim.sub', true),
+                             current_setting('request.jwt.claims', true)::jsonb ->> 'sub'), '')::uuid
+    $f$;
+  END IF;
+  IF to_regprocedure('auth.role()') IS NULL THEN
+    CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $f$
+      SELECT nullif(coalesce(current_setting('request.jwt.claim.role', true),
+                             current_setting('request.jwt.claims', true)::jsonb ->> 'role'), '')::text
+    $f$;
+  END IF;
+  IF to_regprocedure('auth.jwt()') IS NULL THEN
+    CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $f$
+      SELECT coalesce(nullif(current_setting('request.jwt.claim', true), ''),
+                      nullif(current_setting('request.jwt.claims', true), ''))::jsonb
+    $f$;
+  END IF;
+END
+$auth$;
+GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+
 -- Postgres Changes reads the tables of this publication. Users add tables with
 -- ALTER PUBLICATION supabase_realtime ADD TABLE ...
 DO $publication$

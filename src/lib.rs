@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod auth;
+mod changes;
 mod decoder;
 mod protocol;
 mod server;

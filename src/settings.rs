@@ -17,6 +17,8 @@ pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// In ms.
 pub static JOIN_ERROR_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// In kB.
+pub static MAX_RECORD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// In ms.
 pub static RESTART_GRACE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// In MB.
@@ -106,6 +108,16 @@ pub fn define() {
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
+        c"realtime.max_record_size",
+        c"Largest postgres_changes record sent whole.",
+        c"Larger records keep only values of 64 bytes or less and carry the error \"Error 413: Payload Too Large\".",
+        &MAX_RECORD_SIZE,
+        1,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
         c"realtime.restart_grace",
         c"How long a starting worker holds database broadcasts for clients to rejoin.",
         c"Messages committed while the worker was down are delivered to the subscribers that rejoined within this time.",
@@ -158,6 +170,10 @@ pub fn server_config() -> ServerConfig {
         Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
         Duration::from_millis(RESTART_GRACE.get() as u64),
     )
+}
+
+pub fn max_record_bytes() -> usize {
+    MAX_RECORD_SIZE.get() as usize * 1024
 }
 
 pub fn max_slot_wal_bytes() -> i64 {

@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 
 /// Sets what policies read: `role`, `realtime.topic`, `request.jwt.claims`,
 /// `request.jwt.claim.sub` and `request.jwt.claim.role`, for the transaction.
-fn assume(client: &pgrx::spi::SpiClient<'_>, ctx: &AuthContext, topic: &str) -> Result<(), pgrx::spi::Error> {
+pub fn assume(client: &pgrx::spi::SpiClient<'_>, ctx: &AuthContext, topic: &str) -> Result<(), pgrx::spi::Error> {
     let sub = ctx.sub.clone().unwrap_or_default();
     let args: [DatumWithOid; 4] =
         [ctx.role.as_str().into(), topic.into(), ctx.claims_json.as_str().into(), sub.as_str().into()];

@@ -1,20 +1,54 @@
 //! The logical decoding output plugin (`realtime`), exported by this library
-//! and consumed by the worker through its own slot. Each committed insert into
-//! a partition of `realtime.messages` with `extension = 'broadcast'` becomes
-//! one row of JSON; a transaction that produced any ends with a commit row, so
-//! the worker can advance the slot to whole transactions only.
-//!
-//! Row changes of published tables (Postgres Changes) are the next kind of
-//! change to add in `change`.
+//! and consumed by the worker through its own slot. Rows it writes:
+//! - `B{json}`: a committed insert into a partition of `realtime.messages`
+//!   with `extension = 'broadcast'`;
+//! - `R{json}`: an insert, update or delete of a table some `postgres_changes`
+//!   subscriber watches (the worker, which runs the decoding in its own
+//!   process, names them with [`set_watched`]);
+//! - `C`: the end of a transaction that produced any of the above, so the
+//!   worker can advance the slot to whole transactions only.
 
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::tupdesc::PgTupleDesc;
 use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::collections::HashSet;
 
 /// The text of the commit row.
 pub const COMMIT: &str = "C";
+pub const BROADCAST: char = 'B';
+pub const ROW_CHANGE: char = 'R';
+
+thread_local! {
+    /// Tables whose row changes are decoded (by relation oid).
+    static WATCHED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
+}
+
+/// Names the tables whose changes the next decoding calls in this process emit.
+pub fn set_watched(relids: impl IntoIterator<Item = u32>) {
+    WATCHED.with(|w| *w.borrow_mut() = relids.into_iter().collect());
+}
+
+/// A decoded row change, as the plugin writes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RowChange {
+    pub rel: u32,
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub op: String,
+    /// Commit time, microseconds since the Unix epoch.
+    pub ts: i64,
+    /// The new row (inserts, updates), as `row_to_json` renders it.
+    pub new: Option<Value>,
+    /// The old row's replica identity (updates that changed it, deletes).
+    pub old: Option<Value>,
+    /// Columns whose unchanged TOASTed value the WAL does not carry.
+    pub toast: Vec<String>,
+}
+
+/// Microseconds between the Postgres epoch (2000-01-01) and the Unix epoch.
+const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// A decoded broadcast, as the plugin writes it and the worker reads it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -113,24 +147,92 @@ unsafe fn is_messages_partition(state: &State, relation: pg_sys::Relation) -> bo
 #[pg_guard]
 unsafe extern "C-unwind" fn change(
     ctx: *mut pg_sys::LogicalDecodingContext,
-    _txn: *mut pg_sys::ReorderBufferTXN,
+    txn: *mut pg_sys::ReorderBufferTXN,
     relation: pg_sys::Relation,
     change: *mut pg_sys::ReorderBufferChange,
 ) {
     // SAFETY: valid pointers from Postgres for the duration of the callback.
     unsafe {
-        if (*change).action != pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_INSERT {
+        let action = (*change).action;
+        if is_messages_partition(state(ctx), relation) {
+            if action != pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_INSERT {
+                return;
+            }
+            let Some(tuple) = new_tuple(change) else { return };
+            let tuple = PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked((*relation).rd_att), tuple);
+            if let Some(message) = broadcast_row(&tuple) {
+                write(ctx, &format!("{BROADCAST}{message}"));
+                state(ctx).wrote = true;
+            }
             return;
         }
-        if !is_messages_partition(state(ctx), relation) {
+        let relid = (*relation).rd_id.to_u32();
+        if !WATCHED.with(|w| w.borrow().contains(&relid)) {
             return;
         }
-        let Some(tuple) = new_tuple(change) else { return };
-        let tuple = PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked((*relation).rd_att), tuple);
-        if let Some(message) = broadcast_row(&tuple) {
-            write(ctx, &message);
+        let op = match action {
+            pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_INSERT => "INSERT",
+            pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_UPDATE => "UPDATE",
+            pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_DELETE => "DELETE",
+            _ => return,
+        };
+        let tupdesc = (*relation).rd_att;
+        let mut toast = Vec::new();
+        let new = new_tuple(change).map(|t| row_json(tupdesc, t, &mut toast));
+        let old = old_tuple(change).map(|t| row_json(tupdesc, t, &mut Vec::new()));
+        let row = RowChange {
+            rel: relid,
+            op: op.to_owned(),
+            ts: (*txn).xact_time.commit_time + POSTGRES_EPOCH_US,
+            new,
+            old,
+            toast,
+        };
+        if let Ok(text) = serde_json::to_string(&row) {
+            write(ctx, &format!("{ROW_CHANGE}{text}"));
             state(ctx).wrote = true;
         }
+    }
+}
+
+/// An on-disk TOAST pointer: a value the update did not change, which the
+/// WAL does not carry (`VARATT_IS_EXTERNAL_ONDISK`).
+unsafe fn is_unchanged_toast(value: pg_sys::Datum) -> bool {
+    // SAFETY: a non-null varlena datum points at its header.
+    unsafe {
+        let p = value.cast_mut_ptr::<u8>();
+        *p == 0x01 && *p.add(1) == pg_sys::vartag_external::VARTAG_ONDISK as u8
+    }
+}
+
+/// The tuple as `row_to_json` renders it (numbers as numbers, timestamps as
+/// ISO strings, json as JSON), with unchanged TOAST values left out and
+/// their column names added to `toast`.
+unsafe fn row_json(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, toast: &mut Vec<String>) -> Value {
+    // SAFETY: the tuple matches the relation's descriptor; the copies live in
+    // the decoding call's memory context.
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![false; natts];
+        pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
+        for (i, attr) in desc.iter().enumerate() {
+            if !attr.attisdropped && !nulls[i] && attr.attlen == -1 && is_unchanged_toast(values[i]) {
+                nulls[i] = true;
+                toast.push(attr.name().to_owned());
+            }
+        }
+        let formed = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let datum = pg_sys::heap_copy_tuple_as_datum(formed, tupdesc);
+        let text: Option<String> = pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]);
+        let mut row: Value = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        if let Value::Object(o) = &mut row {
+            for column in toast.iter() {
+                o.remove(column);
+            }
+        }
+        row
     }
 }
 
@@ -140,6 +242,24 @@ unsafe fn new_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::
     unsafe {
         let buf = (*change).data.tp.newtuple;
         (!buf.is_null()).then(|| &raw mut (*buf).tuple)
+    }
+}
+
+#[cfg(not(feature = "pg17"))]
+unsafe fn old_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::HeapTuple> {
+    // SAFETY: present for updates that changed the identity, and deletes.
+    unsafe {
+        let buf = (*change).data.tp.oldtuple;
+        (!buf.is_null()).then(|| &raw mut (*buf).tuple)
+    }
+}
+
+#[cfg(feature = "pg17")]
+unsafe fn old_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::HeapTuple> {
+    // SAFETY: present for updates that changed the identity, and deletes.
+    unsafe {
+        let tuple = (*change).data.tp.oldtuple;
+        (!tuple.is_null()).then_some(tuple)
     }
 }
 

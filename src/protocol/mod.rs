@@ -194,6 +194,16 @@ pub fn encode(
     Frame::Text(text)
 }
 
+/// A server push whose payload is JSON text already: the part shared by many
+/// recipients is serialized once and spliced in.
+pub fn encode_raw(vsn: Vsn, topic: &str, event: &str, payload_json: &str) -> Frame {
+    let (topic, event) = (Value::from(topic), Value::from(event));
+    Frame::Text(match vsn {
+        Vsn::V1 => format!(r#"{{"topic":{topic},"event":{event},"payload":{payload_json},"ref":null}}"#),
+        Vsn::V2 => format!("[null,null,{topic},{event},{payload_json}]"),
+    })
+}
+
 /// `phx_reply` payload.
 pub fn reply(status: &str, response: Value) -> Value {
     json!({"status": status, "response": response})
@@ -374,6 +384,18 @@ mod tests {
         // "ref" is present even when null.
         let Frame::Text(push) = encode(Vsn::V1, None, None, "t", "presence_diff", &json!({})) else { panic!() };
         assert!(push.contains(r#""ref":null"#));
+    }
+
+    #[test]
+    fn raw_payloads_are_spliced_as_valid_json() {
+        let payload = r#"{"ids":[1],"data":{"a":"\"q\""}}"#;
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let Frame::Text(t) = encode_raw(vsn, "realtime:a\"b", "postgres_changes", payload) else { panic!() };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let (topic, p) = if vsn == Vsn::V1 { (&v["topic"], &v["payload"]) } else { (&v[2], &v[4]) };
+            assert_eq!(topic, "realtime:a\"b");
+            assert_eq!(p["data"]["a"], "\"q\"");
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ struct Channel {
     broadcast_write: Option<bool>,
     presence_write: Option<bool>,
     presence_calls: RateWindow,
+    /// Has `postgres_changes` bindings the worker routes changes to.
+    changes: bool,
 }
 
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String) {
@@ -138,7 +140,7 @@ impl Session {
             json!({"extension": "system", "status": "error", "message": message, "channel": channel.sub_topic});
         self.send(channel.join_ref.as_deref(), None, topic, "system", &payload);
         self.send(channel.join_ref.as_deref(), channel.join_ref.as_deref(), topic, "phx_close", &json!({}));
-        self.shared.hub.unsubscribe(&channel.key, channel.id);
+        self.end(&channel);
     }
 
     async fn handle(&mut self, msg: Inbound) {
@@ -221,7 +223,7 @@ impl Session {
 
         // A second join of the same topic (a client's rejoin) replaces the first.
         if let Some(old) = self.channels.remove(&msg.topic) {
-            self.shared.hub.unsubscribe(&old.key, old.id);
+            self.end(&old);
         }
         let key = TopicKey { private: join.private, topic: msg.topic.clone() };
         let id = self.shared.hub.next_id();
@@ -233,14 +235,14 @@ impl Session {
             presence: join.presence_enabled && read.presence,
         };
         self.shared.hub.subscribe(&key, id, subscriber);
-        let reply = json!({"postgres_changes": bindings_with_ids(&join.postgres_changes)});
-        self.reply(msg, "ok", reply);
+        let bindings = bindings_with_ids(&join.postgres_changes);
+        self.reply(msg, "ok", json!({"postgres_changes": bindings}));
         if join.presence_enabled {
             let state = self.shared.hub.presence_state(&key);
             self.send(msg.join_ref.as_deref(), None, &msg.topic, "presence_state", &state);
         }
         let replay = join.replay;
-        let channel = Channel {
+        let mut channel = Channel {
             key,
             sub_topic: sub_topic.to_owned(),
             join_ref: msg.join_ref.clone(),
@@ -253,7 +255,11 @@ impl Session {
             broadcast_write: None,
             presence_write: None,
             presence_calls: RateWindow::new(PRESENCE_CALLS, PRESENCE_WINDOW),
+            changes: false,
         };
+        if !bindings.is_empty() {
+            self.subscribe_changes(&mut channel, &bindings).await;
+        }
         if let Some(replay) = replay {
             self.replay(&channel, replay.since_ms, replay.limit).await;
         }
@@ -305,16 +311,50 @@ impl Session {
 
     fn leave(&mut self, msg: &Inbound) {
         if let Some(channel) = self.channels.remove(&msg.topic) {
-            self.shared.hub.unsubscribe(&channel.key, channel.id);
+            self.end(&channel);
             self.reply(msg, "ok", json!({}));
             let join_ref = channel.join_ref.as_deref();
             self.send(join_ref, join_ref, &msg.topic, "phx_close", &json!({}));
         }
     }
 
+    /// Everything a channel holds elsewhere goes with it.
+    fn end(&self, channel: &Channel) {
+        self.shared.hub.unsubscribe(&channel.key, channel.id);
+        if channel.changes {
+            self.shared.hub.remove_changes(channel.id);
+            self.shared.bridge.tell(Request::UnsubscribeChanges { channel: channel.id });
+        }
+    }
+
+    /// Starts `postgres_changes` for a joined channel; the `system` message
+    /// says whether it worked. The channel stays open either way.
+    async fn subscribe_changes(&self, channel: &mut Channel, bindings: &[Value]) {
+        let bindings: Vec<(u32, Value)> =
+            bindings.iter().map(|b| (b["id"].as_u64().unwrap_or_default() as u32, b.clone())).collect();
+        let (id, ctx) = (channel.id, auth_context(&channel.claims));
+        self.shared.hub.add_changes(id, self.conn.clone(), &channel.key.topic);
+        let answer =
+            self.shared.bridge.call(|reply| Request::SubscribeChanges { channel: id, ctx, bindings, reply }).await;
+        let (status, message) = match answer {
+            Ok(Ok(())) => {
+                channel.changes = true;
+                ("ok", "Subscribed to PostgreSQL".to_owned())
+            }
+            Ok(Err(message)) => ("error", message),
+            Err(e) => ("error", format!("Unable to subscribe to changes: {e}")),
+        };
+        if !channel.changes {
+            self.shared.hub.remove_changes(id);
+        }
+        let payload = json!({"extension": "postgres_changes", "status": status, "message": message, "channel": channel.sub_topic});
+        self.send(channel.join_ref.as_deref(), None, &channel.key.topic, "system", &payload);
+    }
+
     fn leave_all(&mut self) {
-        for (_, channel) in self.channels.drain() {
-            self.shared.hub.unsubscribe(&channel.key, channel.id);
+        let channels: Vec<Channel> = self.channels.drain().map(|(_, c)| c).collect();
+        for channel in &channels {
+            self.end(channel);
         }
     }
 
@@ -476,6 +516,10 @@ impl Session {
         channel.token = token;
         channel.claims = claims;
         channel.read = read;
+        if channel.changes {
+            let ctx = auth_context(&channel.claims);
+            self.shared.bridge.tell(Request::ChangesAuth { channel: channel.id, ctx });
+        }
         channel.broadcast_write = None;
         channel.presence_write = None;
         self.shared.hub.update(

@@ -102,6 +102,8 @@ struct Topic {
 type Shard = Mutex<HashMap<TopicKey, Topic>>;
 
 pub struct Hub {
+    /// Channels with `postgres_changes` bindings: where their changes go.
+    changes: Mutex<HashMap<SubId, (Arc<ConnHandle>, String)>>,
     shards: Box<[Shard]>,
     hasher: RandomState,
     connections: Mutex<HashMap<u64, Arc<ConnHandle>>>,
@@ -139,6 +141,7 @@ impl<F: FnMut(Vsn) -> Option<Message>> PerVsn<F> {
 impl Default for Hub {
     fn default() -> Self {
         Hub {
+            changes: Mutex::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             connections: Mutex::default(),
@@ -168,6 +171,21 @@ impl Hub {
         for conn in lock(&self.connections).values() {
             conn.close(code, reason);
         }
+    }
+
+    pub fn add_changes(&self, id: SubId, conn: Arc<ConnHandle>, topic: &str) {
+        lock(&self.changes).insert(id, (conn, topic.to_owned()));
+    }
+
+    pub fn remove_changes(&self, id: SubId) {
+        lock(&self.changes).remove(&id);
+    }
+
+    /// A `postgres_changes` message to one channel; `data` is already JSON.
+    pub fn send_change(&self, id: SubId, ids: &[u32], data: &str) {
+        let Some((conn, topic)) = lock(&self.changes).get(&id).cloned() else { return };
+        let payload = format!(r#"{{"ids":{},"data":{data}}}"#, Value::from(ids.to_vec()));
+        conn.send_frame(protocol::encode_raw(conn.vsn, &topic, "postgres_changes", &payload));
     }
 
     pub fn subscribe(&self, key: &TopicKey, id: SubId, subscriber: Subscriber) {

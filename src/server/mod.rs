@@ -12,6 +12,7 @@ mod rest;
 
 pub use config::ServerConfig;
 
+use crate::changes::Delivery;
 use crate::decoder::DbBroadcast;
 use crate::protocol::{Body, Broadcast, Vsn};
 use crate::worker::bridge::Bridge;
@@ -47,16 +48,16 @@ impl Shared {
 /// The main thread's handle on the network side. Every method returns at once.
 pub struct ServerHandle {
     shared: Arc<Shared>,
-    decoded: mpsc::UnboundedSender<Vec<String>>,
+    decoded: mpsc::UnboundedSender<Vec<Decoded>>,
     stop: watch::Sender<bool>,
     stopped: std::sync::mpsc::Receiver<()>,
 }
 
 impl ServerHandle {
-    /// Hands decoded rows (the output plugin's JSON) to the network side.
-    pub fn deliver(&self, rows: Vec<String>) {
-        self.shared.backlog.fetch_add(rows.len(), Ordering::Relaxed);
-        let _ = self.decoded.send(rows);
+    /// Hands what the worker decoded to the network side, in commit order.
+    pub fn deliver(&self, batch: Vec<Decoded>) {
+        self.shared.backlog.fetch_add(batch.len(), Ordering::Relaxed);
+        let _ = self.decoded.send(batch);
     }
 
     /// Rows handed over and not yet fanned out.
@@ -117,14 +118,25 @@ pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
     ServerHandle { shared, decoded, stop, stopped }
 }
 
-/// Fans out broadcasts decoded from the database, in commit order. A starting
+/// What the worker decoded, for the network side to send.
+pub enum Decoded {
+    /// A broadcast row as the output plugin wrote it (JSON, no prefix).
+    Broadcast(String),
+    /// A `postgres_changes` message for one channel.
+    Change(Delivery),
+}
+
+/// Sends what was decoded from the database, in commit order. A starting
 /// worker first waits `grace`, so clients that were connected before a restart
 /// have rejoined and receive what was committed while it was down.
-async fn deliver_decoded(shared: Arc<Shared>, mut rows: mpsc::UnboundedReceiver<Vec<String>>, grace: Duration) {
+async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiver<Vec<Decoded>>, grace: Duration) {
     tokio::time::sleep(grace).await;
-    while let Some(batch) = rows.recv().await {
-        for row in &batch {
-            deliver_row(&shared, row);
+    while let Some(batch) = decoded.recv().await {
+        for item in &batch {
+            match item {
+                Decoded::Broadcast(row) => deliver_row(&shared, row),
+                Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data),
+            }
         }
         shared.backlog.fetch_sub(batch.len(), Ordering::Relaxed);
     }

@@ -62,6 +62,18 @@ pub enum Request {
         extension: Extension,
         reply: oneshot::Sender<Result<bool, String>>,
     },
+    /// Checks a channel's `postgres_changes` bindings (with the ids its join
+    /// reply gave them) and starts routing changes to it.
+    SubscribeChanges {
+        channel: u64,
+        ctx: AuthContext,
+        bindings: Vec<(u32, serde_json::Value)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The channel is gone. No answer.
+    UnsubscribeChanges { channel: u64 },
+    /// The channel's token was refreshed. No answer.
+    ChangesAuth { channel: u64, ctx: AuthContext },
     /// Stored private broadcasts of the topic since `since_ms`, oldest first.
     Replay {
         ctx: AuthContext,
@@ -115,6 +127,22 @@ impl std::fmt::Display for CallError {
 }
 
 impl Bridge {
+    /// Sends a request that needs no answer. False when the queue is full.
+    pub fn tell(&self, request: Request) -> bool {
+        let sent = self.queue.try_send(request).is_ok();
+        if sent {
+            self.wake();
+        }
+        sent
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to an eventfd we own. EAGAIN (counter
+        // saturated) still leaves it readable, so the wake-up is not lost.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
     /// Sends a request to the main thread and waits for its answer.
     pub async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, CallError> {
         let (tx, rx) = oneshot::channel();
@@ -123,10 +151,7 @@ impl Bridge {
             Err(TrySendError::Full(_)) => return Err(CallError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(CallError::Gone),
         }
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to an eventfd we own. EAGAIN (counter
-        // saturated) still leaves it readable, so the wake-up is not lost.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        self.wake();
         rx.await.map_err(|_| CallError::Gone)
     }
 }

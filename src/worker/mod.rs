@@ -10,7 +10,10 @@ pub mod wake;
 mod wal;
 
 use crate::auth::rls;
-use crate::server;
+use crate::changes::registry::{ChannelBindings, Registry};
+use crate::changes::{route, subscribe};
+use crate::decoder::{self, BROADCAST, ROW_CHANGE, RowChange};
+use crate::server::{self, Decoded};
 use crate::settings;
 use bridge::Request;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -67,6 +70,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     let mut next_slot_check = Instant::now();
     let mut slot_ready = false;
     let mut config = config;
+    let mut registry = Registry::default();
     loop {
         let now = Instant::now();
         if now >= next_maintenance {
@@ -77,7 +81,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             slot_ready = check_slot(slot_ready);
             next_slot_check = now + SLOT_CHECK_EVERY;
         }
-        let more = slot_ready && decode(&server);
+        let more = slot_ready && decode(&server, &registry);
         let timeout = if more { Duration::ZERO } else { DECODE_FALLBACK };
         wait_set.wait(timeout.min(next_maintenance.saturating_duration_since(Instant::now())));
         if BackgroundWorker::sigterm_received() {
@@ -103,7 +107,11 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         }
         let requests = inbox.drain();
         if !requests.is_empty() {
-            BackgroundWorker::transaction(AssertUnwindSafe(|| requests.into_iter().for_each(answer)));
+            BackgroundWorker::transaction(AssertUnwindSafe(|| {
+                requests.into_iter().for_each(|r| answer(r, &mut registry));
+            }));
+            decoder::set_watched(registry.watched());
+            wake::watch_writes(!registry.is_empty());
         }
     }
     exit_for_restart();
@@ -181,7 +189,7 @@ fn slot_failed(was_ready: bool, cause: &str) -> bool {
 
 /// Decodes one batch and hands it to the network side, then advances the
 /// slot. Returns true when more is waiting.
-fn decode(server: &server::ServerHandle) -> bool {
+fn decode(server: &server::ServerHandle, registry: &Registry) -> bool {
     if server.backlog() > MAX_BACKLOG {
         return false; // the network side catches up first; the slot keeps the rest
     }
@@ -189,7 +197,7 @@ fn decode(server: &server::ServerHandle) -> bool {
         subxact::committed(|| -> Result<bool, pgrx::spi::Error> {
             let batch = wal::peek(BATCH_ROWS)?;
             if !batch.rows.is_empty() {
-                server.deliver(batch.rows);
+                server.deliver(outgoing(batch.rows, registry));
             }
             if let Some(lsn) = &batch.advance_to {
                 wal::advance(lsn)?;
@@ -205,6 +213,40 @@ fn decode(server: &server::ServerHandle) -> bool {
     wal::release_after_error();
     warning!("realtime: decoding the replication slot failed: {error}");
     false
+}
+
+/// The decoded rows as the network side sends them, in commit order: row
+/// changes routed to the channels whose bindings and policies admit them.
+fn outgoing(rows: Vec<String>, registry: &Registry) -> Vec<Decoded> {
+    enum Row {
+        Broadcast(String),
+        Change(usize),
+    }
+    let mut order = Vec::with_capacity(rows.len());
+    let mut changes = Vec::new();
+    for row in rows {
+        if let Some(json) = row.strip_prefix(BROADCAST) {
+            order.push(Row::Broadcast(json.to_owned()));
+        } else if let Some(json) = row.strip_prefix(ROW_CHANGE) {
+            match serde_json::from_str::<RowChange>(json) {
+                Ok(change) => {
+                    order.push(Row::Change(changes.len()));
+                    changes.push(change);
+                }
+                Err(e) => warning!("realtime: skipping an undecodable row change: {e}"),
+            }
+        }
+    }
+    let mut routed =
+        if changes.is_empty() { Vec::new() } else { route::route(registry, &changes, settings::max_record_bytes()) };
+    let mut out = Vec::with_capacity(order.len());
+    for row in order {
+        match row {
+            Row::Broadcast(json) => out.push(Decoded::Broadcast(json)),
+            Row::Change(i) => out.extend(std::mem::take(&mut routed[i]).into_iter().map(Decoded::Change)),
+        }
+    }
+    out
 }
 
 /// Exits with code 1: the postmaster restarts the worker (after SIGTERM from
@@ -245,7 +287,7 @@ fn wait_for_extension(database: &str) -> bool {
     }
 }
 
-fn answer(request: Request) {
+fn answer(request: Request, registry: &mut Registry) {
     // A dropped receiver means the asker went away; nothing to do.
     match request {
         Request::ReadPermissions { ctx, topic, presence, reply } => {
@@ -254,6 +296,15 @@ fn answer(request: Request) {
         Request::WritePermission { ctx, topic, extension, reply } => {
             let _ = reply.send(rls::write_permission(&ctx, &topic, extension));
         }
+        Request::SubscribeChanges { channel, ctx, bindings, reply } => {
+            let requested: Vec<subscribe::Requested> =
+                bindings.iter().map(|(id, binding)| subscribe::Requested { id: *id, binding }).collect();
+            let checked = subscribe::validate(&ctx, &requested);
+            let answer = checked.map(|bindings| registry.add(channel, ChannelBindings { ctx, bindings }));
+            let _ = reply.send(answer);
+        }
+        Request::UnsubscribeChanges { channel } => registry.remove(channel),
+        Request::ChangesAuth { channel, ctx } => registry.set_ctx(channel, ctx),
         Request::Replay { ctx, topic, since_ms, limit, reply } => {
             let _ = reply.send(rls::replay(&ctx, &topic, since_ms, limit));
         }

@@ -1,14 +1,18 @@
 //! Wake-up at commit: a transaction that inserted into `realtime.messages`
 //! (a statement trigger notes it) sets the worker's latch as it commits, so
-//! the worker decodes at once instead of on its fallback timer.
+//! the worker decodes at once instead of on its fallback timer. While any
+//! channel has `postgres_changes` bindings, every transaction that wrote in
+//! the worker's database does the same.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, pg_shmem_init};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 /// The worker's PGPROC number, -1 when no worker runs.
 static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"realtime_worker_procno") };
+/// The worker's database while it routes row changes, else 0 (InvalidOid).
+static WATCHED_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"realtime_watched_database") };
 /// Set once the shared memory above exists (the library was preloaded).
 static SHMEM_READY: AtomicBool = AtomicBool::new(false);
 /// This backend's transaction wrote a message.
@@ -17,6 +21,7 @@ static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
 /// From `_PG_init` while preloading.
 pub fn init() {
     pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(-1));
+    pg_shmem_init!(WATCHED_DATABASE = AtomicU32::new(0));
     SHMEM_READY.store(true, Ordering::Relaxed);
     // SAFETY: registering a process-lifetime callback with no argument.
     unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
@@ -26,6 +31,15 @@ pub fn init() {
 pub fn set_worker(procno: Option<i32>) {
     if SHMEM_READY.load(Ordering::Relaxed) {
         WORKER_PROCNO.get().store(procno.unwrap_or(-1), Ordering::SeqCst);
+    }
+}
+
+/// The worker routes row changes (or stops): writes in its database wake it.
+pub fn watch_writes(on: bool) {
+    if SHMEM_READY.load(Ordering::Relaxed) {
+        // SAFETY: MyDatabaseId is set once the worker is connected.
+        let database = if on { unsafe { pg_sys::MyDatabaseId.to_u32() } } else { 0 };
+        WATCHED_DATABASE.get().store(database, Ordering::Relaxed);
     }
 }
 
@@ -49,6 +63,12 @@ pub extern "C" fn pg_finfo_realtime_wake_worker() -> &'static pg_sys::Pg_finfo_r
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
+        // Before the commit the transaction still knows whether it wrote.
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_PRE_COMMIT
+            if wrote_in_watched_database() =>
+        {
+            WAKE_AT_COMMIT.store(true, Ordering::Relaxed);
+        }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
             if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) =>
         {
@@ -59,6 +79,19 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         }
         _ => {}
     }
+}
+
+fn wrote_in_watched_database() -> bool {
+    if !SHMEM_READY.load(Ordering::Relaxed) {
+        return false;
+    }
+    let database = WATCHED_DATABASE.get().load(Ordering::Relaxed);
+    // SAFETY: plain reads of this backend's state.
+    database != 0
+        && unsafe {
+            pg_sys::MyDatabaseId.to_u32() == database
+                && pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId
+        }
 }
 
 fn wake_worker() {

@@ -148,3 +148,30 @@ async def test_reconnects_after_the_server_closes_the_socket():
     else:
         pytest.fail("the client did not get back a working channel within 15 s")
     await client.close()
+
+
+async def test_postgres_changes_with_a_filter():
+    table = unique("py_pc").replace("-", "_")
+    psql(f"""CREATE TABLE {table} (id int PRIMARY KEY, title text);
+             ALTER PUBLICATION supabase_realtime ADD TABLE {table};
+             GRANT SELECT ON {table} TO service_role;""")
+    client = await connected(jwt("service_role"))
+    everything, filtered = asyncio.Queue(), asyncio.Queue()
+    ch = client.channel(table)
+    ch.on_postgres_changes("*", lambda p: everything.put_nowait(p), table=table, schema="public")
+    ch.on_postgres_changes("INSERT", lambda p: filtered.put_nowait(p), table=table, schema="public", filter="id=eq.2")
+    assert "SUBSCRIBED" in str(await subscribed(ch))
+    psql(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')")
+    psql(f"UPDATE {table} SET title = 'c' WHERE id = 1")
+    psql(f"DELETE FROM {table} WHERE id = 2")
+    changes = [await next_item(everything, 10) for _ in range(4)]
+    kinds = [c["data"]["type"] for c in changes]
+    assert kinds == ["INSERT", "INSERT", "UPDATE", "DELETE"]
+    assert changes[0]["data"]["record"] == {"id": 1, "title": "a"}
+    assert changes[2]["data"]["old_record"] == {"id": 1}
+    assert changes[3]["data"]["old_record"] == {"id": 2}
+    assert "record" not in changes[3]["data"] or changes[3]["data"]["record"] is None
+    only = await next_item(filtered)
+    assert only["data"]["record"]["id"] == 2
+    assert filtered.empty()
+    await client.close()

@@ -60,6 +60,17 @@ SELECT realtime.topic();
 COMMIT;
 SELECT realtime.topic() IS NULL AS no_topic_after_commit;
 
+-- auth.uid(), auth.role() and auth.jwt() read the claims, for Supabase-style policies.
+SELECT p.proname, pg_get_function_result(p.oid) FROM pg_proc p WHERE p.pronamespace = 'auth'::regnamespace ORDER BY 1;
+SELECT auth.uid() IS NULL AS no_uid, auth.role() IS NULL AS no_role, auth.jwt() IS NULL AS no_jwt;
+BEGIN;
+SELECT set_config('request.jwt.claims', '{"sub":"00000000-0000-4000-8000-000000000001","role":"authenticated"}', true) IS NOT NULL;
+SELECT auth.uid(), auth.role(), auth.jwt() ->> 'sub' AS sub;
+-- The single claims set by the worker win, as in Supabase.
+SELECT set_config('request.jwt.claim.sub', '00000000-0000-4000-8000-000000000002', true) IS NOT NULL;
+SELECT auth.uid();
+ROLLBACK;
+
 -- Dropping and recreating the extension works, and keeps the roles.
 DROP EXTENSION realtime;
 SELECT count(*) AS roles_kept FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role');

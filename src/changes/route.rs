@@ -1,0 +1,334 @@
+//! Routes decoded row changes to subscribed channels, on the main thread, in
+//! batches: per table, one query per distinct filter and one RLS query per
+//! group of subscribers sharing a role and claims — not one query per
+//! subscriber per change. Each group's query runs as that role, with its
+//! claims, in a subtransaction that is rolled back, so a policy that raises
+//! fails that group alone.
+
+use super::Delivery;
+use super::filter::{Filter, Op};
+use super::payload::{self, TableMeta};
+use super::registry::{Binding, Registry};
+use crate::auth::rls::assume;
+use crate::decoder::RowChange;
+use crate::worker::bridge::AuthContext;
+use crate::worker::subxact::rolled_back;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// `"name"` with inner quotes doubled: identifiers reach SQL only this way.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The SQL for a filter's value as the column's type (`$n` is its text) and
+/// that text. `type_sql` comes from `format_type`, never from a client.
+pub fn filter_operand(f: &Filter, type_sql: &str) -> (String, String) {
+    if f.op == Op::In {
+        let elements: Vec<String> =
+            f.values.iter().map(|v| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+        (format!("$1::{type_sql}[]"), format!("{{{}}}", elements.join(",")))
+    } else {
+        (format!("$1::{type_sql}"), f.values[0].clone())
+    }
+}
+
+/// For each change, the deliveries it makes, in the changes' order.
+pub fn route(registry: &Registry, changes: &[RowChange], max_record_bytes: usize) -> Vec<Vec<Delivery>> {
+    // Read-only SPI queries use the active snapshot, which dates from the
+    // start of the worker's transaction; rows committed since must be seen.
+    // SAFETY: main thread, in a transaction; popped below.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let out = route_with_snapshot(registry, changes, max_record_bytes);
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    out
+}
+
+fn route_with_snapshot(registry: &Registry, changes: &[RowChange], max_record_bytes: usize) -> Vec<Vec<Delivery>> {
+    let mut out = vec![Vec::new(); changes.len()];
+    let mut by_table: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        by_table.entry(c.rel).or_default().push(i);
+    }
+    for (relid, indexes) in by_table {
+        let channels = registry.on_table(relid);
+        if channels.is_empty() {
+            continue;
+        }
+        let meta = match rolled_back(|| table_meta(relid)) {
+            Ok(Ok(Some(meta))) => meta,
+            Ok(Ok(None)) => continue, // dropped since
+            Ok(Err(e)) => {
+                warning!("realtime: cannot read table {relid} for postgres_changes: {e}");
+                continue;
+            }
+            Err(e) => {
+                warning!("realtime: cannot read table {relid} for postgres_changes: {e}");
+                continue;
+            }
+        };
+        route_table(&meta, relid, &channels, changes, &indexes, max_record_bytes, &mut out);
+    }
+    out
+}
+
+type Group<'a> = (&'a str, &'a str);
+
+fn route_table(
+    meta: &TableMeta,
+    relid: u32,
+    channels: &[(u64, &AuthContext, Vec<&Binding>)],
+    changes: &[RowChange],
+    indexes: &[usize],
+    max_record_bytes: usize,
+    out: &mut [Vec<Delivery>],
+) {
+    // Filters: each distinct one evaluated once over the whole batch.
+    let distinct: HashSet<&Filter> =
+        channels.iter().flat_map(|(_, _, bs)| bs.iter().flat_map(|b| b.filters.iter())).collect();
+    let passing: HashMap<&Filter, HashSet<usize>> =
+        distinct.into_iter().map(|f| (f, evaluate_filter(meta, f, changes, indexes))).collect();
+
+    // Groups: subscribers that share role and claims see the same rows.
+    let mut groups: HashMap<Group, GroupView> = HashMap::new();
+    for (_, ctx, _) in channels {
+        groups
+            .entry((ctx.role.as_str(), ctx.claims_json.as_str()))
+            .or_insert_with(|| GroupView::read(meta, relid, ctx, changes, indexes));
+    }
+
+    for &i in indexes {
+        let change = &changes[i];
+        let mut data_by_group: HashMap<Group, Arc<str>> = HashMap::new();
+        for (channel, ctx, bindings) in channels {
+            let ids: Vec<u32> = bindings
+                .iter()
+                .filter(|b| b.event.matches(&change.op) && b.filters.iter().all(|f| passing[f].contains(&i)))
+                .map(|b| b.id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let key = (ctx.role.as_str(), ctx.claims_json.as_str());
+            let view = &groups[&key];
+            let data = match view {
+                GroupView::Failed(message) => payload::error(meta, change, message),
+                GroupView::Sees { visible, .. } if !visible.contains(&i) => continue,
+                GroupView::Sees { columns, .. } => payload::build(meta, change, columns, max_record_bytes),
+            };
+            let data = data_by_group.entry(key).or_insert_with(|| Arc::from(data.to_string())).clone();
+            out[i].push(Delivery { channel: *channel, ids, data });
+        }
+    }
+}
+
+/// What one group of subscribers may see of the batch.
+enum GroupView {
+    Sees {
+        columns: HashSet<String>,
+        visible: HashSet<usize>,
+    },
+    /// Its checks raised (a broken policy, a role that does not exist).
+    Failed(String),
+}
+
+impl GroupView {
+    fn read(meta: &TableMeta, relid: u32, ctx: &AuthContext, changes: &[RowChange], indexes: &[usize]) -> GroupView {
+        let checked = rolled_back(|| {
+            Spi::connect_mut(|client| -> Result<GroupView, pgrx::spi::Error> {
+                let args: [DatumWithOid; 2] = [pg_sys::Oid::from(relid).into(), ctx.role.as_str().into()];
+                let columns: HashSet<String> = client
+                    .select(
+                        "SELECT attname::text FROM pg_attribute
+                         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+                           AND has_column_privilege($2, attrelid, attnum, 'SELECT')",
+                        None,
+                        &args,
+                    )?
+                    .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                    .collect::<Result<_, _>>()?;
+                // Without a readable key the group gets error rows, no lookups.
+                let key_readable = !meta.primary_key.is_empty() && meta.primary_key.iter().all(|k| columns.contains(k));
+                let visible = if key_readable {
+                    visible_rows(client, meta, ctx, changes, indexes)?
+                } else {
+                    indexes.iter().copied().collect()
+                };
+                Ok(GroupView::Sees { columns, visible })
+            })
+        });
+        match checked {
+            Ok(Ok(view)) => view,
+            Ok(Err(e)) => GroupView::Failed(format!("Error 500: {e}")),
+            Err(e) => {
+                warning!(
+                    "realtime: RlsPolicyError: postgres_changes check on {}.{} as {} failed: {e}",
+                    meta.schema,
+                    meta.table,
+                    ctx.role
+                );
+                GroupView::Failed(format!("Error 500: {e}"))
+            }
+        }
+    }
+}
+
+/// Which changes the group may see. Deletes cannot be checked (the row is
+/// gone) and tables without RLS hide nothing; otherwise the rows are looked
+/// up by primary key, as the group's role with its claims — now, at routing
+/// time, as Supabase does.
+fn visible_rows(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    meta: &TableMeta,
+    ctx: &AuthContext,
+    changes: &[RowChange],
+    indexes: &[usize],
+) -> Result<HashSet<usize>, pgrx::spi::Error> {
+    let (unchecked, checked): (Vec<usize>, Vec<usize>) =
+        indexes.iter().partition(|&&i| !meta.rls || changes[i].op == "DELETE" || meta.primary_key.is_empty());
+    let mut visible: HashSet<usize> = unchecked.into_iter().collect();
+    if checked.is_empty() {
+        return Ok(visible);
+    }
+    let keys: Vec<Value> = checked
+        .iter()
+        .map(|&i| {
+            let mut row = json!({"i": i});
+            for k in &meta.primary_key {
+                row[k.as_str()] = changes[i].new.as_ref().and_then(|n| n.get(k)).cloned().unwrap_or(Value::Null);
+            }
+            row
+        })
+        .collect();
+    let types: HashMap<&str, &str> = meta.columns.iter().map(|(n, _, t)| (n.as_str(), t.as_str())).collect();
+    let record_columns: Vec<String> = meta
+        .primary_key
+        .iter()
+        .map(|k| format!("{} {}", quote_ident(k), types.get(k.as_str()).unwrap_or(&"text")))
+        .collect();
+    let join: Vec<String> =
+        meta.primary_key.iter().map(|k| format!("t.{q} IS NOT DISTINCT FROM v.{q}", q = quote_ident(k))).collect();
+    let sql = format!(
+        "SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, {}) WHERE EXISTS (SELECT 1 FROM {}.{} t WHERE {})",
+        record_columns.join(", "),
+        quote_ident(&meta.schema),
+        quote_ident(&meta.table),
+        join.join(" AND ")
+    );
+    assume(client, ctx, "")?;
+    let rows = pgrx::JsonB(Value::Array(keys));
+    for row in client.select(&sql, None, &[rows.into()])? {
+        if let Some(i) = row.get::<i32>(1)? {
+            visible.insert(i as usize);
+        }
+    }
+    Ok(visible)
+}
+
+/// Changes of the batch that pass `f`, compared as the column's type.
+/// Inserts and updates are compared on the new row; deletes on the old one
+/// when its replica identity carries the column, and pass otherwise.
+fn evaluate_filter(meta: &TableMeta, f: &Filter, changes: &[RowChange], indexes: &[usize]) -> HashSet<usize> {
+    let Some((_, _, type_sql)) = meta.columns.iter().find(|(n, _, _)| *n == f.column) else {
+        return HashSet::new(); // the column is gone: nothing passes
+    };
+    // Outside the replica identity an old row's columns are null, not known.
+    let in_identity = meta.identity_full || meta.primary_key.contains(&f.column);
+    let mut passing = HashSet::new();
+    let mut rows = Vec::new();
+    for &i in indexes {
+        let c = &changes[i];
+        let source = match c.op.as_str() {
+            "DELETE" if in_identity => c.old.as_ref(),
+            "DELETE" => None,
+            _ => c.new.as_ref().or(c.old.as_ref()),
+        };
+        match source.and_then(|r| r.get(&f.column)) {
+            Some(value) => rows.push(json!({"i": i, "v": value})),
+            None => {
+                passing.insert(i);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return passing;
+    }
+    let (operand, value) = filter_operand(f, type_sql);
+    let operand = operand.replace("$1", "$2");
+    let comparison =
+        if f.op == Op::In { format!("v.v = ANY({operand})") } else { format!("v.v {} {operand}", f.op.sql()) };
+    let sql = format!("SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, v {type_sql}) WHERE {comparison}");
+    let result = rolled_back(|| {
+        Spi::connect(|client| -> Result<Vec<i32>, pgrx::spi::Error> {
+            let args: [DatumWithOid; 2] = [pgrx::JsonB(Value::Array(rows)).into(), value.as_str().into()];
+            client.select(&sql, None, &args)?.map(|row| row.get::<i32>(1).map(Option::unwrap_or_default)).collect()
+        })
+    });
+    match result {
+        Ok(Ok(ids)) => passing.extend(ids.into_iter().map(|i| i as usize)),
+        Ok(Err(e)) => warning!("realtime: filter {f} on {}.{} failed: {e}", meta.schema, meta.table),
+        Err(e) => warning!("realtime: filter {f} on {}.{} failed: {e}", meta.schema, meta.table),
+    }
+    passing
+}
+
+/// Names, types, key, RLS and replica identity of a table, or None if gone.
+fn table_meta(relid: u32) -> Result<Option<TableMeta>, pgrx::spi::Error> {
+    Spi::connect(|client| {
+        let row = client
+            .select(
+                "SELECT n.nspname::text, c.relname::text, c.relrowsecurity, c.relreplident = 'f',
+                        (SELECT jsonb_agg(jsonb_build_array(a.attname, t.typname, format_type(a.atttypid, a.atttypmod))
+                                          ORDER BY a.attnum)
+                         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                        (SELECT coalesce(jsonb_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum)), '[]')
+                         FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                         WHERE i.indrelid = c.oid AND i.indisprimary)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                None,
+                &[pg_sys::Oid::from(relid).into()],
+            )?
+            .first();
+        if row.is_empty() {
+            return Ok(None);
+        }
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let columns = row.get::<pgrx::JsonB>(5)?.map(|j| j.0).unwrap_or_default();
+        let key = row.get::<pgrx::JsonB>(6)?.map(|j| j.0).unwrap_or_default();
+        Ok(Some(TableMeta {
+            schema: row.get::<String>(1)?.unwrap_or_default(),
+            table: row.get::<String>(2)?.unwrap_or_default(),
+            rls: row.get::<bool>(3)?.unwrap_or(false),
+            identity_full: row.get::<bool>(4)?.unwrap_or(false),
+            columns: columns
+                .as_array()
+                .map(|a| a.iter().map(|c| (text(&c[0]), text(&c[1]), text(&c[2]))).collect())
+                .unwrap_or_default(),
+            primary_key: key.as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("todos"), "\"todos\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn filter_operands_bind_values() {
+        let eq = Filter { column: "id".into(), op: Op::Eq, values: vec!["5".into()] };
+        assert_eq!(filter_operand(&eq, "bigint"), ("$1::bigint".into(), "5".into()));
+        let within = Filter { column: "name".into(), op: Op::In, values: vec!["a\"b".into(), "c,d".into()] };
+        assert_eq!(filter_operand(&within, "text"), ("$1::text[]".into(), r#"{"a\"b","c,d"}"#.into()));
+    }
+}
