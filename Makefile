@@ -16,7 +16,7 @@ else
 endif
 PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
 
-.PHONY: run stop test setup install unit-test pgrx-test regress e2e lint
+.PHONY: run stop test setup install lint bench bench-quick
 
 setup:
 	@scripts/setup.sh
@@ -36,3 +36,9 @@ test: setup
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --features pg_test -- -D warnings
+
+bench: setup
+	@scripts/bench.sh
+
+bench-quick: setup
+	@scripts/bench.sh --quick

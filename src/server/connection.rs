@@ -73,10 +73,24 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
                     }
                     break;
                 }
-                message = queue.recv() => match message {
-                    Some(m) => if sink.send(m).await.is_err() { break },
-                    None => break,
-                },
+                message = queue.recv() => {
+                    let Some(first) = message else { break };
+                    // Whatever else is queued goes out in the same write.
+                    let mut batch = vec![first];
+                    while batch.len() < 64 {
+                        match queue.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut written = true;
+                    for m in batch {
+                        written = written && sink.feed(m).await.is_ok();
+                    }
+                    if !written || sink.flush().await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         let _ = sink.close().await;

@@ -30,6 +30,9 @@ use tokio::sync::{mpsc, watch};
 
 /// Largest frame a client may send (Supabase allows 5 MB).
 const MAX_FRAME: usize = 5_000_000;
+const READ_BUFFER: usize = 4096;
+/// Queued frames are written together up to this much, then flushed.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub struct Shared {
     pub hub: Hub,
@@ -285,6 +288,10 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         Err(rejection) => return rejection.into_response(),
     };
     upgrade
+        // The default 128 KiB read buffer per socket would dominate an idle
+        // connection's memory; it grows for larger frames.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| connection::serve(socket, shared, vsn, apikey))

@@ -54,6 +54,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         return exit_for_restart();
     }
     allow_output_plugin();
+    raise_fd_limit();
     let (bridge, inbox) = match bridge::channel(4096) {
         Ok(pair) => pair,
         Err(e) => error!("realtime: cannot create the worker's eventfd: {e}"),
@@ -120,6 +121,18 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
 fn warn_about(config: &server::ServerConfig) {
     for w in &config.warnings {
         warning!("realtime: {w}");
+    }
+}
+
+/// Each WebSocket is a file descriptor: allow as many as the hard limit does.
+fn raise_fd_limit() {
+    // SAFETY: plain rlimit calls on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make bench` / `make bench-quick`: a release build in its own cluster, the
+# peer beside it, the load generator against both; writes BENCHMARKS.md.
+source "$(dirname "$0")/common.sh"
+cd "$REPO_ROOT"
+export RUN_DIR=$REPO_ROOT/target/bench-cluster PG_PORT=54398 WS_PORT=4098
+PEER_PORT=4097
+peer_pid=
+cleanup() {
+  [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null
+  scripts/cluster.sh stop || true
+}
+trap cleanup EXIT
+
+make --no-print-directory run PROFILE=release >/dev/null
+if ! cmp -s bench/peer/package-lock.json bench/peer/node_modules/.installed-lock.json 2>/dev/null; then
+  (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)
+fi
+node bench/peer/server.js "$PEER_PORT" "$PG_PORT" &
+peer_pid=$!
+cargo build --release -q -p realtime-bench
+# A starting worker holds database broadcasts for realtime.restart_grace.
+sleep 6
+target/release/realtime-bench "$@" --pg-port "$PG_PORT" --realtime-port "$WS_PORT" \
+  --peer-port "$PEER_PORT" --peer-pid "$peer_pid" --out "$REPO_ROOT"
