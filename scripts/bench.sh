@@ -12,6 +12,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# 50,000 sockets: the peer and the load generator need the descriptors.
+if [ "$(id -u)" = 0 ]; then ulimit -Hn 200000 2>/dev/null || true; fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 make --no-print-directory run PROFILE=release >/dev/null
 if ! cmp -s bench/peer/package-lock.json bench/peer/node_modules/.installed-lock.json 2>/dev/null; then
   (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)

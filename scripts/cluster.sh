@@ -40,6 +40,9 @@ realtime.listen_addresses = '127.0.0.1'
 realtime.port = $WS_PORT
 realtime.jwt_secret = '$DEV_JWT_SECRET'
 CONF
+  # Every WebSocket is a descriptor of the worker: it inherits this limit.
+  if [ "$(id -u)" = 0 ]; then ulimit -Hn 200000 2>/dev/null || true; fi
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   if running; then
     log "restarting PostgreSQL on port $PG_PORT (to load the freshly installed library)"
     as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" -l "$PG_LOG" -w -m fast restart >/dev/null

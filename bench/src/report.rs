@@ -192,7 +192,10 @@ impl Report {
             machine(),
             took.as_secs_f64()
         );
-        let _ = std::fs::write(format!("{out}/BENCHMARKS.md"), doc);
+        // The analysis (targets missed, bottlenecks found by profiling) is
+        // written by hand and kept beside the code.
+        let notes = std::fs::read_to_string(format!("{out}/bench/NOTES.md")).unwrap_or_default();
+        let _ = std::fs::write(format!("{out}/BENCHMARKS.md"), format!("{doc}\n{notes}"));
         println!("wrote {out}/BENCHMARKS.md and {out}/{plot}");
     }
 }

@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 /// Largest frame a client may send (Supabase allows 5 MB).
 const MAX_FRAME: usize = 5_000_000;
 const READ_BUFFER: usize = 4096;
+/// Descriptors left to Postgres itself (max_files_per_process is 1000 by default).
+const RESERVED_FDS: usize = 1100;
 /// Queued frames are written together up to this much, then flushed.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -40,6 +42,8 @@ pub struct Shared {
     config: RwLock<Arc<ServerConfig>>,
     /// Decoded rows handed over and not yet fanned out.
     backlog: AtomicUsize,
+    /// Sockets the process can hold while Postgres keeps files to open.
+    max_sockets: usize,
 }
 
 impl Shared {
@@ -93,6 +97,7 @@ pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
         bridge,
         config: RwLock::new(Arc::new(config)),
         backlog: AtomicUsize::new(0),
+        max_sockets: socket_budget(),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -160,6 +165,17 @@ fn deliver_row(shared: &Shared, row: &str) {
     let key = TopicKey { private: message.private, topic: format!("realtime:{}", message.topic) };
     let meta = json!({"id": message.id});
     shared.hub.broadcast(&key, &Broadcast { event: message.event, payload }, Some(&meta), None);
+}
+
+/// The open-file limit less what Postgres needs: past it, Postgres could not
+/// open its own files.
+fn socket_budget() -> usize {
+    // SAFETY: getrlimit fills a local struct.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1000;
+    }
+    (limit.rlim_cur as usize).saturating_sub(RESERVED_FDS).max(100)
 }
 
 /// Threads inherit the signal mask: Postgres's handlers must only ever run on
@@ -268,6 +284,13 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
+    if shared.hub.connection_count() >= shared.max_sockets {
+        eprintln!(
+            "realtime: refusing a connection: {} sockets open, the most the open-file limit allows",
+            shared.max_sockets
+        );
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "ConnectionRateLimitReached: Too many connected users");
+    }
     let headers = request.headers();
     let apikey =
         params.get("apikey").cloned().or_else(|| header(headers, "apikey")).or_else(|| header(headers, "x-api-key"));

@@ -72,6 +72,8 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     let mut slot_ready = false;
     let mut config = config;
     let mut registry = Registry::default();
+    let mut last_decode = Instant::now();
+    let mut decode_due = true;
     loop {
         let now = Instant::now();
         if now >= next_maintenance {
@@ -82,9 +84,17 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             slot_ready = check_slot(slot_ready);
             next_slot_check = now + SLOT_CHECK_EVERY;
         }
-        let more = slot_ready && decode(&server, &registry);
-        let timeout = if more { Duration::ZERO } else { DECODE_FALLBACK };
-        wait_set.wait(timeout.min(next_maintenance.saturating_duration_since(Instant::now())));
+        // Decode after a commit wake-up, while more is pending, or on the
+        // fallback timer; not for every request from the network side.
+        let more = if slot_ready && (decode_due || last_decode.elapsed() >= DECODE_FALLBACK) {
+            last_decode = Instant::now();
+            decode(&server, &registry)
+        } else {
+            false
+        };
+        let timeout = if more { Duration::ZERO } else { DECODE_FALLBACK.saturating_sub(last_decode.elapsed()) };
+        let latch = wait_set.wait(timeout.min(next_maintenance.saturating_duration_since(Instant::now())));
+        decode_due = latch || more;
         if BackgroundWorker::sigterm_received() {
             server.shutdown(1001, "server shutting down");
             break;

@@ -21,14 +21,17 @@ impl WaitSet {
         }
     }
 
-    /// Waits until something happens or `timeout` passes.
-    pub fn wait(&self, timeout: Duration) {
+    /// Waits until something happens or `timeout` passes. True when the
+    /// latch was set (a commit to decode, or a signal), false for the bridge
+    /// alone or the timeout.
+    pub fn wait(&self, timeout: Duration) -> bool {
         let mut events = [pg_sys::WaitEvent::default(); 3];
         let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
         // SAFETY: main thread; `events` outlives the call.
         unsafe {
-            pg_sys::WaitEventSetWait(self.0, timeout_ms, events.as_mut_ptr(), 3, pg_sys::PG_WAIT_EXTENSION);
+            let n = pg_sys::WaitEventSetWait(self.0, timeout_ms, events.as_mut_ptr(), 3, pg_sys::PG_WAIT_EXTENSION);
             pg_sys::ResetLatch(pg_sys::MyLatch);
+            events[..n.max(0) as usize].iter().any(|e| e.events & pg_sys::WL_LATCH_SET != 0)
         }
     }
 }

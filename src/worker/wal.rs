@@ -50,9 +50,11 @@ pub struct Batch {
 /// Peeks at most about `max_rows` rows (decoding stops at transaction ends).
 pub fn peek(max_rows: i32) -> Result<Batch, pgrx::spi::Error> {
     Spi::connect(|client| {
-        // Postgres logs "starting logical decoding" at LOG on every call; that
-        // is noise twice a second, so this transaction logs errors only.
-        client.select("SELECT set_config('log_min_messages', 'error', true)", None, &[])?;
+        // Postgres logs "starting logical decoding" and more at LOG on every
+        // call, twice a second; LOG ranks above ERROR in the server log, so
+        // only FATAL silences it. This transaction only; the worker's own
+        // warnings are raised outside it.
+        client.select("SELECT set_config('log_min_messages', 'fatal', true)", None, &[])?;
         // Everything committed before `flush` is returned unless the limit
         // cuts in, so the slot can then skip to `flush` even past WAL that
         // held no messages.
