@@ -122,10 +122,12 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
         }
     }
     session.leave_all();
-    shared.hub.remove_connection(conn.id);
     drop(session);
+    let id = conn.id;
     drop(conn);
     let _ = writer.await;
+    // Counted until its last frame (a close frame at shutdown) is written.
+    shared.hub.remove_connection(id);
 }
 
 struct Session {

@@ -222,8 +222,15 @@ async fn serve(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }));
     }
     let _ = stop.wait_for(|s| *s).await;
-    // Give the close frames a moment, then drop whatever is left.
-    let _ = tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(servers)).await;
+    // Upgraded sockets outlive the HTTP servers: wait (briefly) until every
+    // connection has written its close frame, then drop whatever is left.
+    let closed = async {
+        futures_util::future::join_all(servers).await;
+        while shared.hub.connection_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
 }
 
 /// Collapses `//` so a prefix given with a trailing slash still matches.

@@ -44,30 +44,23 @@ pub fn jwt(role: &str) -> String {
     jwt_with(role, json!({}))
 }
 
+/// Runs SQL as the superuser; None when psql fails (its stderr is returned).
+pub fn try_psql(sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &pg_port()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// Runs SQL as the superuser; returns psql's unaligned output.
 pub fn psql(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg_port(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql runs");
-    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    try_psql(sql).unwrap_or_else(|e| panic!("psql failed on {sql}: {e}"))
 }
 
 /// A unique topic name per call, so tests never share channels.
@@ -292,38 +285,38 @@ pub fn kind3(
     Message::Binary(f.into())
 }
 
-/// A small HTTP/1.1 POST over a raw socket; returns (status, body).
-pub async fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+/// One HTTP/1.1 request over a raw socket; (status, body), status 0 when
+/// nothing listens.
+async fn http(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await.unwrap();
-    let mut req =
-        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let Ok(mut s) = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await else {
+        return (0, String::new());
+    };
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    if s.write_all(req.as_bytes()).await.is_err()
+        || s.write_all(body).await.is_err()
+        || s.read_to_end(&mut out).await.is_err()
+    {
+        return (0, String::new());
+    }
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
 
-/// A GET over a raw socket; returns (status, body), status 0 when nothing listens.
+pub async fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    http("POST", path, headers, body).await
+}
+
 pub async fn get(path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await else {
-        return (0, String::new());
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    http("GET", path, &[], b"").await
 }

@@ -73,25 +73,7 @@ async fn reloads_and_restarts() {
 /// psql that waits for the server to accept connections again.
 fn psql_when_up(sql: &str) -> String {
     for _ in 0..300 {
-        let ok = std::process::Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg_port(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "SELECT 1",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
+        if try_psql("SELECT 1").is_ok() {
             return psql(sql);
         }
         std::thread::sleep(Duration::from_millis(100));
