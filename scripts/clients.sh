@@ -27,4 +27,4 @@ fi
 log "supabase-js / realtime-js"
 node --test --test-concurrency=1 --test-timeout=60000 js/
 log "Python realtime"
-(cd python && ../.venv/bin/python -m pytest -q -p no:cacheprovider)
+(cd python && ../.venv/bin/python -m pytest -q -p no:cacheprovider --durations=3 -W ignore::DeprecationWarning)

@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Clients heartbeat every 25 s; a silent socket is gone.
@@ -56,6 +57,7 @@ struct Channel {
 }
 
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String) {
+    shared.open_sockets.fetch_add(1, Ordering::Relaxed);
     let (conn, (mut queue, mut close_rx)) = ConnHandle::new(shared.hub.next_id(), vsn, OUTGOING_QUEUE);
     shared.hub.add_connection(conn.clone());
     let (mut sink, mut stream) = socket.split();
@@ -122,12 +124,12 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
         }
     }
     session.leave_all();
+    shared.hub.remove_connection(conn.id);
     drop(session);
-    let id = conn.id;
     drop(conn);
     let _ = writer.await;
     // Counted until its last frame (a close frame at shutdown) is written.
-    shared.hub.remove_connection(id);
+    shared.open_sockets.fetch_sub(1, Ordering::Relaxed);
 }
 
 struct Session {

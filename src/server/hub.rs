@@ -167,10 +167,6 @@ impl Hub {
         lock(&self.connections).remove(&id);
     }
 
-    pub fn connection_count(&self) -> usize {
-        lock(&self.connections).len()
-    }
-
     pub fn close_all(&self, code: u16, reason: &str) {
         for conn in lock(&self.connections).values() {
             conn.close(code, reason);

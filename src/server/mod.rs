@@ -44,6 +44,8 @@ pub struct Shared {
     backlog: AtomicUsize,
     /// Sockets the process can hold while Postgres keeps files to open.
     max_sockets: usize,
+    /// Sockets whose tasks are still running (until their last frame is written).
+    pub open_sockets: AtomicUsize,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
         config: RwLock::new(Arc::new(config)),
         backlog: AtomicUsize::new(0),
         max_sockets: socket_budget(),
+        open_sockets: AtomicUsize::new(0),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -226,7 +229,7 @@ async fn serve(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // connection has written its close frame, then drop whatever is left.
     let closed = async {
         futures_util::future::join_all(servers).await;
-        while shared.hub.connection_count() > 0 {
+        while shared.open_sockets.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -291,7 +294,7 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
-    if shared.hub.connection_count() >= shared.max_sockets {
+    if shared.open_sockets.load(Ordering::Relaxed) >= shared.max_sockets {
         eprintln!(
             "realtime: refusing a connection: {} sockets open, the most the open-file limit allows",
             shared.max_sockets

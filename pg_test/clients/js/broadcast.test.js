@@ -5,7 +5,13 @@ import { supabase, realtimeClient, subscribed, subscribe, inbox, unique, jwt, un
 
 const clients = []
 const track = (c) => (clients.push(c), c)
-after(async () => { for (const c of clients) await (c.removeAllChannels?.() ?? c.disconnect?.()) })
+after(async () => {
+  // Disconnect now: a client whose last channel is gone lingers 50 s otherwise.
+  for (const c of clients) {
+    await c.removeAllChannels()
+    ;(c.realtime ?? c).disconnect()
+  }
+})
 
 test('broadcast with self and ack, and to a second client, with a UTF-8 payload', async () => {
   const a = track(supabase())

@@ -5,7 +5,13 @@ import { supabase, subscribed, inbox, unique, jwt, psql } from './helpers.js'
 
 const clients = []
 const track = (c) => (clients.push(c), c)
-after(async () => { for (const c of clients) await c.removeAllChannels() })
+after(async () => {
+  // Disconnect now: a client whose last channel is gone lingers 50 s otherwise.
+  for (const c of clients) {
+    await c.removeAllChannels()
+    ;(c.realtime ?? c).disconnect()
+  }
+})
 
 function table(columns) {
   const name = unique('js_pc').replace('-', '_')

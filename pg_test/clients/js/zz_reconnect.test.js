@@ -20,4 +20,5 @@ test('reconnects and rejoins after the server closes the socket', async () => {
   assert.equal(await ch.send({ type: 'broadcast', event: 'after', payload: { back: true } }), 'ok')
   assert.deepEqual((await got.next()).payload, { back: true })
   await c.removeAllChannels()
+  c.realtime.disconnect()
 })

@@ -464,3 +464,16 @@ async fn channels_per_client_are_limited() {
     let (_, reply) = c.join(&format!("realtime:{}", unique("many")), json!({"config": {}})).await;
     assert_eq!(reply["response"]["reason"], "ChannelRateLimitReached: Too many channels");
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_at_once() {
+    // The server's half must finish too: a socket left waiting after the
+    // client's close holds its resources and stalls the client's close.
+    for vsn in both() {
+        let mut c = Client::connect(vsn, &jwt("anon")).await;
+        c.join_ok(&format!("realtime:{}", unique("bye")), json!({})).await;
+        c.send_raw(Message::Close(None)).await;
+        let m = c.try_recv(Duration::from_secs(1)).await.expect("the server answers the close within 1 s");
+        assert_eq!(m.event, "socket_close");
+    }
+}
