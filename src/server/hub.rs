@@ -100,10 +100,12 @@ struct Topic {
 }
 
 type Shard = Mutex<HashMap<TopicKey, Topic>>;
+/// Where a channel's changes go: its connection and its topic.
+type ChangesRoute = (Arc<ConnHandle>, Arc<str>);
 
 pub struct Hub {
     /// Channels with `postgres_changes` bindings: where their changes go.
-    changes: Mutex<HashMap<SubId, (Arc<ConnHandle>, String)>>,
+    changes: Mutex<HashMap<SubId, ChangesRoute>>,
     shards: Box<[Shard]>,
     hasher: RandomState,
     connections: Mutex<HashMap<u64, Arc<ConnHandle>>>,
@@ -174,7 +176,7 @@ impl Hub {
     }
 
     pub fn add_changes(&self, id: SubId, conn: Arc<ConnHandle>, topic: &str) {
-        lock(&self.changes).insert(id, (conn, topic.to_owned()));
+        lock(&self.changes).insert(id, (conn, Arc::from(topic)));
     }
 
     pub fn remove_changes(&self, id: SubId) {

@@ -1,17 +1,9 @@
 // Broadcast and presence with supabase-js (V2) and realtime-js (V1).
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { supabase, realtimeClient, subscribed, subscribe, inbox, unique, jwt, until, policies, psql } from './helpers.js'
+import { supabase, realtimeClient, subscribed, subscribe, inbox, unique, jwt, until, policies, psql, tracker } from './helpers.js'
 
-const clients = []
-const track = (c) => (clients.push(c), c)
-after(async () => {
-  // Disconnect now: a client whose last channel is gone lingers 50 s otherwise.
-  for (const c of clients) {
-    await c.removeAllChannels()
-    ;(c.realtime ?? c).disconnect()
-  }
-})
+const track = tracker(after)
 
 test('broadcast with self and ack, and to a second client, with a UTF-8 payload', async () => {
   const a = track(supabase())

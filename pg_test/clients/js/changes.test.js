@@ -1,17 +1,9 @@
 // Postgres Changes with supabase-js: bindings, filters, RLS under auth.uid().
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { supabase, subscribed, inbox, unique, jwt, psql } from './helpers.js'
+import { supabase, subscribed, inbox, unique, jwt, psql, tracker } from './helpers.js'
 
-const clients = []
-const track = (c) => (clients.push(c), c)
-after(async () => {
-  // Disconnect now: a client whose last channel is gone lingers 50 s otherwise.
-  for (const c of clients) {
-    await c.removeAllChannels()
-    ;(c.realtime ?? c).disconnect()
-  }
-})
+const track = tracker(after)
 
 function table(columns) {
   const name = unique('js_pc').replace('-', '_')

@@ -95,3 +95,16 @@ export function policies() {
         CREATE POLICY js_write ON realtime.messages FOR INSERT TO authenticated
           WITH CHECK (realtime.topic() LIKE 'js-private:%');`)
 }
+
+/** Returns `track(client)`; every tracked client is disconnected once the
+ *  file's tests end (a client whose last channel is gone lingers 50 s otherwise). */
+export function tracker(after) {
+  const clients = []
+  after(async () => {
+    for (const c of clients) {
+      await c.removeAllChannels()
+      ;(c.realtime ?? c).disconnect()
+    }
+  })
+  return (c) => (clients.push(c), c)
+}
