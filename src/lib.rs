@@ -5,13 +5,13 @@
 
 use pgrx::prelude::*;
 
-mod auth;
+mod bridge;
 mod changes;
-mod decoder;
+mod decoded;
+mod jwt;
+mod net;
+mod pg;
 mod protocol;
-mod server;
-mod settings;
-mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -19,12 +19,20 @@ extension_sql_file!("../sql/realtime.sql", name = "realtime_schema", bootstrap);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::define();
+    pg::settings::define();
     // SAFETY: reading a flag Postgres sets while it loads preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        worker::wake::init();
-        worker::register();
+        pg::wake::init();
+        pg::worker::register();
     }
+}
+
+/// The background worker's entry point: the Postgres side runs on this
+/// thread and starts the network side, which it knows only through the bridge.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
+    pg::worker::main(net::spawn);
 }
 
 #[cfg(any(test, feature = "pg_test"))]

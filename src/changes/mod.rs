@@ -1,20 +1,25 @@
-//! Postgres Changes: `postgres_changes` bindings, checked and routed on the
-//! worker's main thread with Row Level Security evaluated in-process.
-//! `filter`, `registry` and `payload` are pure; `subscribe` and `route` use SPI.
+//! Postgres Changes, the pure part: filters, who watches what, and the
+//! payloads. The Postgres side (`pg::subscribe`, `pg::route`) checks and
+//! routes with these on the worker's main thread.
 
 pub mod filter;
 pub mod payload;
 pub mod registry;
-pub mod route;
-pub mod subscribe;
 
-use std::sync::Arc;
+use serde_json::Value;
 
-/// One message for one channel: the ids of its matching bindings and the
-/// `data` JSON, shared by every channel of the same group.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Delivery {
-    pub channel: u64,
-    pub ids: Vec<u32>,
-    pub data: Arc<str>,
+/// A decoded row change, as the plugin writes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RowChange {
+    pub rel: u32,
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub op: String,
+    /// Commit time, microseconds since the Unix epoch.
+    pub ts: i64,
+    /// The new row (inserts, updates), as `row_to_json` renders it.
+    pub new: Option<Value>,
+    /// The old row's replica identity (updates that changed it, deletes).
+    pub old: Option<Value>,
+    /// Columns whose unchanged TOASTed value the WAL does not carry.
+    pub toast: Vec<String>,
 }

@@ -1,7 +1,7 @@
 //! The `data` of a `postgres_changes` message, built from a decoded change
 //! for one group of subscribers (what their role may see).
 
-use crate::decoder::RowChange;
+use super::RowChange;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
 

@@ -2,7 +2,7 @@
 //! channel, kept on the worker's main thread where changes are routed.
 
 use super::filter::Filter;
-use crate::worker::bridge::AuthContext;
+use crate::bridge::AuthContext;
 use std::collections::{HashMap, HashSet};
 
 /// Which actions a binding wants.
@@ -71,6 +71,11 @@ impl Registry {
         if let Some(c) = self.channels.get_mut(&channel) {
             c.ctx = ctx;
         }
+    }
+
+    /// Channels with bindings.
+    pub fn len(&self) -> usize {
+        self.channels.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,10 +3,10 @@
 //! against the columns the subscriber's role may read and their types.
 //! Errors read like Supabase's, because clients show them.
 
-use super::filter::{self, Filter, MAX_IN_VALUES};
-use super::registry::{Binding, Event};
-use crate::worker::bridge::AuthContext;
-use crate::worker::subxact::rolled_back;
+use super::subxact::rolled_back;
+use crate::bridge::AuthContext;
+use crate::changes::filter::{self, Filter, MAX_IN_VALUES};
+use crate::changes::registry::{Binding, Event};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -47,13 +47,14 @@ pub fn validate(ctx: &AuthContext, requested: &[Requested]) -> Result<Vec<Bindin
         let event_name = text(b, "event").unwrap_or("*");
         let params = describe(event_name, schema, table, &filters);
         let relids = rolled_back(|| resolve(ctx, schema, table, &filters))
+            .map_err(String::from)
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| {
-            format!(
-                "Unable to subscribe to changes with given parameters. An exception happened so please check your \
+                format!(
+                    "Unable to subscribe to changes with given parameters. An exception happened so please check your \
                      connect parameters: {params}. Exception: {e}"
-            )
-        })?;
+                )
+            })?;
         if relids.is_empty() {
             return Err(format!(
                 "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given \

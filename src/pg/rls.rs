@@ -3,8 +3,8 @@
 //! probes Supabase Realtime runs, so the same policies on `realtime.messages`
 //! apply.
 
-use crate::worker::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
-use crate::worker::subxact::rolled_back;
+use super::subxact::rolled_back;
+use crate::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
@@ -55,6 +55,7 @@ pub fn read_permissions(ctx: &AuthContext, topic: &str, presence: bool) -> Resul
             })
         })
     })
+    .map_err(String::from)
     .and_then(|r| r.map_err(|e| e.to_string()))
 }
 
@@ -71,9 +72,9 @@ pub fn write_permission(ctx: &AuthContext, topic: &str, extension: Extension) ->
     match inserted {
         Ok(Ok(())) => Ok(true),
         Ok(Err(e)) => Err(e.to_string()),
-        // An RLS denial is an answer, not a failure.
-        Err(e) if e.contains("row-level security") => Ok(false),
-        Err(e) => Err(e),
+        // An RLS denial (42501) is an answer, not a failure.
+        Err(e) if e.is_denial() => Ok(false),
+        Err(e) => Err(e.message),
     }
 }
 
@@ -99,7 +100,8 @@ pub fn replay(ctx: &AuthContext, topic: &str, since_ms: i64, limit: i64) -> Resu
                 .first()
                 .get_one::<pgrx::JsonB>()
         })
-    })?
+    })
+    .map_err(String::from)?
     .map_err(|e| e.to_string())?;
     let rows = rows.map(|j| j.0).unwrap_or_default();
     let rows = rows.as_array().cloned().unwrap_or_default();

@@ -1,7 +1,8 @@
 //! What the network side needs to know, built from the `realtime.*` settings
 //! on the main thread and handed over whole.
 
-use crate::auth::jwt::Verifier;
+use crate::bridge::Settings;
+use crate::jwt::Verifier;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,6 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
-    /// The secret and key set, to tell whether a reload changed them.
-    pub jwt_settings: (Option<String>, Option<String>),
     pub verifier: Arc<Verifier>,
     pub private_only: bool,
     pub max_payload_bytes: usize,
@@ -23,36 +22,26 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        listen_addresses: &str,
-        port: u16,
-        jwt_secret: Option<String>,
-        jwt_jwks: Option<String>,
-        private_only: bool,
-        max_payload_bytes: usize,
-        max_channels_per_client: usize,
-        join_error_delay: Duration,
-        restart_grace: Duration,
-    ) -> ServerConfig {
+    /// The network side's view of the settings; `warnings` says what is wrong with them.
+    pub fn new(settings: &Settings) -> ServerConfig {
         let mut warnings = Vec::new();
-        let listen = parse_listen(listen_addresses, port, &mut warnings);
-        let verifier = Verifier::new(jwt_secret.as_deref(), jwt_jwks.as_deref()).unwrap_or_else(|e| {
+        let listen = parse_listen(&settings.listen_addresses, settings.port, &mut warnings);
+        let (secret, jwks) = (settings.jwt_secret.as_deref(), settings.jwt_jwks.as_deref());
+        let verifier = Verifier::new(secret, jwks).unwrap_or_else(|e| {
             warnings.push(format!("realtime.jwt_jwks is ignored: {e}"));
-            Verifier::new(jwt_secret.as_deref(), None).expect("a secret alone always makes a verifier")
+            Verifier::new(secret, None).expect("a secret alone always makes a verifier")
         });
-        if jwt_secret.is_none() && jwt_jwks.is_none() {
+        if secret.is_none() && jwks.is_none() {
             warnings.push("neither realtime.jwt_secret nor realtime.jwt_jwks is set: every token is refused".into());
         }
         ServerConfig {
             listen,
-            jwt_settings: (jwt_secret, jwt_jwks),
             verifier: Arc::new(verifier),
-            private_only,
-            max_payload_bytes,
-            max_channels_per_client,
-            join_error_delay,
-            restart_grace,
+            private_only: settings.private_only,
+            max_payload_bytes: settings.max_payload_bytes,
+            max_channels_per_client: settings.max_channels_per_client,
+            join_error_delay: settings.join_error_delay,
+            restart_grace: settings.restart_grace,
             warnings,
         }
     }

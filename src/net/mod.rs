@@ -12,10 +12,8 @@ mod rest;
 
 pub use config::ServerConfig;
 
-use crate::changes::Delivery;
-use crate::decoder::DbBroadcast;
+use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings};
 use crate::protocol::{Body, Broadcast, Vsn};
-use crate::worker::bridge::Bridge;
 use axum::Router;
 use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -23,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use hub::{Hub, TopicKey};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -35,17 +33,22 @@ const READ_BUFFER: usize = 4096;
 const RESERVED_FDS: usize = 1100;
 /// Queued frames are written together up to this much, then flushed.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// How long a stopping worker spends fanning out what it was handed.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 pub struct Shared {
     pub hub: Hub,
     pub bridge: Bridge,
+    pub budget: Arc<Budget>,
     config: RwLock<Arc<ServerConfig>>,
-    /// Decoded rows handed over and not yet fanned out.
-    backlog: AtomicUsize,
+    /// Batches handed over and not yet fanned out.
+    pending_batches: AtomicUsize,
+    /// `end_lsn` of the newest batch fanned out.
+    delivered_lsn: AtomicU64,
     /// Sockets the process can hold while Postgres keeps files to open.
     max_sockets: usize,
     /// Sockets whose tasks are still running (until their last frame is written).
-    pub open_sockets: AtomicUsize,
+    pub open_sockets: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -54,37 +57,47 @@ impl Shared {
     }
 }
 
-/// The main thread's handle on the network side. Every method returns at once.
+/// The main thread's handle on the network side.
 pub struct ServerHandle {
     shared: Arc<Shared>,
-    decoded: mpsc::UnboundedSender<Vec<Decoded>>,
+    decoded: mpsc::UnboundedSender<Batch>,
     stop: watch::Sender<bool>,
     stopped: std::sync::mpsc::Receiver<()>,
 }
 
-impl ServerHandle {
-    /// Hands what the worker decoded to the network side, in commit order.
-    pub fn deliver(&self, batch: Vec<Decoded>) {
-        self.shared.backlog.fetch_add(batch.len(), Ordering::Relaxed);
+impl Network for ServerHandle {
+    fn deliver(&self, batch: Batch) {
+        self.shared.pending_batches.fetch_add(1, Ordering::Relaxed);
+        // Unbounded in items, bounded in bytes: every batch carries its charge
+        // and the main thread stops decoding when the budget is spent.
         let _ = self.decoded.send(batch);
     }
 
-    /// Rows handed over and not yet fanned out.
-    pub fn backlog(&self) -> usize {
-        self.shared.backlog.load(Ordering::Relaxed)
+    fn delivered_lsn(&self) -> u64 {
+        self.shared.delivered_lsn.load(Ordering::Acquire)
     }
 
-    pub fn reconfigure(&self, config: ServerConfig) {
+    fn pending_batches(&self) -> usize {
+        self.shared.pending_batches.load(Ordering::Relaxed)
+    }
+
+    fn reconfigure(&self, settings: &Settings) -> Vec<String> {
+        let config = ServerConfig::new(settings);
+        let warnings = config.warnings.clone();
+        self.shared.budget.set_limit(settings.max_memory_bytes);
         *self.shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        warnings
     }
 
-    pub fn disconnect_all(&self, code: u16, reason: &str) {
+    fn disconnect_all(&self, code: u16, reason: &str) {
         self.shared.hub.close_all(code, reason);
     }
 
-    /// Closes every socket with `code` and stops; waits briefly for the close
-    /// frames to go out.
-    pub fn shutdown(&self, code: u16, reason: &str) {
+    fn shutdown(&self, code: u16, reason: &str) {
+        let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN;
+        while self.pending_batches() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.shared.hub.close_all(code, reason);
         let _ = self.stop.send(true);
         let _ = self.stopped.recv_timeout(Duration::from_secs(3));
@@ -92,15 +105,20 @@ impl ServerHandle {
 }
 
 /// Starts the network thread. Listener errors are retried there, never fatal.
-pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
+pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<dyn Network>, Vec<String>) {
+    let config = ServerConfig::new(settings);
+    let warnings = config.warnings.clone();
+    eprintln!("realtime: listening on {}", config.listen_description());
     let grace = config.restart_grace;
     let shared = Arc::new(Shared {
         hub: Hub::default(),
         bridge,
+        budget,
         config: RwLock::new(Arc::new(config)),
-        backlog: AtomicUsize::new(0),
+        pending_batches: AtomicUsize::new(0),
+        delivered_lsn: AtomicU64::new(0),
         max_sockets: socket_budget(),
-        open_sockets: AtomicUsize::new(0),
+        open_sockets: Arc::new(AtomicUsize::new(0)),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -126,30 +144,28 @@ pub fn spawn(config: ServerConfig, bridge: Bridge) -> ServerHandle {
             })
             .expect("spawning the network thread")
     });
-    ServerHandle { shared, decoded, stop, stopped }
-}
-
-/// What the worker decoded, for the network side to send.
-pub enum Decoded {
-    /// A broadcast row as the output plugin wrote it (JSON, no prefix).
-    Broadcast(String),
-    /// A `postgres_changes` message for one channel.
-    Change(Delivery),
+    (Box::new(ServerHandle { shared, decoded, stop, stopped }), warnings)
 }
 
 /// Sends what was decoded from the database, in commit order. A starting
 /// worker first waits `grace`, so clients that were connected before a restart
 /// have rejoined and receive what was committed while it was down.
-async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiver<Vec<Decoded>>, grace: Duration) {
+async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiver<Batch>, grace: Duration) {
     tokio::time::sleep(grace).await;
     while let Some(batch) = decoded.recv().await {
-        for item in &batch {
-            match item {
+        let Batch { items, end_lsn, mut charge } = batch;
+        for item in items {
+            match &item {
                 Decoded::Broadcast(row) => deliver_row(&shared, row),
                 Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data),
             }
+            // Now in the sockets' queues, counted there.
+            charge.release(item.bytes());
         }
-        shared.backlog.fetch_sub(batch.len(), Ordering::Relaxed);
+        if end_lsn != 0 {
+            shared.delivered_lsn.fetch_max(end_lsn, Ordering::Release);
+        }
+        shared.pending_batches.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

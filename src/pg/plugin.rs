@@ -1,5 +1,6 @@
 //! The logical decoding output plugin (`realtime`), exported by this library
-//! and consumed by the worker through its own slot. Rows it writes:
+//! and run by the worker's own decoding context (`decoding.rs`), or by SQL
+//! such as `pg_logical_slot_peek_changes` on another slot. Rows it writes:
 //! - `B{json}`: a committed insert into a partition of `realtime.messages`
 //!   with `extension = 'broadcast'`;
 //! - `R{json}`: an insert, update or delete of a table some `postgres_changes`
@@ -8,6 +9,7 @@
 //! - `C`: the end of a transaction that produced any of the above, so the
 //!   worker can advance the slot to whole transactions only.
 
+use crate::changes::RowChange;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -31,34 +33,8 @@ pub fn set_watched(relids: impl IntoIterator<Item = u32>) {
     WATCHED.with(|w| *w.borrow_mut() = relids.into_iter().collect());
 }
 
-/// A decoded row change, as the plugin writes it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RowChange {
-    pub rel: u32,
-    /// `INSERT`, `UPDATE` or `DELETE`.
-    pub op: String,
-    /// Commit time, microseconds since the Unix epoch.
-    pub ts: i64,
-    /// The new row (inserts, updates), as `row_to_json` renders it.
-    pub new: Option<Value>,
-    /// The old row's replica identity (updates that changed it, deletes).
-    pub old: Option<Value>,
-    /// Columns whose unchanged TOASTed value the WAL does not carry.
-    pub toast: Vec<String>,
-}
-
 /// Microseconds between the Postgres epoch (2000-01-01) and the Unix epoch.
 const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
-
-/// A decoded broadcast, as the plugin writes it and the worker reads it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DbBroadcast {
-    pub id: String,
-    pub topic: String,
-    pub event: String,
-    pub private: bool,
-    pub payload: Value,
-}
 
 struct State {
     realtime_namespace: pg_sys::Oid,

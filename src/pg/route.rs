@@ -5,14 +5,13 @@
 //! claims, in a subtransaction that is rolled back, so a policy that raises
 //! fails that group alone.
 
-use super::Delivery;
-use super::filter::{Filter, Op};
-use super::payload::{self, TableMeta};
-use super::registry::{Binding, Registry};
-use crate::auth::rls::assume;
-use crate::decoder::RowChange;
-use crate::worker::bridge::AuthContext;
-use crate::worker::subxact::rolled_back;
+use super::rls::assume;
+use super::subxact::rolled_back;
+use crate::bridge::{AuthContext, Delivery};
+use crate::changes::RowChange;
+use crate::changes::filter::{Filter, Op};
+use crate::changes::payload::{self, TableMeta};
+use crate::changes::registry::{Binding, Registry};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::{Value, json};

@@ -3,13 +3,14 @@
 //! shared by every subscriber's queue. Public and private topics are different
 //! keys, so they never see each other's messages.
 
+use super::presence::TopicPresence;
+use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
-use crate::server::presence::TopicPresence;
 use axum::extract::ws::Message;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
 
@@ -29,27 +30,76 @@ pub struct CloseReason {
     pub reason: String,
 }
 
+/// What queued frames may hold: the worker's budget, shared by every socket.
+#[derive(Clone)]
+pub struct QueueMemory {
+    pub budget: Arc<Budget>,
+    /// Live sockets, to tell a socket's fair share of a full budget.
+    pub sockets: Arc<AtomicUsize>,
+}
+
+impl QueueMemory {
+    /// Plenty of memory, for tests.
+    #[cfg(test)]
+    pub fn unbounded() -> QueueMemory {
+        QueueMemory { budget: Budget::new(usize::MAX / 2), sockets: Arc::new(AtomicUsize::new(1)) }
+    }
+}
+
+/// No socket may hold more than this fraction of the budget in its queue.
+const SOCKET_MAX_SHARE: usize = 16;
+/// What one queue entry costs besides its bytes.
+const ENTRY_BYTES: usize = 64;
+
+/// A frame waiting in a connection's queue, counted against the budget and
+/// the connection's own share until written.
+pub struct Queued {
+    pub message: Message,
+    _charges: (Charge, Charge),
+}
+
 /// The sending half of one WebSocket connection.
 pub struct ConnHandle {
     pub id: u64,
     pub vsn: Vsn,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Queued>,
     close: watch::Sender<Option<CloseReason>>,
+    memory: QueueMemory,
+    /// What this connection's queue holds.
+    held: Arc<Budget>,
 }
 
-pub type ConnQueues = (mpsc::Receiver<Message>, watch::Receiver<Option<CloseReason>>);
+pub type ConnQueues = (mpsc::Receiver<Queued>, watch::Receiver<Option<CloseReason>>);
 
 impl ConnHandle {
-    pub fn new(id: u64, vsn: Vsn, capacity: usize) -> (Arc<ConnHandle>, ConnQueues) {
+    pub fn new(id: u64, vsn: Vsn, capacity: usize, memory: QueueMemory) -> (Arc<ConnHandle>, ConnQueues) {
         let (queue, queue_rx) = mpsc::channel(capacity);
         let (close, close_rx) = watch::channel(None);
-        (Arc::new(ConnHandle { id, vsn, queue, close }), (queue_rx, close_rx))
+        let held = Budget::new(0);
+        (Arc::new(ConnHandle { id, vsn, queue, close, memory, held }), (queue_rx, close_rx))
     }
 
-    /// Queues a message without waiting. A full queue means the client is not
-    /// keeping up: the connection is closed rather than buffering without bound.
+    /// Bytes waiting in this connection's queue.
+    #[cfg(test)]
+    pub fn queued_bytes(&self) -> usize {
+        self.held.used()
+    }
+
+    /// Queues a message without waiting. A client that does not keep up is
+    /// closed (1008) rather than buffered without bound: when its queue is
+    /// full, when it holds more than its share of the budget, or when the
+    /// budget is spent and it holds more than an equal share of it.
     pub fn send(&self, message: Message) -> bool {
-        match self.queue.try_send(message) {
+        let bytes = message_len(&message) + ENTRY_BYTES;
+        let held = self.held.used() + bytes;
+        let budget = &self.memory.budget;
+        let fair = budget.limit() / self.memory.sockets.load(Ordering::Relaxed).max(1);
+        if held > budget.limit() / SOCKET_MAX_SHARE || (budget.room() < bytes && held > fair) {
+            self.close(1008, "slow consumer: too much queued for this socket");
+            return false;
+        }
+        let queued = Queued { message, _charges: (budget.charge(bytes), self.held.charge(bytes)) };
+        match self.queue.try_send(queued) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(1008, "slow consumer: outgoing queue full");
@@ -75,6 +125,14 @@ impl ConnHandle {
             *current = Some(CloseReason { code, reason: reason.to_owned() });
             true
         });
+    }
+}
+
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
     }
 }
 
@@ -288,8 +346,8 @@ mod tests {
         TopicKey { private, topic: "realtime:room".into() }
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
-        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    fn drain(rx: &mut mpsc::Receiver<Queued>) -> Vec<Message> {
+        std::iter::from_fn(|| rx.try_recv().ok().map(|q| q.message)).collect()
     }
 
     fn ping() -> Broadcast {
@@ -299,9 +357,9 @@ mod tests {
     #[test]
     fn broadcasts_reach_subscribers_of_the_same_key_only() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8);
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V2, 8);
-        let (p, (mut p_rx, _)) = ConnHandle::new(3, Vsn::V1, 8);
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8, QueueMemory::unbounded());
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V2, 8, QueueMemory::unbounded());
+        let (p, (mut p_rx, _)) = ConnHandle::new(3, Vsn::V1, 8, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
         hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
         hub.subscribe(&key(true), 12, Subscriber { conn: p, broadcast: true, presence: false });
@@ -320,7 +378,7 @@ mod tests {
     #[test]
     fn subscribers_without_read_get_nothing() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8);
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8, QueueMemory::unbounded());
         hub.subscribe(&key(true), 10, Subscriber { conn: a, broadcast: false, presence: false });
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
         hub.update(&key(true), 10, true, false);
@@ -331,7 +389,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_the_connection() {
         let hub = Hub::default();
-        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 2);
+        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 2, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
         for _ in 0..3 {
             hub.broadcast(&key(false), &ping(), None, None);
@@ -340,10 +398,44 @@ mod tests {
     }
 
     #[test]
+    fn queued_frames_count_against_the_budget_until_written() {
+        let memory = QueueMemory { budget: Budget::new(1 << 20), sockets: Arc::new(AtomicUsize::new(1)) };
+        let (a, (mut a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 100, memory.clone());
+        assert!(a.send(Message::Text("x".repeat(1000).into())));
+        assert_eq!(memory.budget.used(), 1000 + ENTRY_BYTES);
+        assert_eq!(a.queued_bytes(), 1000 + ENTRY_BYTES);
+        drop(a_rx.try_recv().unwrap());
+        assert_eq!((memory.budget.used(), a.queued_bytes()), (0, 0), "written frames give their bytes back");
+        assert!(close_rx.borrow().is_none());
+    }
+
+    #[test]
+    fn a_socket_over_its_share_is_closed() {
+        // At most 1/16 of the budget per socket.
+        let memory = QueueMemory { budget: Budget::new(16 * 4096), sockets: Arc::new(AtomicUsize::new(1)) };
+        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 1000, memory.clone());
+        let frame = || Message::Text("x".repeat(1000).into());
+        assert!(a.send(frame()) && a.send(frame()) && a.send(frame()));
+        assert!(!a.send(frame()), "the fourth frame passes 4096 bytes");
+        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
+    }
+
+    #[test]
+    fn with_the_budget_spent_a_socket_over_an_equal_share_is_closed() {
+        let memory = QueueMemory { budget: Budget::new(64 * 1024), sockets: Arc::new(AtomicUsize::new(64)) };
+        let _elsewhere = memory.budget.charge(64 * 1024);
+        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 1000, memory.clone());
+        assert!(!a.send(Message::Text("x".repeat(2000).into())), "an equal share is 1 KB");
+        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
+        let (b, (_b_rx, _)) = ConnHandle::new(2, Vsn::V1, 1000, memory.clone());
+        assert!(b.send(Message::Text("x".repeat(100).into())), "a small frame still goes out");
+    }
+
+    #[test]
     fn presence_diffs_go_to_presence_subscribers_and_leaves_follow_unsubscribe() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8);
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, 8);
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8, QueueMemory::unbounded());
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, 8, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: true });
         hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
         let Value::Object(payload) = json!({"name": "a"}) else { panic!() };

@@ -4,11 +4,11 @@
 
 use super::Shared;
 use super::channel::{JoinConfig, bindings_with_ids};
-use super::hub::{ConnHandle, SubId, Subscriber, TopicKey};
+use super::hub::{ConnHandle, QueueMemory, SubId, Subscriber, TopicKey};
 use super::limits::RateWindow;
-use crate::auth::jwt::Claims;
+use crate::bridge::{AuthContext, Extension, ReadPermissions, Request};
+use crate::jwt::Claims;
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload, Vsn};
-use crate::worker::bridge::{AuthContext, Extension, ReadPermissions, Request};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Frames one connection may have queued before it counts as a slow consumer.
 const OUTGOING_QUEUE: usize = 4096;
+/// How long a closing connection spends writing what is queued before the close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 const PRESENCE_CALLS: u32 = 5;
 const PRESENCE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -58,7 +60,8 @@ struct Channel {
 
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String) {
     shared.open_sockets.fetch_add(1, Ordering::Relaxed);
-    let (conn, (mut queue, mut close_rx)) = ConnHandle::new(shared.hub.next_id(), vsn, OUTGOING_QUEUE);
+    let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
+    let (conn, (mut queue, mut close_rx)) = ConnHandle::new(shared.hub.next_id(), vsn, OUTGOING_QUEUE, memory);
     shared.hub.add_connection(conn.clone());
     let (mut sink, mut stream) = socket.split();
 
@@ -70,24 +73,37 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
                 changed = writer_close.changed() => {
                     let reason = writer_close.borrow().clone();
                     if let (Ok(()), Some(c)) = (changed, reason) {
+                        // A slow consumer is cut off; anyone else first gets
+                        // what was queued for it (a shutdown's last messages).
+                        if c.code != 1008 {
+                            let drain = async {
+                                while let Ok(q) = queue.try_recv() {
+                                    if sink.feed(q.message).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                let _ = sink.flush().await;
+                            };
+                            let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+                        }
                         let frame = CloseFrame { code: c.code, reason: c.reason.into() };
                         let _ = sink.send(Message::Close(Some(frame))).await;
                     }
                     break;
                 }
-                message = queue.recv() => {
-                    let Some(first) = message else { break };
+                queued = queue.recv() => {
+                    let Some(first) = queued else { break };
                     // Whatever else is queued goes out in the same write.
                     let mut batch = vec![first];
                     while batch.len() < 64 {
                         match queue.try_recv() {
-                            Ok(m) => batch.push(m),
+                            Ok(q) => batch.push(q),
                             Err(_) => break,
                         }
                     }
                     let mut written = true;
-                    for m in batch {
-                        written = written && sink.feed(m).await.is_ok();
+                    for q in batch {
+                        written = written && sink.feed(q.message).await.is_ok();
                     }
                     if !written || sink.flush().await.is_err() {
                         break;

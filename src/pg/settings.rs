@@ -1,7 +1,7 @@
 //! The `realtime.*` settings. Defined when the library loads, which with
 //! `shared_preload_libraries = 'realtime'` is in every backend and the worker.
 
-use crate::server::ServerConfig;
+use crate::bridge::Settings;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 use std::time::Duration;
@@ -23,6 +23,12 @@ pub static MAX_RECORD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static RESTART_GRACE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// In MB.
 pub static MAX_SLOT_WAL: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// In kB.
+pub static MAX_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
+/// In ms.
+pub static STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// In ms.
+pub static LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
 /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
 
@@ -138,6 +144,38 @@ pub fn define() {
         GucFlags::UNIT_MB,
     );
     GucRegistry::define_int_guc(
+        c"realtime.max_memory",
+        c"Most memory the realtime worker holds for messages.",
+        c"Decoded messages, batches waiting for the network side and frames queued on sockets together. \
+          When it is full, decoding pauses (the replication slot keeps the rest) and a socket holding more than \
+          its share is closed.",
+        &MAX_MEMORY,
+        16 * 1024,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.statement_timeout",
+        c"Longest a query of the realtime worker may run.",
+        c"Authorization probes, Postgres Changes checks, replay and maintenance each fail alone past it.",
+        &STATEMENT_TIMEOUT,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.lock_timeout",
+        c"Longest a query of the realtime worker may wait for a lock.",
+        c"",
+        &LOCK_TIMEOUT,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"realtime.retention",
         c"How long stored broadcast messages are kept.",
         c"Day partitions of realtime.messages older than this are dropped by the cleanup job.",
@@ -157,19 +195,20 @@ pub fn database() -> String {
     text(&DATABASE).unwrap_or_else(|| "postgres".to_owned())
 }
 
-/// The network side's settings, read on the main thread (at start and on SIGHUP).
-pub fn server_config() -> ServerConfig {
-    ServerConfig::new(
-        &text(&LISTEN_ADDRESSES).unwrap_or_default(),
-        PORT.get() as u16,
-        text(&JWT_SECRET),
-        text(&JWT_JWKS),
-        PRIVATE_ONLY.get(),
-        MAX_PAYLOAD_SIZE.get() as usize * 1024,
-        MAX_CHANNELS_PER_CLIENT.get() as usize,
-        Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
-        Duration::from_millis(RESTART_GRACE.get() as u64),
-    )
+/// The settings the network side needs, read on the main thread (at start and on SIGHUP).
+pub fn read() -> Settings {
+    Settings {
+        listen_addresses: text(&LISTEN_ADDRESSES).unwrap_or_default(),
+        port: PORT.get() as u16,
+        jwt_secret: text(&JWT_SECRET),
+        jwt_jwks: text(&JWT_JWKS),
+        private_only: PRIVATE_ONLY.get(),
+        max_payload_bytes: MAX_PAYLOAD_SIZE.get() as usize * 1024,
+        max_channels_per_client: MAX_CHANNELS_PER_CLIENT.get() as usize,
+        join_error_delay: Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
+        restart_grace: Duration::from_millis(RESTART_GRACE.get() as u64),
+        max_memory_bytes: MAX_MEMORY.get() as usize * 1024,
+    }
 }
 
 pub fn max_record_bytes() -> usize {
@@ -178,4 +217,12 @@ pub fn max_record_bytes() -> usize {
 
 pub fn max_slot_wal_bytes() -> i64 {
     i64::from(MAX_SLOT_WAL.get()) * 1024 * 1024
+}
+
+pub fn statement_timeout_ms() -> i32 {
+    STATEMENT_TIMEOUT.get()
+}
+
+pub fn lock_timeout_ms() -> i32 {
+    LOCK_TIMEOUT.get()
 }

@@ -1,4 +1,0 @@
-//! Authentication of Realtime clients.
-
-pub mod jwt;
-pub mod rls;

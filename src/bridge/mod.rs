@@ -1,0 +1,17 @@
+//! The only types both sides of the worker know: what the network side asks
+//! of the main thread (`request`, through `queue`), what the main thread hands
+//! to the network side (`outbound`), the settings it hands over (`settings`),
+//! and the memory both draw from (`budget`). Nothing here calls Postgres or
+//! touches a socket.
+
+pub mod budget;
+pub mod outbound;
+pub mod queue;
+pub mod request;
+pub mod settings;
+
+pub use budget::{Budget, Charge};
+pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network};
+pub use queue::{Bridge, Inbox};
+pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};
+pub use settings::Settings;

@@ -1,0 +1,79 @@
+//! What the network side asks of the worker's main thread, and who asks.
+
+use tokio::sync::oneshot;
+
+/// Who is asking, as RLS policies see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthContext {
+    pub role: String,
+    /// Every JWT claim as JSON text, for `request.jwt.claims`.
+    pub claims_json: String,
+    pub sub: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPermissions {
+    pub broadcast: bool,
+    pub presence: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    Broadcast,
+    Presence,
+}
+
+impl Extension {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Extension::Broadcast => "broadcast",
+            Extension::Presence => "presence",
+        }
+    }
+}
+
+/// A broadcast stored in `realtime.messages`, for replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBroadcast {
+    pub id: String,
+    pub event: String,
+    pub payload: serde_json::Value,
+}
+
+/// Work only the main thread can do. `topic` is the sub-topic (no `realtime:`).
+pub enum Request {
+    /// May this context read the topic (broadcast, and presence when asked)?
+    ReadPermissions {
+        ctx: AuthContext,
+        topic: String,
+        presence: bool,
+        reply: oneshot::Sender<Result<ReadPermissions, String>>,
+    },
+    /// May this context write the topic for this extension?
+    WritePermission {
+        ctx: AuthContext,
+        topic: String,
+        extension: Extension,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    /// Checks a channel's `postgres_changes` bindings (with the ids its join
+    /// reply gave them) and starts routing changes to it.
+    SubscribeChanges {
+        channel: u64,
+        ctx: AuthContext,
+        bindings: Vec<(u32, serde_json::Value)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The channel is gone. No answer.
+    UnsubscribeChanges { channel: u64 },
+    /// The channel's token was refreshed. No answer.
+    ChangesAuth { channel: u64, ctx: AuthContext },
+    /// Stored private broadcasts of the topic since `since_ms`, oldest first.
+    Replay {
+        ctx: AuthContext,
+        topic: String,
+        since_ms: i64,
+        limit: i64,
+        reply: oneshot::Sender<Result<Vec<StoredBroadcast>, String>>,
+    },
+}

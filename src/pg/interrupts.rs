@@ -1,0 +1,108 @@
+//! Shutdown and timeouts for the worker's queries.
+//!
+//! pgrx's SIGTERM handler only notes the request, so a query that waits (a
+//! policy calling `pg_sleep`, an insert behind an `ACCESS EXCLUSIVE` lock)
+//! would keep the worker from stopping. This handler also cancels the running
+//! query, the way a statement timeout does, and the worker then stops as it
+//! would between queries: sockets closed, what was sent confirmed.
+//!
+//! SPI does not arm `statement_timeout` (only the client protocol does), so
+//! [`QueryGuard`] arms it around each unit of work; `lock_timeout` is armed by
+//! the lock manager itself once set.
+
+use pgrx::pg_sys;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// A query of the worker is running: SIGTERM cancels it.
+static IN_QUERY: AtomicBool = AtomicBool::new(false);
+/// Guards alive (units of work nest: a subtransaction per group inside a batch).
+static DEPTH: AtomicU32 = AtomicU32::new(0);
+
+unsafe extern "C" {
+    // Declared raw: pgrx's wrappers check the calling thread and set up error
+    // handling, neither of which belongs in a signal handler.
+    #[link_name = "SetLatch"]
+    fn set_latch_raw(latch: *mut pg_sys::Latch);
+}
+
+/// `STATEMENT_TIMEOUT` of `TimeoutId` (utils/timeout.h, the same from 13 to
+/// 17); pgrx does not bind that header.
+const STATEMENT_TIMEOUT: c_int = 3;
+
+unsafe extern "C-unwind" {
+    fn enable_timeout_after(id: c_int, delay_ms: c_int);
+    fn disable_timeout(id: c_int, keep_indicator: bool);
+}
+
+unsafe extern "C-unwind" fn on_sigterm(_signal: c_int) {
+    let saved = std::io::Error::last_os_error().raw_os_error();
+    // SAFETY: sig_atomic_t flags and SetLatch, which is async-signal-safe, as
+    // in Postgres's own die() and SignalHandlerForShutdownRequest().
+    unsafe {
+        pg_sys::ShutdownRequestPending = 1;
+        if IN_QUERY.load(Ordering::Relaxed) {
+            pg_sys::QueryCancelPending = 1;
+            pg_sys::InterruptPending = 1;
+        }
+        set_latch_raw(pg_sys::MyLatch);
+    }
+    if let Some(errno) = saved {
+        // SAFETY: restoring this thread's errno, as signal handlers must.
+        unsafe { *libc::__errno_location() = errno };
+    }
+}
+
+/// Installs the SIGTERM handler; call after pgrx's `attach_signal_handlers`.
+pub fn install() {
+    // SAFETY: main thread; replaces the handler for the whole process.
+    unsafe { pg_sys::pqsignal(libc::SIGTERM, Some(on_sigterm)) };
+}
+
+/// SIGTERM (a fast shutdown, `pg_terminate_backend`) has been received.
+pub fn shutdown_requested() -> bool {
+    // SAFETY: a flag read, set only by signal handlers.
+    unsafe { pg_sys::ShutdownRequestPending != 0 }
+}
+
+/// Arms the statement timeout and lets SIGTERM cancel the query while alive.
+/// Each guard restarts the timer, so every unit of work, nested or not, gets
+/// the whole timeout; the timer stops when the outermost guard ends.
+pub struct QueryGuard(());
+
+impl QueryGuard {
+    pub fn start(timeout_ms: i32) -> QueryGuard {
+        DEPTH.fetch_add(1, Ordering::Relaxed);
+        IN_QUERY.store(true, Ordering::Relaxed);
+        if timeout_ms > 0 {
+            // SAFETY: main thread; STATEMENT_TIMEOUT is registered by InitPostgres,
+            // whose handler sends this process SIGINT, which a bgworker with a
+            // database connection handles as a query cancel.
+            unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms)) };
+        }
+        // A SIGTERM that came just before: cancel at the first check.
+        if shutdown_requested() {
+            // SAFETY: plain flag writes on the main thread.
+            unsafe {
+                pg_sys::QueryCancelPending = 1;
+                pg_sys::InterruptPending = 1;
+            }
+        }
+        QueryGuard(())
+    }
+}
+
+impl Drop for QueryGuard {
+    fn drop(&mut self) {
+        if DEPTH.fetch_sub(1, Ordering::Relaxed) > 1 {
+            return;
+        }
+        IN_QUERY.store(false, Ordering::Relaxed);
+        // SAFETY: main thread.
+        unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| disable_timeout(STATEMENT_TIMEOUT, false));
+            // A cancel that arrived after the query ended must not hit the next one.
+            pg_sys::QueryCancelPending = 0;
+        }
+    }
+}

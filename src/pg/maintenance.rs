@@ -1,0 +1,104 @@
+//! Housekeeping on the main thread: waiting for the extension, letting the
+//! session load its own output plugin, and the cleanup job (day partitions
+//! ahead, old ones dropped).
+
+use super::subxact;
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use std::time::Duration;
+
+const EXTENSION_POLL: Duration = Duration::from_secs(2);
+
+/// Waits, without crash-looping, until `CREATE EXTENSION realtime` has run.
+/// False when told to stop meanwhile.
+pub fn wait_for_extension(database: &str) -> bool {
+    let mut told = false;
+    loop {
+        let exists = BackgroundWorker::transaction(|| {
+            Spi::connect(|c| {
+                c.select("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'realtime')", None, &[])?
+                    .first()
+                    .get_one::<bool>()
+            })
+        });
+        if exists == Ok(Some(true)) {
+            return true;
+        }
+        if !told {
+            log!("realtime: waiting for CREATE EXTENSION realtime in database \"{database}\"");
+            told = true;
+        }
+        // False on postmaster death.
+        if !BackgroundWorker::wait_latch(Some(EXTENSION_POLL)) || super::interrupts::shutdown_requested() {
+            return false;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: main thread, outside a transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+}
+
+/// Sets a setting for the worker's own session.
+pub fn set_session(name: &str, value: &str) {
+    let set = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| c.select("SELECT set_config($1, $2, false)", None, &[name.into(), value.into()]).map(|_| ()))
+    });
+    if let Err(e) = set {
+        warning!("realtime: cannot set {name} to {value} for the worker: {e}");
+    }
+}
+
+/// Recent PostgreSQL minor releases only load output plugins listed in
+/// `output_plugin_libraries`; the worker adds its own, for its session only.
+pub fn allow_output_plugin() {
+    let allowed = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT set_config('output_plugin_libraries', setting || ', realtime', false)
+                 FROM pg_settings WHERE name = 'output_plugin_libraries'
+                   AND 'realtime' <> ALL (string_to_array(replace(setting, ' ', ''), ','))",
+                None,
+                &[],
+            )
+            .map(|_| ())
+        })
+    });
+    if let Err(e) = allowed {
+        warning!("realtime: cannot allow the realtime output plugin: {e}");
+    }
+}
+
+/// The cleanup job: day partitions ahead, old ones dropped.
+pub fn partitions() {
+    let result = BackgroundWorker::transaction(|| {
+        subxact::committed(|| {
+            let created = Spi::get_one::<String>("SELECT string_agg(p, ', ') FROM realtime.create_partitions() p");
+            let dropped = Spi::get_one::<String>("SELECT string_agg(p, ', ') FROM realtime.drop_old_partitions() p");
+            (created, dropped)
+        })
+    });
+    match result {
+        Ok((created, dropped)) => {
+            if let Ok(Some(created)) = created {
+                log!("realtime: created partitions {created}");
+            }
+            if let Ok(Some(dropped)) = dropped {
+                log!("realtime: dropped partitions older than the retention: {dropped}");
+            }
+        }
+        Err(e) => warning!("realtime: PartitionCreationFailed: partition maintenance failed: {e}"),
+    }
+}
+
+/// Each WebSocket is a file descriptor: allow as many as the hard limit does.
+pub fn raise_fd_limit() {
+    // SAFETY: plain rlimit calls on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

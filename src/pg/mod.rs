@@ -1,0 +1,19 @@
+//! Everything that calls Postgres (SPI, `pg_sys`), run on the worker's main
+//! thread: the worker loop and its wake-ups, the decoding context and the
+//! output plugin, authorization probes, Postgres Changes checks and routing,
+//! partition maintenance, and the settings.
+
+mod decoding;
+mod interrupts;
+mod maintenance;
+mod plugin;
+mod requests;
+mod rls;
+mod route;
+pub mod settings;
+mod slot;
+mod subscribe;
+mod subxact;
+mod wait;
+pub mod wake;
+pub mod worker;

@@ -1,0 +1,80 @@
+//! Subtransactions on the main thread, so one failing request (a broken
+//! policy, a bad filter, a timeout) fails alone and never the worker. Each
+//! runs under the worker's statement timeout, and SIGTERM cancels it.
+
+use super::interrupts::QueryGuard;
+use super::settings;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
+/// An ERROR raised inside a subtransaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlError {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+}
+
+impl SqlError {
+    /// `insufficient_privilege` (42501): what an RLS policy that says no raises.
+    pub fn is_denial(&self) -> bool {
+        self.code == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+    }
+
+    /// A statement or lock timeout, or a cancel.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.code, PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE)
+    }
+}
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<SqlError> for String {
+    fn from(e: SqlError) -> String {
+        e.message
+    }
+}
+
+/// Runs `f` in a subtransaction and commits it; an ERROR inside becomes `Err`.
+pub fn committed<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
+    run(f, true)
+}
+
+/// Runs `f` in a subtransaction and rolls it back whatever happens.
+pub fn rolled_back<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
+    run(f, false)
+}
+
+fn run<R>(f: impl FnOnce() -> R, commit: bool) -> Result<R, SqlError> {
+    let _guard = QueryGuard::start(settings::statement_timeout_ms());
+    // SAFETY: main thread, inside a transaction; the standard PL error-block
+    // pattern: remember context and owner, restore them after the subxact ends.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(|e| Err(describe(&e))).execute();
+        if commit && result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
+}
+
+pub fn describe(e: &CaughtError) -> SqlError {
+    let report = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    SqlError { code: report.sql_error_code(), message: report.message().to_owned() }
+}

@@ -1,0 +1,520 @@
+//! The background worker's main thread, the only one that calls Postgres. It
+//! waits on its latch (commits wake it, signals set it) and the bridge's
+//! eventfd, and in turn: decodes new WAL, routes what was decoded and hands
+//! it to the network side within the memory budget, confirms the slot up to
+//! what the network side has fanned out, and answers the network side's
+//! requests, each in its own subtransaction under a statement timeout.
+
+use super::decoding::{Caches, Decoder, OpenError, Step};
+use super::interrupts::{self, shutdown_requested};
+use super::wait::WaitSet;
+use super::{maintenance, plugin, requests, route, settings, slot, subxact, wake};
+use crate::bridge::outbound::SpawnNetwork;
+use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, queue};
+use crate::changes::RowChange;
+use crate::changes::registry::Registry;
+use crate::decoded::Row;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+/// Commits wake the worker at once; this catches commits that were not yet
+/// flushed when they woke it (`synchronous_commit = off`).
+const DECODE_FALLBACK: Duration = Duration::from_millis(200);
+const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// A decoding step yields to requests after this long.
+const STEP_TIME: Duration = Duration::from_millis(20);
+/// The slot's confirmed position reaches disk about this often, so a crash
+/// repeats at most about this much traffic.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Bounds on the decoded bytes routed and handed over as one batch.
+const MIN_CHUNK: usize = 16 * 1024;
+const MAX_CHUNK: usize = 1024 * 1024;
+/// While decoded messages wait for memory, look again this often.
+const BUDGET_POLL: Duration = Duration::from_millis(5);
+/// The longest wait before opening the decoder again after a failure.
+const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
+/// How often a slot held back by someone else's transaction is reported.
+const HELD_BACK_REPORT_EVERY: Duration = Duration::from_secs(600);
+/// Requests the network side may queue for the main thread.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// Registers the worker; called from `_PG_init` while preloading.
+pub fn register() {
+    BackgroundWorkerBuilder::new("realtime")
+        .set_type("realtime")
+        .set_library("realtime")
+        .set_function("realtime_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+/// The worker's life: connect, wait for the extension, start the network
+/// side, run the loop, stop cleanly, exit for a restart.
+pub fn main(spawn: SpawnNetwork) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    interrupts::install();
+    let database = settings::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+
+    if !maintenance::wait_for_extension(&database) {
+        return exit_for_restart();
+    }
+    maintenance::allow_output_plugin();
+    maintenance::raise_fd_limit();
+    let settings = settings::read();
+    apply_session_settings(&settings);
+    let budget = Budget::new(settings.max_memory_bytes);
+    let (bridge, inbox) = match queue::channel(QUEUE_CAPACITY) {
+        Ok(pair) => pair,
+        Err(e) => error!("realtime: cannot create the worker's eventfd: {e}"),
+    };
+    let (network, warnings) = spawn(&settings, bridge, budget.clone());
+    warn_all(&warnings);
+    log!("realtime: serving database \"{database}\" on port {}", settings.port);
+
+    // SAFETY: MyProc is this process's PGPROC.
+    wake::set_worker(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
+    let wait_set = WaitSet::new(inbox.fd());
+    let mut worker = Worker::new(network, budget, settings);
+    let stop = worker.run(&inbox, &wait_set);
+    worker.stop(stop);
+    exit_for_restart();
+}
+
+/// Why the loop ended.
+enum Stop {
+    /// SIGTERM: a shutdown, or `pg_terminate_backend`.
+    Shutdown,
+    /// The listen address changed: start over.
+    Restart,
+}
+
+struct Worker {
+    network: Box<dyn Network>,
+    budget: Arc<Budget>,
+    settings: Settings,
+    registry: Registry,
+    decoder: Option<Decoder>,
+    caches: Caches,
+    /// When to try opening the decoder (again).
+    next_open: Instant,
+    open_failures: u32,
+    /// The slot's confirmed position, as this worker last set it.
+    confirmed: u64,
+    /// What `confirmed` was when last written to disk, and when.
+    saved: u64,
+    last_save: Instant,
+    /// A commit woke the worker, or the last step stopped short.
+    decode_due: bool,
+    last_decode: Instant,
+    next_maintenance: Instant,
+    next_slot_check: Instant,
+    held_back_reported: Option<Instant>,
+}
+
+impl Worker {
+    fn new(network: Box<dyn Network>, budget: Arc<Budget>, settings: Settings) -> Worker {
+        let now = Instant::now();
+        Worker {
+            network,
+            budget,
+            settings,
+            registry: Registry::default(),
+            decoder: None,
+            caches: Caches::default(),
+            next_open: now,
+            open_failures: 0,
+            confirmed: 0,
+            saved: 0,
+            last_save: now,
+            decode_due: true,
+            last_decode: now,
+            next_maintenance: now,
+            next_slot_check: now,
+            held_back_reported: None,
+        }
+    }
+
+    fn run(&mut self, inbox: &Inbox, wait_set: &WaitSet) -> Stop {
+        loop {
+            if shutdown_requested() {
+                return Stop::Shutdown;
+            }
+            if BackgroundWorker::sighup_received()
+                && let Some(stop) = self.reload()
+            {
+                return stop;
+            }
+            let now = Instant::now();
+            if now >= self.next_maintenance {
+                self.caches.before_query();
+                maintenance::partitions();
+                self.next_maintenance = now + MAINTENANCE_EVERY;
+            }
+            if now >= self.next_slot_check {
+                self.check_slot();
+            }
+            if self.decoder.is_none() && now >= self.next_open {
+                self.open();
+            }
+            let mut more = false;
+            if self.may_decode() && (self.decode_due || self.last_decode.elapsed() >= DECODE_FALLBACK) {
+                more |= self.decode();
+            }
+            more |= self.hand_off();
+            self.confirm();
+            let requests = inbox.drain();
+            if !requests.is_empty() {
+                self.answer(requests);
+            }
+            let timeout = if more {
+                Duration::ZERO
+            } else if self.output_waiting() {
+                BUDGET_POLL
+            } else if self.decoder.is_none() {
+                self.next_open.saturating_duration_since(Instant::now())
+            } else {
+                DECODE_FALLBACK.saturating_sub(self.last_decode.elapsed())
+            };
+            let until_timer = self.next_maintenance.min(self.next_slot_check).saturating_duration_since(Instant::now());
+            let latch = wait_set.wait(timeout.min(until_timer));
+            self.decode_due = latch || more;
+        }
+    }
+
+    /// Decoding runs when its output has been handed over and the budget
+    /// has room for more; otherwise the slot keeps the WAL.
+    fn may_decode(&mut self) -> bool {
+        let room = self.budget.room() >= self.budget.limit() / 4;
+        self.decoder.as_mut().is_some_and(|d| d.output().is_empty()) && room
+    }
+
+    fn output_waiting(&mut self) -> bool {
+        self.decoder.as_mut().is_some_and(|d| !d.output().is_empty())
+    }
+
+    fn open(&mut self) {
+        self.caches.before_query();
+        let limit = self.budget.limit();
+        match Decoder::open(&self.budget, spill_path(), limit / 8) {
+            Ok(decoder) => {
+                self.confirmed = self.confirmed.max(decoder.confirmed_flush());
+                self.saved = self.confirmed;
+                self.decoder = Some(decoder);
+                if self.open_failures > 0 {
+                    log!("realtime: decoding replication slot \"{}\" again", slot::SLOT);
+                }
+                self.open_failures = 0;
+                self.decode_due = true;
+            }
+            Err(OpenError::SlotLost) => {
+                warning!(
+                    "realtime: replication slot \"{}\" has lost the WAL it needed (max_slot_wal_keep_size); \
+                     it is created again, and database broadcasts committed meanwhile are not delivered",
+                    slot::SLOT
+                );
+                self.in_transaction(|| {
+                    subxact::committed(slot::drop).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
+                })
+                .unwrap_or_else(|e| warning!("realtime: cannot drop replication slot \"{}\": {e}", slot::SLOT));
+                self.next_slot_check = Instant::now();
+                self.failed_to_open();
+            }
+            Err(OpenError::Failed(e)) => {
+                if self.open_failures == 0 {
+                    warning!(
+                        "realtime: cannot decode replication slot \"{}\": {e}; database broadcasts wait until it works \
+                         (it needs wal_level = logical and a free max_replication_slots entry)",
+                        slot::SLOT
+                    );
+                }
+                self.failed_to_open();
+            }
+        }
+    }
+
+    fn failed_to_open(&mut self) {
+        self.open_failures += 1;
+        let delay = Duration::from_millis(250 << self.open_failures.min(7)).min(MAX_REOPEN_DELAY);
+        self.next_open = Instant::now() + delay;
+    }
+
+    fn close_decoder(&mut self) {
+        if let Some(decoder) = self.decoder.take() {
+            decoder.close();
+        }
+        // What the closed decoder had not handed over is decoded again.
+        self.caches.after_decoding(Step::Paused);
+    }
+
+    /// One step of decoding. True when more WAL is waiting.
+    fn decode(&mut self) -> bool {
+        self.caches.before_decoding();
+        self.last_decode = Instant::now();
+        let max_bytes = (self.budget.limit() / 8) as u64;
+        let Some(decoder) = self.decoder.as_mut() else { return false };
+        match decoder.step(max_bytes, STEP_TIME) {
+            Ok(step) => {
+                self.caches.after_decoding(step);
+                step == Step::Paused
+            }
+            Err(e) => {
+                if !shutdown_requested() {
+                    warning!("realtime: decoding replication slot \"{}\" failed, starting over: {e}", slot::SLOT);
+                }
+                self.close_decoder();
+                self.failed_to_open();
+                false
+            }
+        }
+    }
+
+    /// Routes decoded rows and hands them over, a chunk at a time, while the
+    /// budget has room. True when more is waiting and there is room for it.
+    fn hand_off(&mut self) -> bool {
+        loop {
+            let room = self.budget.room();
+            let Some(decoder) = self.decoder.as_mut() else { return false };
+            if decoder.output().is_empty() {
+                return false;
+            }
+            if room < MIN_CHUNK {
+                return false;
+            }
+            // A change can become one message per watching channel.
+            let fan_out = self.registry.len() + 1;
+            let max = (room / 2 / fan_out).clamp(MIN_CHUNK, MAX_CHUNK);
+            let chunk = match decoder.output().take_chunk(max) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    warning!("realtime: cannot read back decoded messages spilled to disk, starting over: {e}");
+                    self.close_decoder();
+                    self.failed_to_open();
+                    return false;
+                }
+            };
+            let items = self.outgoing(chunk.rows);
+            let bytes = items.iter().map(Decoded::bytes).sum();
+            let charge = self.budget.charge(bytes);
+            self.network.deliver(Batch { items, end_lsn: chunk.end_lsn, charge });
+        }
+    }
+
+    /// The decoded rows as the network side sends them, in commit order: row
+    /// changes routed to the channels whose bindings and policies admit them.
+    fn outgoing(&mut self, rows: Vec<Row>) -> Vec<Decoded> {
+        enum Item {
+            Broadcast(String),
+            Change(usize),
+        }
+        let mut order = Vec::with_capacity(rows.len());
+        let mut changes = Vec::new();
+        for row in rows {
+            match row {
+                Row::Broadcast(json) => order.push(Item::Broadcast(json)),
+                Row::Change(json) => match serde_json::from_str::<RowChange>(&json) {
+                    Ok(change) => {
+                        order.push(Item::Change(changes.len()));
+                        changes.push(change);
+                    }
+                    Err(e) => warning!("realtime: skipping an undecodable row change: {e}"),
+                },
+                Row::Commit(_) => {}
+            }
+        }
+        let mut routed = if changes.is_empty() {
+            Vec::new()
+        } else {
+            let registry = &self.registry;
+            let max_record_bytes = settings::max_record_bytes();
+            self.caches.before_query();
+            BackgroundWorker::transaction(AssertUnwindSafe(|| route::route(registry, &changes, max_record_bytes)))
+        };
+        let mut out = Vec::with_capacity(order.len());
+        for item in order {
+            match item {
+                Item::Broadcast(json) => out.push(Decoded::Broadcast(json)),
+                Item::Change(i) => out.extend(std::mem::take(&mut routed[i]).into_iter().map(Decoded::Change)),
+            }
+        }
+        out
+    }
+
+    /// Confirms the slot up to what the network side has fanned out; once
+    /// everything decoded has been, up to where decoding caught up.
+    fn confirm(&mut self) {
+        let Some(decoder) = self.decoder.as_mut() else { return };
+        let mut lsn = self.network.delivered_lsn();
+        if decoder.caught_up_at() != 0 && decoder.output().is_empty() && self.network.pending_batches() == 0 {
+            lsn = lsn.max(decoder.caught_up_at());
+        }
+        if lsn > self.confirmed {
+            decoder.confirm(lsn);
+            self.confirmed = lsn;
+        }
+        if self.confirmed > self.saved && self.last_save.elapsed() >= SAVE_EVERY {
+            decoder.save();
+            self.saved = self.confirmed;
+            self.last_save = Instant::now();
+        }
+    }
+
+    fn answer(&mut self, requests: Vec<crate::bridge::Request>) {
+        let registry = &mut self.registry;
+        self.caches.before_query();
+        BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            for request in requests {
+                if shutdown_requested() {
+                    break; // the askers see the worker go away
+                }
+                requests::answer(request, registry);
+            }
+        }));
+        plugin::set_watched(self.registry.watched());
+        wake::watch_writes(!self.registry.is_empty());
+    }
+
+    /// Creates the slot when missing and keeps the WAL it holds bounded.
+    fn check_slot(&mut self) {
+        self.next_slot_check = Instant::now() + SLOT_CHECK_EVERY;
+        let checked = self.in_transaction(|| {
+            subxact::committed(|| -> Result<(bool, Option<slot::Held>), pgrx::spi::Error> {
+                Ok((slot::ensure()?, slot::held()?))
+            })
+            .map_err(String::from)
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        });
+        let (created, held) = match checked {
+            Ok(found) => found,
+            Err(e) => {
+                slot::release_after_error();
+                if self.open_failures == 0 {
+                    warning!("realtime: cannot check replication slot \"{}\": {e}", slot::SLOT);
+                }
+                return;
+            }
+        };
+        if created {
+            log!("realtime: created replication slot \"{}\" with output plugin realtime", slot::SLOT);
+        }
+        let Some(held) = held else { return };
+        if held.wal_status == "lost" {
+            self.close_decoder();
+            self.next_open = Instant::now();
+            return; // opening finds the slot lost, drops and recreates it
+        }
+        let bound = settings::max_slot_wal_bytes();
+        if held.restart_bytes <= bound {
+            return;
+        }
+        if held.unconfirmed_bytes > bound / 2 {
+            // The worker is behind: skip, rather than fill the disk.
+            self.close_decoder();
+            let skipped = self.in_transaction(|| {
+                subxact::committed(slot::skip_to_end).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
+            });
+            warning!(
+                "realtime: replication slot \"{}\" held {} bytes of WAL, more than realtime.max_slot_wal ({bound} bytes); \
+                 skipped ahead to {:?}: database broadcasts committed in between are not delivered",
+                slot::SLOT,
+                held.restart_bytes,
+                skipped
+            );
+            self.next_open = Instant::now();
+        } else if self.held_back_reported.is_none_or(|t| t.elapsed() >= HELD_BACK_REPORT_EVERY) {
+            // Delivered, yet Postgres keeps the WAL: an old transaction that
+            // is still open pins the slot's restart point, and skipping
+            // cannot move it.
+            warning!(
+                "realtime: replication slot \"{}\" holds {} bytes of WAL, more than realtime.max_slot_wal ({bound} bytes), \
+                 because a long-running transaction is still open (see pg_stat_activity.xact_start); \
+                 set max_slot_wal_keep_size to bound it",
+                slot::SLOT,
+                held.restart_bytes
+            );
+            self.held_back_reported = Some(Instant::now());
+        }
+    }
+
+    /// Runs SPI work in a transaction of its own, after the caches are made
+    /// right for present-time reads.
+    fn in_transaction<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        self.caches.before_query();
+        BackgroundWorker::transaction(AssertUnwindSafe(f))
+    }
+
+    /// SIGHUP: reloads the settings. Some when the worker must start over.
+    fn reload(&mut self) -> Option<Stop> {
+        // SAFETY: main thread, outside a transaction, as in any backend.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        let reloaded = settings::read();
+        if reloaded.listen_changed(&self.settings) {
+            log!("realtime: listen address or port changed, restarting the worker");
+            return Some(Stop::Restart);
+        }
+        if reloaded.jwt_changed(&self.settings) {
+            log!("realtime: JWT settings changed, disconnecting every socket");
+            self.network.disconnect_all(1012, "JWT settings changed");
+        }
+        warn_all(&self.network.reconfigure(&reloaded));
+        self.budget.set_limit(reloaded.max_memory_bytes);
+        if let Some(decoder) = self.decoder.as_mut() {
+            decoder.output().set_memory_limit(reloaded.max_memory_bytes / 8);
+        }
+        apply_session_settings(&reloaded);
+        self.settings = reloaded;
+        None
+    }
+
+    /// Fans out what was handed over, closes the sockets, confirms what was
+    /// sent and lets go of the slot.
+    fn stop(mut self, stop: Stop) {
+        let (code, reason) = match stop {
+            Stop::Shutdown => (1001, "server shutting down"),
+            Stop::Restart => (1012, "server restarting"),
+        };
+        self.network.shutdown(code, reason);
+        self.confirm();
+        if let Some(decoder) = self.decoder.take() {
+            decoder.save();
+            decoder.close();
+        }
+    }
+}
+
+/// Where decoded messages past the memory bound wait: Postgres's temporary
+/// directory, whose `pgsql_tmp` files it removes when the server starts.
+fn spill_path() -> PathBuf {
+    // SAFETY: MyProcPid is set for every backend.
+    let pid = unsafe { pg_sys::MyProcPid };
+    PathBuf::from(format!("base/pgsql_tmp/pgsql_tmp_realtime_{pid}.spill"))
+}
+
+/// Session settings of the worker: how long its queries may wait for locks,
+/// and how much the reorder buffer keeps in memory before spilling.
+fn apply_session_settings(settings: &Settings) {
+    maintenance::set_session("lock_timeout", &format!("{}ms", settings::lock_timeout_ms()));
+    let work_mem_kb = (settings.max_memory_bytes / 8 / 1024).clamp(64, 64 * 1024);
+    maintenance::set_session("logical_decoding_work_mem", &format!("{work_mem_kb}kB"));
+}
+
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        warning!("realtime: {w}");
+    }
+}
+
+/// Exits with code 1: the postmaster restarts the worker (after SIGTERM from
+/// pg_terminate_backend too); during a shutdown it does not.
+fn exit_for_restart() {
+    wake::set_worker(None);
+    // SAFETY: ends the process the way Postgres expects.
+    unsafe { pg_sys::proc_exit(1) };
+}
