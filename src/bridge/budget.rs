@@ -34,6 +34,13 @@ impl Budget {
         self.limit().saturating_sub(self.used())
     }
 
+    /// Room for database messages to be handed to the network side: they
+    /// may fill a quarter of the budget, which keeps any one socket's queue
+    /// (at most half) clear of them while it keeps reading.
+    pub fn handoff_room(&self) -> usize {
+        (self.limit() / 4).saturating_sub(self.used())
+    }
+
     /// Counts `bytes` until the returned charge is dropped. Always succeeds:
     /// callers look at [`Budget::room`] before producing more.
     pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {

@@ -22,4 +22,7 @@ pub struct RowChange {
     pub old: Option<Value>,
     /// Columns whose unchanged TOASTed value the WAL does not carry.
     pub toast: Vec<String>,
+    /// (name, type name) of each column when the change was made.
+    #[serde(default)]
+    pub columns: Vec<(String, String)>,
 }

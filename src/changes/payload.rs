@@ -60,11 +60,19 @@ pub fn build(meta: &TableMeta, change: &RowChange, selectable: &HashSet<String>,
             return error(meta, change, ERROR_UNAUTHORIZED);
         }
     }
-    let columns: Vec<Value> = meta
-        .columns
+    // The columns as they were at the change; the table as it is now for
+    // rows decoded by an older version of the plugin.
+    let as_now: Vec<(String, String)>;
+    let described = if change.columns.is_empty() {
+        as_now = meta.columns.iter().map(|(n, t, _)| (n.clone(), t.clone())).collect();
+        &as_now
+    } else {
+        &change.columns
+    };
+    let columns: Vec<Value> = described
         .iter()
-        .filter(|(name, _, _)| selectable.contains(name))
-        .map(|(name, typname, _)| json!({"name": name, "type": typname}))
+        .filter(|(name, _)| selectable.contains(name))
+        .map(|(name, typname)| json!({"name": name, "type": typname}))
         .collect();
     let is_key = |k: &str| meta.primary_key.iter().any(|p| p == k);
     let mut data = Map::new();
@@ -142,7 +150,7 @@ mod tests {
     }
 
     fn change(op: &str, new: Option<Value>, old: Option<Value>) -> RowChange {
-        RowChange { rel: 1, op: op.into(), ts: 1_763_511_760_877_123, new, old, toast: vec![] }
+        RowChange { rel: 1, op: op.into(), ts: 1_763_511_760_877_123, new, old, toast: vec![], columns: vec![] }
     }
 
     fn all() -> HashSet<String> {
@@ -221,6 +229,15 @@ mod tests {
         let d = build(&meta(), &change("INSERT", Some(json!({"id":1,"title":"a","secret":big})), None), &all(), 1000);
         assert_eq!(d["record"], json!({"id":1,"title":"a"}));
         assert_eq!(d["errors"], json!([ERROR_TOO_LARGE]));
+    }
+
+    #[test]
+    fn columns_are_described_as_they_were_at_the_change() {
+        let mut c = change("INSERT", Some(json!({"id":1,"title":7,"secret":"s"})), None);
+        c.columns =
+            vec![("id".into(), "int8".into()), ("title".into(), "int4".into()), ("secret".into(), "text".into())];
+        let d = build(&meta(), &c, &all(), 1 << 20);
+        assert_eq!(d["columns"][1], json!({"name":"title","type":"int4"}), "the table now says text");
     }
 
     #[test]

@@ -19,8 +19,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Clients heartbeat every 25 s; a silent socket is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Frames one connection may have queued before it counts as a slow consumer.
-const OUTGOING_QUEUE: usize = 4096;
 /// How long a closing connection spends writing what is queued before the close frame.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 const PRESENCE_CALLS: u32 = 5;
@@ -61,11 +59,12 @@ struct Channel {
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String) {
     shared.open_sockets.fetch_add(1, Ordering::Relaxed);
     let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
-    let (conn, (mut queue, mut close_rx)) = ConnHandle::new(shared.hub.next_id(), vsn, OUTGOING_QUEUE, memory);
+    let (conn, (mut queue, mut close_rx)) = ConnHandle::new(shared.hub.next_id(), vsn, memory);
     shared.hub.add_connection(conn.clone());
     let (mut sink, mut stream) = socket.split();
 
     let mut writer_close = close_rx.clone();
+    let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -102,12 +101,15 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
                         }
                     }
                     let mut written = true;
+                    let mut bytes = 0;
                     for q in batch {
+                        bytes += q.bytes();
                         written = written && sink.feed(q.message).await.is_ok();
                     }
                     if !written || sink.flush().await.is_err() {
                         break;
                     }
+                    writer_conn.wrote(bytes);
                 }
             }
         }
@@ -142,8 +144,17 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
     session.leave_all();
     shared.hub.remove_connection(conn.id);
     drop(session);
+    let cut_off = close_rx.borrow().as_ref().is_some_and(|c| c.code == 1008);
     drop(conn);
-    let _ = writer.await;
+    // A slow consumer is cut off at once: its writer may be stuck on a full
+    // socket, holding frames. Anyone else's writer gets to finish its queue.
+    if cut_off {
+        writer.abort();
+    }
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_DRAIN * 2, &mut writer).await.is_err() {
+        writer.abort();
+    }
     // Counted until its last frame (a close frame at shutdown) is written.
     shared.open_sockets.fetch_sub(1, Ordering::Relaxed);
 }

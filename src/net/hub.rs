@@ -47,66 +47,104 @@ impl QueueMemory {
 }
 
 /// No socket may hold more than this fraction of the budget in its queue.
-const SOCKET_MAX_SHARE: usize = 16;
+/// (Database messages are handed over only while the budget is a quarter
+/// used, so a socket that keeps reading never gets here; see `pressure`.)
+const SOCKET_MAX_SHARE: usize = 2;
 /// What one queue entry costs besides its bytes.
-const ENTRY_BYTES: usize = 64;
+const ENTRY_BYTES: usize = 128;
 
-/// A frame waiting in a connection's queue, counted against the budget and
-/// the connection's own share until written.
+/// An encoded frame and its memory, counted once however many queues hold it.
+#[derive(Clone)]
+pub struct SharedFrame {
+    pub message: Message,
+    charge: Arc<Charge>,
+}
+
+impl SharedFrame {
+    pub fn new(message: Message, budget: &Arc<Budget>) -> SharedFrame {
+        let charge = Arc::new(budget.charge(message_len(&message)));
+        SharedFrame { message, charge }
+    }
+}
+
+/// A frame waiting in a connection's queue: the frame's bytes are counted
+/// against the budget until the last queue holding it has written it, and
+/// against this connection's share until this one has.
 pub struct Queued {
     pub message: Message,
-    _charges: (Charge, Charge),
+    _frame: Arc<Charge>,
+    _entry: (Charge, Charge),
+}
+
+impl Queued {
+    pub fn bytes(&self) -> usize {
+        message_len(&self.message)
+    }
 }
 
 /// The sending half of one WebSocket connection.
 pub struct ConnHandle {
     pub id: u64,
     pub vsn: Vsn,
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::UnboundedSender<Queued>,
     close: watch::Sender<Option<CloseReason>>,
     memory: QueueMemory,
-    /// What this connection's queue holds.
+    /// What this connection's queue holds (shared frames in full).
     held: Arc<Budget>,
+    /// Bytes written to the socket so far.
+    written: AtomicU64,
 }
 
-pub type ConnQueues = (mpsc::Receiver<Queued>, watch::Receiver<Option<CloseReason>>);
+pub type ConnQueues = (mpsc::UnboundedReceiver<Queued>, watch::Receiver<Option<CloseReason>>);
 
 impl ConnHandle {
-    pub fn new(id: u64, vsn: Vsn, capacity: usize, memory: QueueMemory) -> (Arc<ConnHandle>, ConnQueues) {
-        let (queue, queue_rx) = mpsc::channel(capacity);
+    /// The queue is bounded in bytes, not entries (see [`ConnHandle::send_shared`]).
+    pub fn new(id: u64, vsn: Vsn, memory: QueueMemory) -> (Arc<ConnHandle>, ConnQueues) {
+        let (queue, queue_rx) = mpsc::unbounded_channel();
         let (close, close_rx) = watch::channel(None);
-        let held = Budget::new(0);
-        (Arc::new(ConnHandle { id, vsn, queue, close, memory, held }), (queue_rx, close_rx))
+        let held = Budget::new(usize::MAX);
+        let written = AtomicU64::new(0);
+        (Arc::new(ConnHandle { id, vsn, queue, close, memory, held, written }), (queue_rx, close_rx))
     }
 
     /// Bytes waiting in this connection's queue.
-    #[cfg(test)]
     pub fn queued_bytes(&self) -> usize {
         self.held.used()
     }
 
-    /// Queues a message without waiting. A client that does not keep up is
-    /// closed (1008) rather than buffered without bound: when its queue is
-    /// full, when it holds more than its share of the budget, or when the
-    /// budget is spent and it holds more than an equal share of it.
+    /// The writer wrote `bytes` to the socket.
+    pub fn wrote(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn written_bytes(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Queues a frame for this connection alone.
     pub fn send(&self, message: Message) -> bool {
-        let bytes = message_len(&message) + ENTRY_BYTES;
+        self.send_shared(&SharedFrame::new(message, &self.memory.budget))
+    }
+
+    /// Queues a frame without waiting. A client that does not keep up is
+    /// closed (1008) rather than buffered without bound: when its queue holds
+    /// more than half the budget, or when the budget is spent and it holds
+    /// more than an equal share of it.
+    pub fn send_shared(&self, frame: &SharedFrame) -> bool {
+        let bytes = frame.charge.bytes() + ENTRY_BYTES;
         let held = self.held.used() + bytes;
         let budget = &self.memory.budget;
         let fair = budget.limit() / self.memory.sockets.load(Ordering::Relaxed).max(1);
-        if held > budget.limit() / SOCKET_MAX_SHARE || (budget.room() < bytes && held > fair) {
+        if held > budget.limit() / SOCKET_MAX_SHARE || (budget.room() == 0 && held > fair) {
             self.close(1008, "slow consumer: too much queued for this socket");
             return false;
         }
-        let queued = Queued { message, _charges: (budget.charge(bytes), self.held.charge(bytes)) };
-        match self.queue.try_send(queued) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(1008, "slow consumer: outgoing queue full");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        let queued = Queued {
+            message: frame.message.clone(),
+            _frame: frame.charge.clone(),
+            _entry: (budget.charge(ENTRY_BYTES), self.held.charge(bytes)),
+        };
+        self.queue.send(queued).is_ok()
     }
 
     pub fn send_frame(&self, frame: Frame) -> bool {
@@ -177,11 +215,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Frames encoded lazily, at most once per serializer.
+/// Frames encoded lazily, at most once per serializer, and shared.
 struct PerVsn<F: FnMut(Vsn) -> Option<Message>> {
     encode: F,
-    v1: Option<Option<Message>>,
-    v2: Option<Option<Message>>,
+    v1: Option<Option<SharedFrame>>,
+    v2: Option<Option<SharedFrame>>,
 }
 
 impl<F: FnMut(Vsn) -> Option<Message>> PerVsn<F> {
@@ -189,12 +227,13 @@ impl<F: FnMut(Vsn) -> Option<Message>> PerVsn<F> {
         PerVsn { encode, v1: None, v2: None }
     }
 
-    fn get(&mut self, vsn: Vsn) -> Option<Message> {
-        let slot = match vsn {
+    fn get(&mut self, conn: &ConnHandle) -> Option<&SharedFrame> {
+        let slot = match conn.vsn {
             Vsn::V1 => &mut self.v1,
             Vsn::V2 => &mut self.v2,
         };
-        slot.get_or_insert_with(|| (self.encode)(vsn)).clone()
+        let encode = &mut self.encode;
+        slot.get_or_insert_with(|| encode(conn.vsn).map(|m| SharedFrame::new(m, &conn.memory.budget))).as_ref()
     }
 }
 
@@ -225,6 +264,10 @@ impl Hub {
 
     pub fn remove_connection(&self, id: u64) {
         lock(&self.connections).remove(&id);
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnHandle>> {
+        lock(&self.connections).values().cloned().collect()
     }
 
     pub fn close_all(&self, code: u16, reason: &str) {
@@ -296,8 +339,8 @@ impl Hub {
             if !sub.broadcast || Some(*id) == except {
                 continue;
             }
-            if let Some(message) = frames.get(sub.conn.vsn) {
-                delivered += usize::from(sub.conn.send(message));
+            if let Some(frame) = frames.get(&sub.conn) {
+                delivered += usize::from(sub.conn.send_shared(frame));
             }
         }
         delivered
@@ -330,8 +373,8 @@ fn send_presence_diff(topic_name: &str, topic: &Topic, diff: &Value) {
     let mut frames =
         PerVsn::new(|vsn| Some(to_message(protocol::encode(vsn, None, None, topic_name, "presence_diff", diff))));
     for sub in topic.subscribers.values().filter(|s| s.presence) {
-        if let Some(message) = frames.get(sub.conn.vsn) {
-            sub.conn.send(message);
+        if let Some(frame) = frames.get(&sub.conn) {
+            sub.conn.send_shared(frame);
         }
     }
 }
@@ -346,7 +389,7 @@ mod tests {
         TopicKey { private, topic: "realtime:room".into() }
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Queued>) -> Vec<Message> {
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Queued>) -> Vec<Message> {
         std::iter::from_fn(|| rx.try_recv().ok().map(|q| q.message)).collect()
     }
 
@@ -357,9 +400,9 @@ mod tests {
     #[test]
     fn broadcasts_reach_subscribers_of_the_same_key_only() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8, QueueMemory::unbounded());
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V2, 8, QueueMemory::unbounded());
-        let (p, (mut p_rx, _)) = ConnHandle::new(3, Vsn::V1, 8, QueueMemory::unbounded());
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
+        let (p, (mut p_rx, _)) = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
         hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
         hub.subscribe(&key(true), 12, Subscriber { conn: p, broadcast: true, presence: false });
@@ -378,7 +421,7 @@ mod tests {
     #[test]
     fn subscribers_without_read_get_nothing() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8, QueueMemory::unbounded());
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
         hub.subscribe(&key(true), 10, Subscriber { conn: a, broadcast: false, presence: false });
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
         hub.update(&key(true), 10, true, false);
@@ -387,33 +430,26 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_closes_the_connection() {
-        let hub = Hub::default();
-        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 2, QueueMemory::unbounded());
-        hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
-        for _ in 0..3 {
-            hub.broadcast(&key(false), &ping(), None, None);
-        }
-        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
-    }
-
-    #[test]
-    fn queued_frames_count_against_the_budget_until_written() {
-        let memory = QueueMemory { budget: Budget::new(1 << 20), sockets: Arc::new(AtomicUsize::new(1)) };
-        let (a, (mut a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 100, memory.clone());
-        assert!(a.send(Message::Text("x".repeat(1000).into())));
-        assert_eq!(memory.budget.used(), 1000 + ENTRY_BYTES);
+    fn queued_frames_count_against_the_budget_once_until_written() {
+        let memory = QueueMemory { budget: Budget::new(1 << 20), sockets: Arc::new(AtomicUsize::new(2)) };
+        let (a, (mut a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, memory.clone());
+        let frame = SharedFrame::new(Message::Text("x".repeat(1000).into()), &memory.budget);
+        assert!(a.send_shared(&frame) && b.send_shared(&frame));
+        drop(frame);
+        assert_eq!(memory.budget.used(), 1000 + 2 * ENTRY_BYTES, "a shared frame is counted once");
         assert_eq!(a.queued_bytes(), 1000 + ENTRY_BYTES);
         drop(a_rx.try_recv().unwrap());
+        assert_eq!(memory.budget.used(), 1000 + ENTRY_BYTES, "b still holds the frame");
+        drop(b_rx.try_recv().unwrap());
         assert_eq!((memory.budget.used(), a.queued_bytes()), (0, 0), "written frames give their bytes back");
         assert!(close_rx.borrow().is_none());
     }
 
     #[test]
-    fn a_socket_over_its_share_is_closed() {
-        // At most 1/16 of the budget per socket.
-        let memory = QueueMemory { budget: Budget::new(16 * 4096), sockets: Arc::new(AtomicUsize::new(1)) };
-        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 1000, memory.clone());
+    fn a_socket_over_half_the_budget_is_closed() {
+        let memory = QueueMemory { budget: Budget::new(2 * 4096), sockets: Arc::new(AtomicUsize::new(1)) };
+        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, memory.clone());
         let frame = || Message::Text("x".repeat(1000).into());
         assert!(a.send(frame()) && a.send(frame()) && a.send(frame()));
         assert!(!a.send(frame()), "the fourth frame passes 4096 bytes");
@@ -424,18 +460,18 @@ mod tests {
     fn with_the_budget_spent_a_socket_over_an_equal_share_is_closed() {
         let memory = QueueMemory { budget: Budget::new(64 * 1024), sockets: Arc::new(AtomicUsize::new(64)) };
         let _elsewhere = memory.budget.charge(64 * 1024);
-        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, 1000, memory.clone());
+        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, memory.clone());
         assert!(!a.send(Message::Text("x".repeat(2000).into())), "an equal share is 1 KB");
         assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
-        let (b, (_b_rx, _)) = ConnHandle::new(2, Vsn::V1, 1000, memory.clone());
+        let (b, (_b_rx, _)) = ConnHandle::new(2, Vsn::V1, memory.clone());
         assert!(b.send(Message::Text("x".repeat(100).into())), "a small frame still goes out");
     }
 
     #[test]
     fn presence_diffs_go_to_presence_subscribers_and_leaves_follow_unsubscribe() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, 8, QueueMemory::unbounded());
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, 8, QueueMemory::unbounded());
+        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: true });
         hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
         let Value::Object(payload) = json!({"name": "a"}) else { panic!() };

@@ -8,6 +8,7 @@ mod connection;
 pub mod hub;
 pub mod limits;
 pub mod presence;
+mod pressure;
 mod rest;
 
 pub use config::ServerConfig;
@@ -136,6 +137,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                 match runtime {
                     Ok(rt) => rt.block_on(async move {
                         tokio::spawn(deliver_decoded(thread_shared.clone(), decoded_rx, grace));
+                        tokio::spawn(pressure::watch(thread_shared.clone()));
                         serve(thread_shared, stop_rx).await
                     }),
                     Err(e) => eprintln!("realtime: cannot start the network runtime: {e}"),

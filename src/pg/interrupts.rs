@@ -65,6 +65,28 @@ pub fn shutdown_requested() -> bool {
     unsafe { pg_sys::ShutdownRequestPending != 0 }
 }
 
+/// Handles what other backends ask of every process between the worker's
+/// own work: barriers (e.g. for `DROP DATABASE`), `pg_log_backend_memory_contexts`.
+/// A cancel meant for a query that has ended is dropped first.
+pub fn process_pending() {
+    // SAFETY: main thread, outside any query or transaction.
+    unsafe {
+        pg_sys::QueryCancelPending = 0;
+        if pg_sys::InterruptPending == 0 {
+            return;
+        }
+        let handled = pgrx::PgTryBuilder::new(|| {
+            pg_sys::ProcessInterrupts();
+            Ok(())
+        })
+        .catch_others(|e| Err(super::subxact::describe(&e).message))
+        .execute();
+        if let Err(e) = handled {
+            pgrx::warning!("realtime: handling an interrupt failed: {e}");
+        }
+    }
+}
+
 /// Arms the statement timeout and lets SIGTERM cancel the query while alive.
 /// Each guard restarts the timer, so every unit of work, nested or not, gets
 /// the whole timeout; the timer stops when the outermost guard ends.

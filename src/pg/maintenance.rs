@@ -91,6 +91,22 @@ pub fn partitions() {
     }
 }
 
+/// Memory freed after a burst goes back to the system: large buffers are
+/// mapped on their own and returned when freed (no growing thresholds), and
+/// [`trim_memory`] hands back the free pages in between.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only tunes this process's allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+    }
+}
+
+pub fn trim_memory() {
+    // SAFETY: releases free pages of every arena; safe at any time.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Each WebSocket is a file descriptor: allow as many as the hard limit does.
 pub fn raise_fd_limit() {
     // SAFETY: plain rlimit calls on a local struct.

@@ -40,6 +40,10 @@ struct State {
     realtime_namespace: pg_sys::Oid,
     /// Whether the current transaction produced a row.
     wrote: bool,
+    /// Where one change is decoded, reset after it: replaying a commit runs
+    /// in a transaction, and a million changes would otherwise pile up in
+    /// its memory until the end.
+    memory: pg_sys::MemoryContext,
 }
 
 /// The entry point Postgres looks up by name when a slot uses this plugin.
@@ -74,7 +78,14 @@ unsafe extern "C-unwind" fn startup(
     unsafe {
         (*options).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
         let realtime_namespace = pg_sys::get_namespace_oid(c"realtime".as_ptr(), true);
-        let state = Box::new(State { realtime_namespace, wrote: false });
+        let memory = pg_sys::AllocSetContextCreateExtended(
+            (*ctx).context,
+            c"realtime output plugin".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        );
+        let state = Box::new(State { realtime_namespace, wrote: false, memory });
         (*ctx).output_plugin_private = Box::into_raw(state).cast();
     }
 }
@@ -127,6 +138,23 @@ unsafe extern "C-unwind" fn change(
     relation: pg_sys::Relation,
     change: *mut pg_sys::ReorderBufferChange,
 ) {
+    // SAFETY: valid pointers from Postgres; the state's context lives as
+    // long as the decoding context (an error resets it with the replay).
+    unsafe {
+        let memory = state(ctx).memory;
+        let previous = pg_sys::MemoryContextSwitchTo(memory);
+        decode_change(ctx, txn, relation, change);
+        pg_sys::MemoryContextSwitchTo(previous);
+        pg_sys::MemoryContextReset(memory);
+    }
+}
+
+unsafe fn decode_change(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    relation: pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
     // SAFETY: valid pointers from Postgres for the duration of the callback.
     unsafe {
         let action = (*change).action;
@@ -163,11 +191,41 @@ unsafe extern "C-unwind" fn change(
             new,
             old,
             toast,
+            columns: columns(tupdesc),
         };
         if let Ok(text) = serde_json::to_string(&row) {
             write(ctx, &format!("{ROW_CHANGE}{text}"));
             state(ctx).wrote = true;
         }
+    }
+}
+
+/// Name and type name of each column, as the relation was when the change
+/// was made (the historic catalog), so a later `ALTER COLUMN TYPE` does not
+/// relabel older rows.
+unsafe fn columns(tupdesc: pg_sys::TupleDesc) -> Vec<(String, String)> {
+    // SAFETY: the relation's descriptor; syscache lookups under the
+    // decoding's historic snapshot.
+    unsafe {
+        PgTupleDesc::from_pg_unchecked(tupdesc)
+            .iter()
+            .filter(|a| !a.attisdropped)
+            .map(|a| (a.name().to_owned(), type_name(a.atttypid)))
+            .collect()
+    }
+}
+
+unsafe fn type_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: a syscache lookup, released before returning.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(oid));
+        if tuple.is_null() {
+            return String::new();
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tuple);
+        let name = std::ffi::CStr::from_ptr((*form).typname.data.as_ptr()).to_string_lossy().into_owned();
+        pg_sys::ReleaseSysCache(tuple);
+        name
     }
 }
 

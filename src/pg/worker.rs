@@ -40,6 +40,10 @@ const BUDGET_POLL: Duration = Duration::from_millis(5);
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
 /// How often a slot held back by someone else's transaction is reported.
 const HELD_BACK_REPORT_EVERY: Duration = Duration::from_secs(600);
+/// After this much of the budget was used, memory is given back to the
+/// system once it is free again.
+const TRIM_AFTER: usize = 4 * 1024 * 1024;
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Requests the network side may queue for the main thread.
 const QUEUE_CAPACITY: usize = 4096;
 
@@ -68,6 +72,7 @@ pub fn main(spawn: SpawnNetwork) {
     }
     maintenance::allow_output_plugin();
     maintenance::raise_fd_limit();
+    maintenance::tune_allocator();
     let settings = settings::read();
     apply_session_settings(&settings);
     let budget = Budget::new(settings.max_memory_bytes);
@@ -117,6 +122,9 @@ struct Worker {
     next_maintenance: Instant,
     next_slot_check: Instant,
     held_back_reported: Option<Instant>,
+    /// The most of the budget used since memory was last given back, and when.
+    peak_used: usize,
+    last_trim: Instant,
 }
 
 impl Worker {
@@ -139,6 +147,20 @@ impl Worker {
             next_maintenance: now,
             next_slot_check: now,
             held_back_reported: None,
+            peak_used: 0,
+            last_trim: now,
+        }
+    }
+
+    /// Gives freed memory back to the system once a burst has passed, and
+    /// every second while one lasts.
+    fn trim_after_burst(&mut self) {
+        let used = self.budget.used();
+        self.peak_used = self.peak_used.max(used);
+        if self.peak_used >= TRIM_AFTER && (used < TRIM_AFTER / 8 || self.last_trim.elapsed() >= TRIM_EVERY) {
+            maintenance::trim_memory();
+            self.peak_used = used;
+            self.last_trim = Instant::now();
         }
     }
 
@@ -170,6 +192,7 @@ impl Worker {
             }
             more |= self.hand_off();
             self.confirm();
+            self.trim_after_burst();
             let requests = inbox.drain();
             if !requests.is_empty() {
                 self.answer(requests);
@@ -185,14 +208,15 @@ impl Worker {
             };
             let until_timer = self.next_maintenance.min(self.next_slot_check).saturating_duration_since(Instant::now());
             let latch = wait_set.wait(timeout.min(until_timer));
+            interrupts::process_pending();
             self.decode_due = latch || more;
         }
     }
 
-    /// Decoding runs when its output has been handed over and the budget
-    /// has room for more; otherwise the slot keeps the WAL.
+    /// Decoding runs when its output has been handed over and the network
+    /// side has room for more; otherwise the slot keeps the WAL.
     fn may_decode(&mut self) -> bool {
-        let room = self.budget.room() >= self.budget.limit() / 4;
+        let room = self.budget.handoff_room() >= MIN_CHUNK;
         self.decoder.as_mut().is_some_and(|d| d.output().is_empty()) && room
     }
 
@@ -280,7 +304,7 @@ impl Worker {
     /// budget has room. True when more is waiting and there is room for it.
     fn hand_off(&mut self) -> bool {
         loop {
-            let room = self.budget.room();
+            let room = self.budget.handoff_room();
             let Some(decoder) = self.decoder.as_mut() else { return false };
             if decoder.output().is_empty() {
                 return false;
@@ -290,7 +314,7 @@ impl Worker {
             }
             // A change can become one message per watching channel.
             let fan_out = self.registry.len() + 1;
-            let max = (room / 2 / fan_out).clamp(MIN_CHUNK, MAX_CHUNK);
+            let max = (room / fan_out).clamp(MIN_CHUNK, MAX_CHUNK);
             let chunk = match decoder.output().take_chunk(max) {
                 Ok(chunk) => chunk,
                 Err(e) => {

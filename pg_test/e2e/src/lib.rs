@@ -173,6 +173,21 @@ impl Client {
         }
     }
 
+    /// Reads until the server ends the connection: the close frame's
+    /// `{code, reason}`, or `{"code": null}` when it was cut off without one.
+    /// None when it is still open after `wait`.
+    pub async fn until_closed(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None | Some(Err(_))) => return Some(json!({"code": null})),
+                Ok(Some(Ok(Message::Close(c)))) => return Some(close_json(c)),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     pub async fn recv(&mut self) -> Msg {
         self.try_recv(WAIT).await.expect("a message within 5 s")
     }
