@@ -37,8 +37,9 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets --features pg_test -- -D warnings
 
+# BENCH_ARGS="--only 3,7" runs some scenarios alone and prints their figures.
 bench: setup
-	@scripts/bench.sh
+	@scripts/bench.sh $(BENCH_ARGS)
 
 bench-quick: setup
-	@scripts/bench.sh --quick
+	@scripts/bench.sh --quick $(BENCH_ARGS)

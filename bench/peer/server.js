@@ -11,8 +11,10 @@ const topics = new Map() // topic -> Set(ws)
 
 const members = (topic) => topics.get(topic) ?? topics.set(topic, new Set()).get(topic)
 
+// The frame is encoded once, to a Buffer every member's send shares.
 function fanOut(topic, frame, except) {
-  for (const ws of topics.get(topic) ?? []) if (ws !== except && ws.readyState === 1) ws.send(frame)
+  const data = Buffer.from(frame)
+  for (const ws of topics.get(topic) ?? []) if (ws !== except && ws.readyState === 1) ws.send(data, { binary: false })
 }
 
 const wss = new WebSocketServer({ port, host: '127.0.0.1' })

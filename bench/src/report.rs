@@ -11,6 +11,8 @@ pub struct Figure {
     supabase: String,
     ratio: String,
     loadgen_cpu: String,
+    /// The servers' CPU (realtime's worker, the peer's process) over the run.
+    server_cpu: String,
     /// (label, ours p50/p95/p99, peer p50/p95/p99) for the plot.
     latency: Option<(String, [f64; 3], Option<[f64; 3]>)>,
 }
@@ -38,6 +40,7 @@ impl Figure {
             supabase: supabase.into(),
             ratio: ratio(ours, peer, true),
             loadgen_cpu: cpu(loadgen_cpu),
+            server_cpu: "—".into(),
             latency: None,
         }
     }
@@ -56,6 +59,7 @@ impl Figure {
             supabase: supabase.into(),
             ratio: ratio(o[1], q.map(|q| q[1]), false),
             loadgen_cpu: "—".into(),
+            server_cpu: "—".into(),
             latency: Some((name.split(',').next().unwrap_or(name).into(), o, q)),
         }
     }
@@ -69,6 +73,7 @@ impl Figure {
             supabase: supabase.into(),
             ratio: ratio(ours, peer, false),
             loadgen_cpu: "—".into(),
+            server_cpu: "—".into(),
             latency: None,
         }
     }
@@ -81,8 +86,46 @@ impl Figure {
             supabase: supabase.into(),
             ratio: "—".into(),
             loadgen_cpu: cpu(loadgen_cpu),
+            server_cpu: "—".into(),
             latency: None,
         }
+    }
+
+    /// The peer's figure beside ours, with their ratio (above 1× is better).
+    pub fn with_peer(mut self, peer: &str, ratio: f64) -> Figure {
+        self.peer = peer.into();
+        self.ratio = format!("{ratio:.1}×");
+        self
+    }
+
+    /// Says how many of the expected deliveries arrived, when not all did.
+    pub fn with_delivered(mut self, ours: u64, expected: u64, peer: Option<(u64, u64)>) -> Figure {
+        let note = |got: u64, want: u64| {
+            if got >= want { format!(" (all {want} delivered)") } else { format!(" (**{got}/{want} delivered**)") }
+        };
+        self.ours.push_str(&note(ours, expected));
+        if let Some((got, want)) = peer {
+            self.peer.push_str(&note(got, want));
+        }
+        self
+    }
+
+    pub fn with_server_cpu(mut self, ours: f64, peer: Option<f64>) -> Figure {
+        self.server_cpu = match peer {
+            Some(p) => format!("{ours:.0}% / {p:.0}%"),
+            None => format!("{ours:.0}%"),
+        };
+        self
+    }
+
+    /// Puts the figure's latencies on the plot.
+    pub fn with_plot(mut self, label: &str, ours: &Recorder, peer: Option<&Recorder>) -> Figure {
+        let p = |r: &Recorder| {
+            let (a, b, c) = r.percentiles();
+            [a, b, c]
+        };
+        self.latency = Some((label.into(), p(ours), peer.map(p)));
+        self
     }
 }
 
@@ -123,13 +166,13 @@ impl Report {
 
     fn table(&self) -> String {
         let mut t = String::from(
-            "| figure | realtime | peer (Node `ws` + LISTEN/NOTIFY) | Supabase published | ratio vs peer | load generator CPU |\n|---|---|---|---|---|---|\n",
+            "| figure | realtime | peer (Node `ws` + LISTEN/NOTIFY) | Supabase published | ratio vs peer | server CPU (realtime / peer) | load generator CPU |\n|---|---|---|---|---|---|---|\n",
         );
         for f in &self.figures {
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} | {} |",
-                f.name, f.ours, f.peer, f.supabase, f.ratio, f.loadgen_cpu
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                f.name, f.ours, f.peer, f.supabase, f.ratio, f.server_cpu, f.loadgen_cpu
             );
         }
         t
@@ -174,6 +217,11 @@ impl Report {
         }
         svg.push_str("</svg>\n");
         svg
+    }
+
+    /// The table, printed only.
+    pub fn print(&self) {
+        println!("\n{}", self.table());
     }
 
     pub fn finish(&self, quick: bool, took: Duration, out: &str) {

@@ -16,20 +16,54 @@ pub struct Delivery {
     pub data: Arc<str>,
 }
 
-/// A broadcast stored by `realtime.send` (or `broadcast_changes`), decoded.
+/// A broadcast stored by `realtime.send` (or `broadcast_changes`), decoded:
+/// what the output plugin writes and the network side reads, as one line of
+/// JSON for these fields, then the payload's JSON text as it is.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DbBroadcast {
     pub id: String,
     pub topic: String,
     pub event: String,
     pub private: bool,
-    pub payload: serde_json::Value,
+}
+
+impl DbBroadcast {
+    /// The row for `payload` (JSON text, which never holds a raw newline).
+    pub fn row(&self, payload: &str) -> String {
+        let mut row = serde_json::to_string(self).expect("strings and a bool serialize");
+        row.push('\n');
+        row.push_str(payload);
+        row
+    }
+
+    /// The message and its payload's text.
+    pub fn parse(row: &str) -> Result<(DbBroadcast, &str), String> {
+        let (header, payload) = row.split_once('\n').ok_or("no payload")?;
+        let message = serde_json::from_str(header).map_err(|e| e.to_string())?;
+        Ok((message, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_rows_round_trip_with_the_payload_untouched() {
+        let m = DbBroadcast { id: "i".into(), topic: "a\nb".into(), event: "e".into(), private: true };
+        let row = m.row(r#"{"x":"line\nbreak"}"#);
+        assert_eq!(row.matches('\n').count(), 1, "escapes keep the header on one line");
+        let (back, payload) = DbBroadcast::parse(&row).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(payload, r#"{"x":"line\nbreak"}"#);
+        assert!(DbBroadcast::parse("{}").is_err());
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
-    /// A broadcast row as the output plugin wrote it (JSON of [`DbBroadcast`]),
-    /// parsed on the network side.
+    /// A broadcast row as the output plugin wrote it ([`DbBroadcast::row`]),
+    /// read on the network side.
     Broadcast(String),
     Change(Delivery),
 }

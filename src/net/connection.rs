@@ -4,18 +4,21 @@
 
 use super::Shared;
 use super::channel::{JoinConfig, bindings_with_ids};
+use super::hub::CloseReason;
 use super::hub::{ConnHandle, QueueMemory, SubId, Subscriber, TopicKey};
 use super::limits::RateWindow;
 use crate::bridge::{AuthContext, Extension, ReadPermissions, Request};
 use crate::jwt::Claims;
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload, Vsn};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// Clients heartbeat every 25 s; a silent socket is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,65 +59,68 @@ struct Channel {
     changes: bool,
 }
 
+/// Writes what is queued for the connection, several frames per flush; on a
+/// close, what is still queued (but for a slow consumer, who is cut off),
+/// then the close frame.
+async fn write_queued(
+    conn: Arc<ConnHandle>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut close: watch::Receiver<Option<CloseReason>>,
+) {
+    loop {
+        let closing = close.borrow_and_update().clone();
+        if let Some(c) = closing {
+            if c.code != 1008 {
+                let drain = async {
+                    loop {
+                        let batch = conn.take(64);
+                        if batch.is_empty() {
+                            break;
+                        }
+                        for q in batch {
+                            if sink.feed(q.message).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    let _ = sink.flush().await;
+                };
+                let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+            }
+            let frame = CloseFrame { code: c.code, reason: c.reason.into() };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            break;
+        }
+        let batch = conn.take(64);
+        if batch.is_empty() {
+            tokio::select! {
+                _ = conn.queued() => {}
+                changed = close.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        let mut written = true;
+        let mut bytes = 0;
+        for q in batch {
+            bytes += q.bytes();
+            written = written && sink.feed(q.message).await.is_ok();
+        }
+        if !written || sink.flush().await.is_err() {
+            break;
+        }
+        conn.wrote(bytes);
+    }
+    conn.stop_queueing();
+    let _ = sink.close().await;
+}
+
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String) {
     shared.open_sockets.fetch_add(1, Ordering::Relaxed);
     let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
-    let (conn, (mut queue, mut close_rx)) = ConnHandle::new(shared.hub.next_id(), vsn, memory);
+    let (conn, mut close_rx) = ConnHandle::new(shared.hub.next_id(), vsn, memory);
     shared.hub.add_connection(conn.clone());
-    let (mut sink, mut stream) = socket.split();
-
-    let mut writer_close = close_rx.clone();
-    let writer_conn = conn.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                biased;
-                changed = writer_close.changed() => {
-                    let reason = writer_close.borrow().clone();
-                    if let (Ok(()), Some(c)) = (changed, reason) {
-                        // A slow consumer is cut off; anyone else first gets
-                        // what was queued for it (a shutdown's last messages).
-                        if c.code != 1008 {
-                            let drain = async {
-                                while let Ok(q) = queue.try_recv() {
-                                    if sink.feed(q.message).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                let _ = sink.flush().await;
-                            };
-                            let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
-                        }
-                        let frame = CloseFrame { code: c.code, reason: c.reason.into() };
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                    }
-                    break;
-                }
-                queued = queue.recv() => {
-                    let Some(first) = queued else { break };
-                    // Whatever else is queued goes out in the same write.
-                    let mut batch = vec![first];
-                    while batch.len() < 64 {
-                        match queue.try_recv() {
-                            Ok(q) => batch.push(q),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut written = true;
-                    let mut bytes = 0;
-                    for q in batch {
-                        bytes += q.bytes();
-                        written = written && sink.feed(q.message).await.is_ok();
-                    }
-                    if !written || sink.flush().await.is_err() {
-                        break;
-                    }
-                    writer_conn.wrote(bytes);
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_queued(conn.clone(), sink, close_rx.clone()));
 
     let mut session = Session { shared: shared.clone(), conn: conn.clone(), apikey, channels: HashMap::new() };
     loop {
@@ -125,13 +131,13 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
                 Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
                 Ok(Some(Ok(Message::Text(text)))) => {
                     match protocol::decode_text(vsn, text.as_str()) {
-                        Ok(inbound) => session.handle(inbound).await,
+                        Ok(inbound) => Box::pin(session.handle(inbound)).await,
                         Err(e) => { conn.close(1007, &e.to_string()); break }
                     }
                 }
                 Ok(Some(Ok(Message::Binary(bytes)))) => {
                     match protocol::decode_binary(vsn, &bytes) {
-                        Ok(inbound) => session.handle(inbound).await,
+                        Ok(inbound) => Box::pin(session.handle(inbound)).await,
                         Err(e) => { conn.close(1007, &e.to_string()); break }
                     }
                 }
@@ -143,6 +149,9 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: Str
     }
     session.leave_all();
     shared.hub.remove_connection(conn.id);
+    // The client went away or closed: the writer answers with a close frame
+    // (a first reason, given earlier, stands).
+    conn.close(1000, "");
     drop(session);
     let cut_off = close_rx.borrow().as_ref().is_some_and(|c| c.code == 1008);
     drop(conn);
@@ -345,7 +354,7 @@ impl Session {
             Err(e) => return eprintln!("realtime: replay of {:?} failed: {e}", channel.sub_topic),
         };
         for m in messages {
-            let broadcast = Broadcast { event: m.event, payload: Body::Json(m.payload) };
+            let broadcast = Broadcast { event: m.event, payload: Body::json(&m.payload) };
             let meta = json!({"id": m.id, "replayed": true});
             if let Some(frame) = protocol::encode_broadcast(self.conn.vsn, &channel.key.topic, &broadcast, Some(&meta))
             {
@@ -446,7 +455,7 @@ impl Session {
             InboundPayload::Broadcast(b) => b.clone(),
             InboundPayload::Json(v) => Broadcast {
                 event: v.get("event").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                payload: Body::Json(v.get("payload").cloned().unwrap_or(Value::Null)),
+                payload: Body::json(v.get("payload").unwrap_or(&Value::Null)),
             },
         };
         let Some(channel) = self.channels.get(&msg.topic) else {
@@ -494,7 +503,7 @@ impl Session {
                 let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
                     return self.reply(msg, "error", json!({"reason": "Presence track payload must be a map"}));
                 };
-                if Body::Json(Value::Object(meta.clone())).wire_len() > self.shared.config().max_payload_bytes {
+                if Body::json(&Value::Object(meta.clone())).wire_len() > self.shared.config().max_payload_bytes {
                     return self.system_error_and_close(&msg.topic, "Track message size exceeded");
                 }
                 if !channel.config.presence_enabled {

@@ -8,11 +8,11 @@ use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
 use axum::extract::ws::Message;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 /// One joined channel instance; also its presence owner id.
 pub type SubId = u64;
@@ -82,11 +82,14 @@ impl Queued {
     }
 }
 
-/// The sending half of one WebSocket connection.
+/// The sending half of one WebSocket connection. Its queue is a plain
+/// deque, allocated only while it holds frames: an idle socket holds none.
 pub struct ConnHandle {
     pub id: u64,
     pub vsn: Vsn,
-    queue: mpsc::UnboundedSender<Queued>,
+    queue: Mutex<Outbox>,
+    /// Frames were queued (or the connection is closing).
+    ready: Notify,
     close: watch::Sender<Option<CloseReason>>,
     memory: QueueMemory,
     /// What this connection's queue holds (shared frames in full).
@@ -95,16 +98,49 @@ pub struct ConnHandle {
     written: AtomicU64,
 }
 
-pub type ConnQueues = (mpsc::UnboundedReceiver<Queued>, watch::Receiver<Option<CloseReason>>);
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Queued>,
+    /// The writer is gone: nothing more is queued.
+    closed: bool,
+}
+
+/// Capacity an emptied queue keeps; a burst's larger deque is given back.
+const KEPT_CAPACITY: usize = 16;
 
 impl ConnHandle {
     /// The queue is bounded in bytes, not entries (see [`ConnHandle::send_shared`]).
-    pub fn new(id: u64, vsn: Vsn, memory: QueueMemory) -> (Arc<ConnHandle>, ConnQueues) {
-        let (queue, queue_rx) = mpsc::unbounded_channel();
+    pub fn new(id: u64, vsn: Vsn, memory: QueueMemory) -> (Arc<ConnHandle>, watch::Receiver<Option<CloseReason>>) {
         let (close, close_rx) = watch::channel(None);
         let held = Budget::new(usize::MAX);
         let written = AtomicU64::new(0);
-        (Arc::new(ConnHandle { id, vsn, queue, close, memory, held, written }), (queue_rx, close_rx))
+        let queue = Mutex::default();
+        let conn = ConnHandle { id, vsn, queue, ready: Notify::new(), close, memory, held, written };
+        (Arc::new(conn), close_rx)
+    }
+
+    /// Up to `max` queued frames, oldest first, for the writer.
+    pub fn take(&self, max: usize) -> Vec<Queued> {
+        let mut outbox = lock(&self.queue);
+        let n = outbox.frames.len().min(max);
+        let taken: Vec<Queued> = outbox.frames.drain(..n).collect();
+        if outbox.frames.is_empty() && outbox.frames.capacity() > KEPT_CAPACITY {
+            outbox.frames.shrink_to(KEPT_CAPACITY);
+        }
+        taken
+    }
+
+    /// Waits until frames are queued (or a close is asked for).
+    pub async fn queued(&self) {
+        self.ready.notified().await;
+    }
+
+    /// The writer has stopped: frames queued from now on are dropped, and
+    /// those still queued are let go.
+    pub fn stop_queueing(&self) {
+        let mut outbox = lock(&self.queue);
+        outbox.closed = true;
+        outbox.frames = VecDeque::new();
     }
 
     /// Bytes waiting in this connection's queue.
@@ -139,12 +175,18 @@ impl ConnHandle {
             self.close(1008, "slow consumer: too much queued for this socket");
             return false;
         }
-        let queued = Queued {
+        let mut outbox = lock(&self.queue);
+        if outbox.closed {
+            return false;
+        }
+        outbox.frames.push_back(Queued {
             message: frame.message.clone(),
             _frame: frame.charge.clone(),
             _entry: (budget.charge(ENTRY_BYTES), self.held.charge(bytes)),
-        };
-        self.queue.send(queued).is_ok()
+        });
+        drop(outbox);
+        self.ready.notify_one();
+        true
     }
 
     pub fn send_frame(&self, frame: Frame) -> bool {
@@ -163,6 +205,7 @@ impl ConnHandle {
             *current = Some(CloseReason { code, reason: reason.to_owned() });
             true
         });
+        self.ready.notify_one();
     }
 }
 
@@ -389,31 +432,31 @@ mod tests {
         TopicKey { private, topic: "realtime:room".into() }
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Queued>) -> Vec<Message> {
-        std::iter::from_fn(|| rx.try_recv().ok().map(|q| q.message)).collect()
+    fn drain(conn: &ConnHandle) -> Vec<Message> {
+        conn.take(usize::MAX).into_iter().map(|q| q.message).collect()
     }
 
     fn ping() -> Broadcast {
-        Broadcast { event: "ping".into(), payload: Body::Json(json!({"n": 1})) }
+        Broadcast { event: "ping".into(), payload: Body::json(&json!({"n": 1})) }
     }
 
     #[test]
     fn broadcasts_reach_subscribers_of_the_same_key_only() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
-        let (p, (mut p_rx, _)) = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
-        hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: false });
-        hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
-        hub.subscribe(&key(true), 12, Subscriber { conn: p, broadcast: true, presence: false });
+        let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let (b, _) = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
+        let (p, _) = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
+        hub.subscribe(&key(false), 10, Subscriber { conn: a.clone(), broadcast: true, presence: false });
+        hub.subscribe(&key(false), 11, Subscriber { conn: b.clone(), broadcast: true, presence: false });
+        hub.subscribe(&key(true), 12, Subscriber { conn: p.clone(), broadcast: true, presence: false });
 
         assert_eq!(hub.broadcast(&key(false), &ping(), None, Some(10)), 1);
-        assert!(drain(&mut a_rx).is_empty(), "the sender is excluded");
-        assert!(matches!(drain(&mut b_rx).as_slice(), [Message::Binary(_)]), "V2 gets kind 4");
-        assert!(drain(&mut p_rx).is_empty(), "a private subscriber never sees a public message");
+        assert!(drain(&a).is_empty(), "the sender is excluded");
+        assert!(matches!(drain(&b).as_slice(), [Message::Binary(_)]), "V2 gets kind 4");
+        assert!(drain(&p).is_empty(), "a private subscriber never sees a public message");
 
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 1);
-        let got = drain(&mut p_rx);
+        let got = drain(&p);
         let [Message::Text(t)] = got.as_slice() else { panic!("{got:?}") };
         assert!(t.as_str().contains(r#""event":"ping""#));
     }
@@ -421,27 +464,27 @@ mod tests {
     #[test]
     fn subscribers_without_read_get_nothing() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        hub.subscribe(&key(true), 10, Subscriber { conn: a, broadcast: false, presence: false });
+        let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        hub.subscribe(&key(true), 10, Subscriber { conn: a.clone(), broadcast: false, presence: false });
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
         hub.update(&key(true), 10, true, false);
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 1);
-        assert_eq!(drain(&mut a_rx).len(), 1);
+        assert_eq!(drain(&a).len(), 1);
     }
 
     #[test]
     fn queued_frames_count_against_the_budget_once_until_written() {
         let memory = QueueMemory { budget: Budget::new(1 << 20), sockets: Arc::new(AtomicUsize::new(2)) };
-        let (a, (mut a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, memory.clone());
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, memory.clone());
+        let (a, close_rx) = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let (b, _) = ConnHandle::new(2, Vsn::V1, memory.clone());
         let frame = SharedFrame::new(Message::Text("x".repeat(1000).into()), &memory.budget);
         assert!(a.send_shared(&frame) && b.send_shared(&frame));
         drop(frame);
         assert_eq!(memory.budget.used(), 1000 + 2 * ENTRY_BYTES, "a shared frame is counted once");
         assert_eq!(a.queued_bytes(), 1000 + ENTRY_BYTES);
-        drop(a_rx.try_recv().unwrap());
+        drop(a.take(1));
         assert_eq!(memory.budget.used(), 1000 + ENTRY_BYTES, "b still holds the frame");
-        drop(b_rx.try_recv().unwrap());
+        drop(b.take(1));
         assert_eq!((memory.budget.used(), a.queued_bytes()), (0, 0), "written frames give their bytes back");
         assert!(close_rx.borrow().is_none());
     }
@@ -449,7 +492,7 @@ mod tests {
     #[test]
     fn a_socket_over_half_the_budget_is_closed() {
         let memory = QueueMemory { budget: Budget::new(2 * 4096), sockets: Arc::new(AtomicUsize::new(1)) };
-        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let (a, close_rx) = ConnHandle::new(1, Vsn::V1, memory.clone());
         let frame = || Message::Text("x".repeat(1000).into());
         assert!(a.send(frame()) && a.send(frame()) && a.send(frame()));
         assert!(!a.send(frame()), "the fourth frame passes 4096 bytes");
@@ -460,33 +503,33 @@ mod tests {
     fn with_the_budget_spent_a_socket_over_an_equal_share_is_closed() {
         let memory = QueueMemory { budget: Budget::new(64 * 1024), sockets: Arc::new(AtomicUsize::new(64)) };
         let _elsewhere = memory.budget.charge(64 * 1024);
-        let (a, (_a_rx, close_rx)) = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let (a, close_rx) = ConnHandle::new(1, Vsn::V1, memory.clone());
         assert!(!a.send(Message::Text("x".repeat(2000).into())), "an equal share is 1 KB");
         assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
-        let (b, (_b_rx, _)) = ConnHandle::new(2, Vsn::V1, memory.clone());
+        let (b, _) = ConnHandle::new(2, Vsn::V1, memory.clone());
         assert!(b.send(Message::Text("x".repeat(100).into())), "a small frame still goes out");
     }
 
     #[test]
     fn presence_diffs_go_to_presence_subscribers_and_leaves_follow_unsubscribe() {
         let hub = Hub::default();
-        let (a, (mut a_rx, _)) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        let (b, (mut b_rx, _)) = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
-        hub.subscribe(&key(false), 10, Subscriber { conn: a, broadcast: true, presence: true });
-        hub.subscribe(&key(false), 11, Subscriber { conn: b, broadcast: true, presence: false });
+        let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let (b, _) = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
+        hub.subscribe(&key(false), 10, Subscriber { conn: a.clone(), broadcast: true, presence: true });
+        hub.subscribe(&key(false), 11, Subscriber { conn: b.clone(), broadcast: true, presence: false });
         let Value::Object(payload) = json!({"name": "a"}) else { panic!() };
         hub.track(&key(false), 10, "alice", payload);
-        let got = drain(&mut a_rx);
+        let got = drain(&a);
         let [Message::Text(t)] = got.as_slice() else { panic!("{got:?}") };
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
         assert_eq!(v["event"], "presence_diff");
         assert_eq!(v["payload"]["joins"]["alice"]["metas"][0]["name"], "a");
-        assert!(drain(&mut b_rx).is_empty(), "presence not enabled");
+        assert!(drain(&b).is_empty(), "presence not enabled");
         assert!(hub.presence_state(&key(false))["alice"].is_object());
 
         hub.update(&key(false), 11, true, true);
         hub.unsubscribe(&key(false), 10);
-        let got = drain(&mut b_rx);
+        let got = drain(&b);
         let [Message::Text(t)] = got.as_slice() else { panic!("{got:?}") };
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
         assert_eq!(v["payload"]["leaves"]["alice"]["metas"][0]["name"], "a");

@@ -22,14 +22,14 @@ use axum::response::{IntoResponse, Response};
 use hub::{Hub, TopicKey};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Largest frame a client may send (Supabase allows 5 MB).
 const MAX_FRAME: usize = 5_000_000;
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 512;
 /// Descriptors left to Postgres itself (max_files_per_process is 1000 by default).
 const RESERVED_FDS: usize = 1100;
 /// Queued frames are written together up to this much, then flushed.
@@ -50,6 +50,8 @@ pub struct Shared {
     max_sockets: usize,
     /// Sockets whose tasks are still running (until their last frame is written).
     pub open_sockets: Arc<AtomicUsize>,
+    /// The worker is stopping: no new sockets, and `/health` says so.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -95,6 +97,7 @@ impl Network for ServerHandle {
     }
 
     fn shutdown(&self, code: u16, reason: &str) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
         let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN;
         while self.pending_batches() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -120,6 +123,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         delivered_lsn: AtomicU64::new(0),
         max_sockets: socket_budget(),
         open_sockets: Arc::new(AtomicUsize::new(0)),
+        stopping: AtomicBool::new(false),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -172,11 +176,13 @@ async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiv
 }
 
 fn deliver_row(shared: &Shared, row: &str) {
-    let message: DbBroadcast = match serde_json::from_str(row) {
-        Ok(m) => m,
+    let (message, payload) = match DbBroadcast::parse(row) {
+        Ok((m, p)) => match Body::json_text(p.to_owned()) {
+            Ok(payload) => (m, payload),
+            Err(e) => return eprintln!("realtime: skipping database broadcast {}: payload is not JSON: {e}", m.id),
+        },
         Err(e) => return eprintln!("realtime: skipping an undecodable database broadcast: {e}"),
     };
-    let payload = Body::Json(message.payload);
     if payload.wire_len() > shared.config().max_payload_bytes {
         return eprintln!(
             "realtime: skipping database broadcast {}: payload larger than realtime.max_payload_size",
@@ -273,6 +279,9 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let suffix = PREFIXES.iter().find_map(|p| path.strip_prefix(p).filter(|s| s.starts_with('/')));
     match (method, suffix) {
         (Method::GET, Some("/websocket" | "/socket/websocket")) => websocket(shared, request).await,
+        (Method::GET, Some("/health")) if shared.stopping.load(Ordering::Relaxed) => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "stopping"}))).into_response()
+        }
         (Method::GET, Some("/health")) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
         (Method::POST, Some("/api/broadcast")) => rest::batch(shared, request).await,
         (Method::POST, Some(s)) if s.starts_with("/api/broadcast/") => {
@@ -312,6 +321,9 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
+    if shared.stopping.load(Ordering::Relaxed) {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "RealtimeRestarting: Realtime is restarting");
+    }
     if shared.open_sockets.load(Ordering::Relaxed) >= shared.max_sockets {
         eprintln!(
             "realtime: refusing a connection: {} sockets open, the most the open-file limit allows",

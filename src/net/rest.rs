@@ -102,7 +102,7 @@ fn parse_batch(body: &[u8], max_payload: usize) -> Result<Vec<Outgoing>, Value> 
             e.insert("event".into(), json!(["can't be blank"]));
         }
         match m.get("payload") {
-            Some(Value::Object(p)) if Body::Json(Value::Object(p.clone())).wire_len() > max_payload => {
+            Some(p @ Value::Object(_)) if Body::json(p).wire_len() > max_payload => {
                 e.insert("payload".into(), json!(["Payload size exceeds tenant limit"]));
             }
             Some(Value::Object(_)) => {}
@@ -121,7 +121,7 @@ fn parse_batch(body: &[u8], max_payload: usize) -> Result<Vec<Outgoing>, Value> 
                 private: m.get("private").and_then(Value::as_bool).unwrap_or(false),
                 broadcast: Broadcast {
                     event: text("event").unwrap_or_default().to_owned(),
-                    payload: Body::Json(m["payload"].clone()),
+                    payload: Body::json(&m["payload"]),
                 },
                 meta: m.get("id").filter(|id| !id.is_null()).map(|id| json!({"id": id})),
             });
@@ -190,11 +190,10 @@ pub async fn single(shared: Arc<Shared>, raw_path: &str, request: Request) -> Re
     let payload = if binary {
         Body::Binary(body.to_vec())
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => Body::Json(v),
-            Err(e) => {
-                return unprocessable(json!({"error": format!("the body is not valid JSON: {e}")}));
-            }
+        let text = String::from_utf8(body.to_vec()).map_err(|e| e.to_string());
+        match text.and_then(|t| Body::json_text(t).map_err(|e| e.to_string())) {
+            Ok(payload) => payload,
+            Err(e) => return unprocessable(json!({"error": format!("the body is not valid JSON: {e}")})),
         }
     };
     if payload.wire_len() > shared.config().max_payload_bytes {

@@ -9,12 +9,13 @@
 //! - `C`: the end of a transaction that produced any of the above, so the
 //!   worker can advance the slot to whole transactions only.
 
+use crate::bridge::DbBroadcast;
 use crate::changes::RowChange;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::tupdesc::PgTupleDesc;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::HashSet;
 
@@ -163,8 +164,9 @@ unsafe fn decode_change(
                 return;
             }
             let Some(tuple) = new_tuple(change) else { return };
+            let payload = raw_column(tuple, (*relation).rd_att, "payload");
             let tuple = PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked((*relation).rd_att), tuple);
-            if let Some(message) = broadcast_row(&tuple) {
+            if let Some(message) = broadcast_row(&tuple, payload) {
                 write(ctx, &format!("{BROADCAST}{message}"));
                 state(ctx).wrote = true;
             }
@@ -306,23 +308,63 @@ unsafe fn new_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::
     }
 }
 
-/// The JSON row for a broadcast insert; None for other extensions (presence
-/// probes never commit, but a user could insert anything).
-fn broadcast_row(tuple: &PgHeapTuple<'_, pgrx::AllocatedByPostgres>) -> Option<String> {
+/// The row for a broadcast insert ([`DbBroadcast::row`]); None for other
+/// extensions (presence probes never commit, but a user could insert
+/// anything). The payload goes out as `jsonb_out` writes it, made compact:
+/// it is never parsed into a tree.
+fn broadcast_row(tuple: &PgHeapTuple<'_, pgrx::AllocatedByPostgres>, payload: Option<pg_sys::Datum>) -> Option<String> {
     let text = |name: &str| tuple.get_by_name::<String>(name).ok().flatten();
     if text("extension").as_deref() != Some("broadcast") {
         return None;
     }
     let id = tuple.get_by_name::<pgrx::Uuid>("id").ok().flatten()?;
-    let payload = tuple.get_by_name::<pgrx::JsonB>("payload").ok().flatten().map(|j| j.0).unwrap_or(Value::Null);
-    let row = json!({
-        "id": uuid::Uuid::from_bytes(*id.as_bytes()).to_string(),
-        "topic": text("topic")?,
-        "event": text("event").unwrap_or_default(),
-        "private": tuple.get_by_name::<bool>("private").ok().flatten().unwrap_or(false),
-        "payload": payload,
-    });
-    Some(row.to_string())
+    let payload = match payload {
+        Some(datum) => {
+            let out: Option<&std::ffi::CStr> =
+                // SAFETY: a jsonb datum of the tuple; jsonb_out returns a cstring.
+                unsafe { pgrx::direct_function_call(pg_sys::jsonb_out, &[Some(datum)]) };
+            compact_json(&out?.to_string_lossy())
+        }
+        None => "null".to_owned(),
+    };
+    let message = DbBroadcast {
+        id: uuid::Uuid::from_bytes(*id.as_bytes()).to_string(),
+        topic: text("topic")?,
+        event: text("event").unwrap_or_default(),
+        private: tuple.get_by_name::<bool>("private").ok().flatten().unwrap_or(false),
+    };
+    Some(message.row(&payload))
+}
+
+/// A column's datum, looked up by name; None when null or absent.
+unsafe fn raw_column(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, name: &str) -> Option<pg_sys::Datum> {
+    // SAFETY: the tuple matches its descriptor.
+    unsafe {
+        let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
+        let attno = desc.iter().position(|a| !a.attisdropped && a.name() == name)?;
+        pgrx::htup::heap_getattr_raw(tuple, std::num::NonZeroUsize::new(attno + 1)?, tupdesc)
+    }
+}
+
+/// JSON text without the spaces `jsonb_out` puts after `:` and `,`.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if !c.is_ascii_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, text: &str) {
@@ -331,5 +373,20 @@ unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, text: &str) {
         pg_sys::OutputPluginPrepareWrite(ctx, true);
         pg_sys::appendBinaryStringInfo((*ctx).out, text.as_ptr().cast(), text.len() as i32);
         pg_sys::OutputPluginWrite(ctx, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_json;
+
+    #[test]
+    fn jsonb_text_is_made_compact_outside_strings() {
+        assert_eq!(
+            compact_json(r#"{"a": 1, "b": [1, 2], "c": "x, y: \"z\""}"#),
+            r#"{"a":1,"b":[1,2],"c":"x, y: \"z\""}"#
+        );
+        assert_eq!(compact_json(r#""a\\" "#), r#""a\\""#, "an escaped backslash ends before the quote");
+        assert_eq!(compact_json("null"), "null");
     }
 }

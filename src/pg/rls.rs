@@ -8,20 +8,46 @@ use crate::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
-/// Sets what policies read: `role`, `realtime.topic`, `request.jwt.claims`,
-/// `request.jwt.claim.sub` and `request.jwt.claim.role`, for the transaction.
-pub fn assume(client: &pgrx::spi::SpiClient<'_>, ctx: &AuthContext, topic: &str) -> Result<(), pgrx::spi::Error> {
-    let sub = ctx.sub.clone().unwrap_or_default();
-    let args: [DatumWithOid; 4] =
-        [ctx.role.as_str().into(), topic.into(), ctx.claims_json.as_str().into(), sub.as_str().into()];
-    client.select(
-        "SELECT set_config('role', $1, true), set_config('realtime.topic', $2, true),
-                set_config('request.jwt.claims', $3, true), set_config('request.jwt.claim.sub', $4, true),
-                set_config('request.jwt.claim.role', $1, true)",
-        None,
-        &args,
-    )?;
-    Ok(())
+/// Sets what policies read, for the transaction: `role`, `realtime.topic`,
+/// and the claims (`request.jwt.claims`, `request.jwt.claim.sub`,
+/// `request.jwt.claim.role`). Set directly rather than through SQL: routing
+/// does this once per group of subscribers. An unknown role raises.
+pub fn assume(ctx: &AuthContext, topic: &str) {
+    set_local("role", &ctx.role);
+    set_local("realtime.topic", topic);
+    assume_claims(ctx);
+}
+
+/// The claims alone, for a role already assumed.
+pub fn assume_claims(ctx: &AuthContext) {
+    set_local("request.jwt.claims", &ctx.claims_json);
+    set_local("request.jwt.claim.sub", ctx.sub.as_deref().unwrap_or_default());
+    set_local("request.jwt.claim.role", &ctx.role);
+}
+
+/// `set_config(name, value, true)`, as the worker's session.
+fn set_local(name: &str, value: &str) {
+    let (name, value) = (to_cstring(name), to_cstring(value));
+    // SAFETY: main thread, in a transaction; errors (an unknown role) are
+    // raised as ERRORs, caught by the caller's subtransaction.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Claims are JSON text and cannot hold NUL; anything that does is cut there.
+fn to_cstring(s: &str) -> std::ffi::CString {
+    let end = s.find('\0').unwrap_or(s.len());
+    std::ffi::CString::new(&s[..end]).expect("no NUL before the cut")
 }
 
 /// Inserts probe rows as the worker (a superuser), then selects them back under
@@ -38,7 +64,7 @@ pub fn read_permissions(ctx: &AuthContext, topic: &str, presence: bool) -> Resul
                 None,
                 &args,
             )?;
-            assume(client, ctx, topic)?;
+            assume(ctx, topic);
             let args: [DatumWithOid; 2] = [broadcast_id.into(), presence_id.into()];
             let seen = client
                 .select(
@@ -63,7 +89,7 @@ pub fn read_permissions(ctx: &AuthContext, topic: &str, presence: bool) -> Resul
 pub fn write_permission(ctx: &AuthContext, topic: &str, extension: Extension) -> Result<bool, String> {
     let inserted = rolled_back(|| {
         Spi::connect_mut(|client| {
-            assume(client, ctx, topic)?;
+            assume(ctx, topic);
             let args: [DatumWithOid; 2] = [topic.into(), extension.as_str().into()];
             client.update("INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)", None, &args)?;
             Ok::<_, pgrx::spi::Error>(())
@@ -83,7 +109,7 @@ pub fn write_permission(ctx: &AuthContext, topic: &str, extension: Extension) ->
 pub fn replay(ctx: &AuthContext, topic: &str, since_ms: i64, limit: i64) -> Result<Vec<StoredBroadcast>, String> {
     let rows = rolled_back(|| {
         Spi::connect_mut(|client| {
-            assume(client, ctx, topic)?;
+            assume(ctx, topic);
             let args: [DatumWithOid; 3] = [topic.into(), since_ms.into(), limit.into()];
             client
                 .select(

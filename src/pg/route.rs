@@ -1,11 +1,12 @@
 //! Routes decoded row changes to subscribed channels, on the main thread, in
-//! batches: per table, one query per distinct filter and one RLS query per
-//! group of subscribers sharing a role and claims — not one query per
-//! subscriber per change. Each group's query runs as that role, with its
-//! claims, in a subtransaction that is rolled back, so a policy that raises
-//! fails that group alone.
+//! batches: per table, one query per distinct filter, one column-privilege
+//! query per role, and one execution of a prepared key lookup per group of
+//! subscribers sharing a role and claims — not one query per subscriber per
+//! change. All groups of a role are checked in one subtransaction, rolled
+//! back; if a policy raises, each group is checked again in its own, so the
+//! failure reaches that group alone. A payload is built once per role.
 
-use super::rls::assume;
+use super::rls::{assume, assume_claims};
 use super::subxact::rolled_back;
 use crate::bridge::{AuthContext, Delivery};
 use crate::changes::RowChange;
@@ -75,8 +76,6 @@ fn route_with_snapshot(registry: &Registry, changes: &[RowChange], max_record_by
     out
 }
 
-type Group<'a> = (&'a str, &'a str);
-
 fn route_table(
     meta: &TableMeta,
     relid: u32,
@@ -92,17 +91,33 @@ fn route_table(
     let passing: HashMap<&Filter, HashSet<usize>> =
         distinct.into_iter().map(|f| (f, evaluate_filter(meta, f, changes, indexes))).collect();
 
-    // Groups: subscribers that share role and claims see the same rows.
-    let mut groups: HashMap<Group, GroupView> = HashMap::new();
+    // Subscribers that share a role read the same columns; those that also
+    // share claims see the same rows.
+    let mut by_role: BTreeMap<&str, Vec<&AuthContext>> = BTreeMap::new();
     for (_, ctx, _) in channels {
-        groups
-            .entry((ctx.role.as_str(), ctx.claims_json.as_str()))
-            .or_insert_with(|| GroupView::read(meta, relid, ctx, changes, indexes));
+        let groups = by_role.entry(ctx.role.as_str()).or_default();
+        if !groups.iter().any(|g| g.claims_json == ctx.claims_json) {
+            groups.push(ctx);
+        }
+    }
+    let mut columns: HashMap<&str, Result<HashSet<String>, String>> = HashMap::new();
+    let mut visible: HashMap<(&str, &str), Result<HashSet<usize>, String>> = HashMap::new();
+    for (role, groups) in &by_role {
+        let readable = role_columns(relid, role);
+        let seen = match &readable {
+            Ok(cols) if key_readable(meta, cols) => check_groups(meta, role, groups, changes, indexes),
+            // Without a readable key the role gets error rows, no lookups.
+            Ok(_) => groups.iter().map(|g| (g.claims_json.as_str(), Ok(indexes.iter().copied().collect()))).collect(),
+            Err(e) => groups.iter().map(|g| (g.claims_json.as_str(), Err(e.clone()))).collect(),
+        };
+        visible.extend(seen.into_iter().map(|(claims, v)| ((*role, claims), v)));
+        columns.insert(role, readable);
     }
 
     for &i in indexes {
         let change = &changes[i];
-        let mut data_by_group: HashMap<Group, Arc<str>> = HashMap::new();
+        let mut data_by_role: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut errors: HashMap<&str, Arc<str>> = HashMap::new();
         for (channel, ctx, bindings) in channels {
             let ids: Vec<u32> = bindings
                 .iter()
@@ -112,120 +127,166 @@ fn route_table(
             if ids.is_empty() {
                 continue;
             }
-            let key = (ctx.role.as_str(), ctx.claims_json.as_str());
-            let view = &groups[&key];
-            let data = match view {
-                GroupView::Failed(message) => payload::error(meta, change, message),
-                GroupView::Sees { visible, .. } if !visible.contains(&i) => continue,
-                GroupView::Sees { columns, .. } => payload::build(meta, change, columns, max_record_bytes),
+            let data = match &visible[&(ctx.role.as_str(), ctx.claims_json.as_str())] {
+                Err(message) => errors
+                    .entry(message.as_str())
+                    .or_insert_with(|| Arc::from(payload::error(meta, change, message).to_string()))
+                    .clone(),
+                Ok(rows) if !rows.contains(&i) => continue,
+                Ok(_) => {
+                    let Ok(cols) = &columns[ctx.role.as_str()] else { continue };
+                    data_by_role
+                        .entry(ctx.role.as_str())
+                        .or_insert_with(|| Arc::from(payload::build(meta, change, cols, max_record_bytes).to_string()))
+                        .clone()
+                }
             };
-            let data = data_by_group.entry(key).or_insert_with(|| Arc::from(data.to_string())).clone();
             out[i].push(Delivery { channel: *channel, ids, data });
         }
     }
 }
 
-/// What one group of subscribers may see of the batch.
-enum GroupView {
-    Sees {
-        columns: HashSet<String>,
-        visible: HashSet<usize>,
-    },
-    /// Its checks raised (a broken policy, a role that does not exist).
-    Failed(String),
+fn key_readable(meta: &TableMeta, columns: &HashSet<String>) -> bool {
+    !meta.primary_key.is_empty() && meta.primary_key.iter().all(|k| columns.contains(k))
 }
 
-impl GroupView {
-    fn read(meta: &TableMeta, relid: u32, ctx: &AuthContext, changes: &[RowChange], indexes: &[usize]) -> GroupView {
-        let checked = rolled_back(|| {
-            Spi::connect_mut(|client| -> Result<GroupView, pgrx::spi::Error> {
-                let args: [DatumWithOid; 2] = [pg_sys::Oid::from(relid).into(), ctx.role.as_str().into()];
-                let columns: HashSet<String> = client
-                    .select(
-                        "SELECT attname::text FROM pg_attribute
-                         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
-                           AND has_column_privilege($2, attrelid, attnum, 'SELECT')",
-                        None,
-                        &args,
-                    )?
-                    .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
-                    .collect::<Result<_, _>>()?;
-                // Without a readable key the group gets error rows, no lookups.
-                let key_readable = !meta.primary_key.is_empty() && meta.primary_key.iter().all(|k| columns.contains(k));
-                let visible = if key_readable {
-                    visible_rows(client, meta, ctx, changes, indexes)?
-                } else {
-                    indexes.iter().copied().collect()
-                };
-                Ok(GroupView::Sees { columns, visible })
-            })
-        });
-        match checked {
-            Ok(Ok(view)) => view,
-            Ok(Err(e)) => GroupView::Failed(format!("Error 500: {e}")),
-            Err(e) => {
-                warning!(
-                    "realtime: RlsPolicyError: postgres_changes check on {}.{} as {} failed: {e}",
-                    meta.schema,
-                    meta.table,
-                    ctx.role
-                );
-                GroupView::Failed(format!("Error 500: {e}"))
-            }
+/// The columns of the table `role` may read; an error row's text otherwise
+/// (a role that does not exist).
+fn role_columns(relid: u32, role: &str) -> Result<HashSet<String>, String> {
+    let read = rolled_back(|| {
+        Spi::connect(|client| {
+            let args: [DatumWithOid; 2] = [pg_sys::Oid::from(relid).into(), role.into()];
+            client
+                .select(
+                    "SELECT attname::text FROM pg_attribute
+                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+                       AND has_column_privilege($2, attrelid, attnum, 'SELECT')",
+                    None,
+                    &args,
+                )?
+                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<HashSet<String>, _>>()
+        })
+    });
+    match read {
+        Ok(Ok(columns)) => Ok(columns),
+        Ok(Err(e)) => Err(format!("Error 500: {e}")),
+        Err(e) => {
+            warning!("realtime: RlsPolicyError: postgres_changes columns of table {relid} for role {role}: {e}");
+            Err(format!("Error 500: {e}"))
         }
     }
 }
 
-/// Which changes the group may see. Deletes cannot be checked (the row is
-/// gone) and tables without RLS hide nothing; otherwise the rows are looked
-/// up by primary key, as the group's role with its claims — now, at routing
-/// time, as Supabase does.
-fn visible_rows(
-    client: &mut pgrx::spi::SpiClient<'_>,
+/// Which changes each group (by claims) of `role` may see. Deletes cannot
+/// be checked (the row is gone) and tables without RLS hide nothing;
+/// otherwise the rows are looked up by primary key as the role with the
+/// group's claims — now, at routing time, as Supabase does.
+fn check_groups<'a>(
     meta: &TableMeta,
-    ctx: &AuthContext,
+    role: &str,
+    groups: &[&'a AuthContext],
     changes: &[RowChange],
     indexes: &[usize],
-) -> Result<HashSet<usize>, pgrx::spi::Error> {
+) -> HashMap<&'a str, Result<HashSet<usize>, String>> {
     let (unchecked, checked): (Vec<usize>, Vec<usize>) =
         indexes.iter().partition(|&&i| !meta.rls || changes[i].op == "DELETE" || meta.primary_key.is_empty());
-    let mut visible: HashSet<usize> = unchecked.into_iter().collect();
+    let everyone: HashSet<usize> = unchecked.into_iter().collect();
     if checked.is_empty() {
-        return Ok(visible);
+        return groups.iter().map(|g| (g.claims_json.as_str(), Ok(everyone.clone()))).collect();
     }
-    let keys: Vec<Value> = checked
+    let lookup = KeyLookup::new(meta, changes, &checked);
+    // All groups at once; a failure sends each group to its own subtransaction.
+    let together = rolled_back(|| lookup.run(role, groups));
+    let seen: Vec<Result<HashSet<usize>, String>> = match together {
+        Ok(Ok(all)) => all.into_iter().map(Ok).collect(),
+        _ => groups
+            .iter()
+            .map(|g| match rolled_back(|| lookup.run(role, &[*g])) {
+                Ok(Ok(mut one)) => Ok(one.pop().unwrap_or_default()),
+                Ok(Err(e)) => Err(format!("Error 500: {e}")),
+                Err(e) => {
+                    warning!(
+                        "realtime: RlsPolicyError: postgres_changes check on {}.{} as {role} failed: {e}",
+                        meta.schema,
+                        meta.table
+                    );
+                    Err(format!("Error 500: {e}"))
+                }
+            })
+            .collect(),
+    };
+    groups
         .iter()
-        .map(|&i| {
-            let mut row = json!({"i": i});
-            for k in &meta.primary_key {
-                row[k.as_str()] = changes[i].new.as_ref().and_then(|n| n.get(k)).cloned().unwrap_or(Value::Null);
+        .zip(seen)
+        .map(|(g, v)| (g.claims_json.as_str(), v.map(|rows| rows.union(&everyone).copied().collect())))
+        .collect()
+}
+
+/// A prepared lookup of the changed rows by primary key, run as each group.
+struct KeyLookup {
+    sql: String,
+    keys: Value,
+}
+
+impl KeyLookup {
+    fn new(meta: &TableMeta, changes: &[RowChange], checked: &[usize]) -> KeyLookup {
+        let keys: Vec<Value> = checked
+            .iter()
+            .map(|&i| {
+                let mut row = json!({"i": i});
+                for k in &meta.primary_key {
+                    row[k.as_str()] = changes[i].new.as_ref().and_then(|n| n.get(k)).cloned().unwrap_or(Value::Null);
+                }
+                row
+            })
+            .collect();
+        let types: HashMap<&str, &str> = meta.columns.iter().map(|(n, _, t)| (n.as_str(), t.as_str())).collect();
+        let record_columns: Vec<String> = meta
+            .primary_key
+            .iter()
+            .map(|k| format!("{} {}", quote_ident(k), types.get(k.as_str()).unwrap_or(&"text")))
+            .collect();
+        // Key columns are never null: `=` keeps the primary key index usable.
+        let join: Vec<String> = meta.primary_key.iter().map(|k| format!("t.{q} = v.{q}", q = quote_ident(k))).collect();
+        let sql = format!(
+            "SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, {}) WHERE EXISTS (SELECT 1 FROM {}.{} t WHERE {})",
+            record_columns.join(", "),
+            quote_ident(&meta.schema),
+            quote_ident(&meta.table),
+            join.join(" AND ")
+        );
+        KeyLookup { sql, keys: Value::Array(keys) }
+    }
+
+    /// The rows each group sees, in the groups' order.
+    fn run(&self, role: &str, groups: &[&AuthContext]) -> Result<Vec<HashSet<usize>>, pgrx::spi::Error> {
+        Spi::connect(|client| {
+            let plan = client.prepare(self.sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::JSONBOID)])?;
+            // Converted once, passed to every execution.
+            let keys = pgrx::JsonB(self.keys.clone()).into_datum();
+            let mut seen = Vec::with_capacity(groups.len());
+            for (n, group) in groups.iter().enumerate() {
+                if n == 0 {
+                    assume(group, "");
+                } else {
+                    assume_claims(group);
+                }
+                // SAFETY: a jsonb datum made above, alive for this SPI connection.
+                let arg = unsafe { DatumWithOid::new(keys, pg_sys::JSONBOID) };
+                let rows = client.select(&plan, None, &[arg])?;
+                let mut visible = HashSet::new();
+                for row in rows {
+                    if let Some(i) = row.get::<i32>(1)? {
+                        visible.insert(i as usize);
+                    }
+                }
+                seen.push(visible);
             }
-            row
+            debug_assert!(groups.iter().all(|g| g.role == role));
+            Ok(seen)
         })
-        .collect();
-    let types: HashMap<&str, &str> = meta.columns.iter().map(|(n, _, t)| (n.as_str(), t.as_str())).collect();
-    let record_columns: Vec<String> = meta
-        .primary_key
-        .iter()
-        .map(|k| format!("{} {}", quote_ident(k), types.get(k.as_str()).unwrap_or(&"text")))
-        .collect();
-    let join: Vec<String> =
-        meta.primary_key.iter().map(|k| format!("t.{q} IS NOT DISTINCT FROM v.{q}", q = quote_ident(k))).collect();
-    let sql = format!(
-        "SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, {}) WHERE EXISTS (SELECT 1 FROM {}.{} t WHERE {})",
-        record_columns.join(", "),
-        quote_ident(&meta.schema),
-        quote_ident(&meta.table),
-        join.join(" AND ")
-    );
-    assume(client, ctx, "")?;
-    let rows = pgrx::JsonB(Value::Array(keys));
-    for row in client.select(&sql, None, &[rows.into()])? {
-        if let Some(i) = row.get::<i32>(1)? {
-            visible.insert(i as usize);
-        }
     }
-    Ok(visible)
 }
 
 /// Changes of the batch that pass `f`, compared as the column's type.

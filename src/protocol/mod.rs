@@ -2,7 +2,9 @@
 //! V2 JSON arrays, and V2 binary user broadcasts (kind 3 in, kind 4 out).
 //! Pure Rust: no Postgres, no I/O.
 
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use std::fmt;
 
 /// The serializer a connection asked for with `vsn`.
@@ -47,17 +49,39 @@ pub struct Broadcast {
     pub payload: Body,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A broadcast's payload: JSON kept as the text it arrived in (checked, never
+/// parsed into a tree nor written again), or bytes.
+#[derive(Debug, Clone)]
 pub enum Body {
-    Json(Value),
+    Json(Box<RawValue>),
     Binary(Vec<u8>),
 }
 
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        match (self, other) {
+            (Body::Json(a), Body::Json(b)) => a.get() == b.get(),
+            (Body::Binary(a), Body::Binary(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl Body {
+    /// A JSON value, written once.
+    pub fn json(value: &Value) -> Body {
+        Body::Json(serde_json::value::to_raw_value(value).expect("a Value always serializes"))
+    }
+
+    /// JSON text, checked to be JSON.
+    pub fn json_text(text: String) -> Result<Body, serde_json::Error> {
+        RawValue::from_string(text).map(Body::Json)
+    }
+
     /// Bytes on the wire, for the payload size limit.
     pub fn wire_len(&self) -> usize {
         match self {
-            Body::Json(v) => serde_json::to_string(v).map(|s| s.len()).unwrap_or(0),
+            Body::Json(v) => v.get().len(),
             Body::Binary(b) => b.len(),
         }
     }
@@ -95,29 +119,76 @@ fn as_string(v: Option<&Value>, what: &str) -> Result<String, DecodeError> {
     }
 }
 
+/// A V1 frame; unknown fields are ignored.
+#[derive(Deserialize)]
+struct V1Frame<'a> {
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow)]
+    msg_ref: Option<&'a RawValue>,
+    #[serde(borrow)]
+    join_ref: Option<&'a RawValue>,
+}
+
+/// What a `broadcast` push carries: `{type: "broadcast", event, payload}`.
+#[derive(Deserialize)]
+struct BroadcastPush<'a> {
+    event: Option<String>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+fn value(raw: Option<&RawValue>) -> Result<Option<Value>, DecodeError> {
+    raw.map(|r| serde_json::from_str(r.get())).transpose().or_else(|e| malformed(format!("invalid JSON: {e}")))
+}
+
+/// Decodes a text frame. A `broadcast` push keeps its inner payload as the
+/// text it came in, for fan-out; everything else is parsed.
 pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
-    let value: Value = serde_json::from_str(text).or_else(|e| malformed(format!("invalid JSON: {e}")))?;
-    match (vsn, value) {
-        (Vsn::V1, Value::Object(o)) => Ok(Inbound {
-            join_ref: as_ref(o.get("join_ref"), "join_ref")?,
-            msg_ref: as_ref(o.get("ref"), "ref")?,
-            topic: as_string(o.get("topic"), "topic")?,
-            event: as_string(o.get("event"), "event")?,
-            payload: InboundPayload::Json(o.get("payload").cloned().unwrap_or_else(|| json!({}))),
-        }),
-        (Vsn::V2, Value::Array(mut a)) if a.len() == 5 => {
-            let payload = a.pop().unwrap_or(Value::Null);
-            Ok(Inbound {
-                join_ref: as_ref(a.first(), "join_ref")?,
-                msg_ref: as_ref(a.get(1), "ref")?,
-                topic: as_string(a.get(2), "topic")?,
-                event: as_string(a.get(3), "event")?,
-                payload: InboundPayload::Json(payload),
-            })
+    let invalid = |e: serde_json::Error| DecodeError(format!("invalid JSON: {e}"));
+    let (join_ref, msg_ref, topic, event, payload) = match vsn {
+        Vsn::V1 => {
+            let f: V1Frame = serde_json::from_str(text).map_err(|e| match text.trim_start().starts_with('{') {
+                true => invalid(e),
+                false => DecodeError("expected a JSON object".into()),
+            })?;
+            (value(f.join_ref)?, value(f.msg_ref)?, value(f.topic)?, value(f.event)?, f.payload)
         }
-        (Vsn::V1, _) => malformed("expected a JSON object"),
-        (Vsn::V2, _) => malformed("expected a JSON array [join_ref, ref, topic, event, payload]"),
-    }
+        Vsn::V2 => {
+            let expected = "expected a JSON array [join_ref, ref, topic, event, payload]";
+            let parts: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|e| match text.trim_start().starts_with('[') {
+                    true => DecodeError(format!("{expected}: {e}")),
+                    false => DecodeError(expected.into()),
+                })?;
+            let [join_ref, msg_ref, topic, event, payload] = parts[..] else {
+                return malformed(expected);
+            };
+            (value(Some(join_ref))?, value(Some(msg_ref))?, value(Some(topic))?, value(Some(event))?, Some(payload))
+        }
+    };
+    let event = as_string(event.as_ref(), "event")?;
+    let payload = match payload {
+        Some(raw) if event == "broadcast" => match serde_json::from_str::<BroadcastPush>(raw.get()) {
+            Ok(push) => InboundPayload::Broadcast(Broadcast {
+                event: push.event.unwrap_or_default(),
+                payload: Body::Json(push.payload.map_or_else(|| RawValue::NULL.to_owned(), ToOwned::to_owned)),
+            }),
+            Err(_) => InboundPayload::Json(value(Some(raw))?.unwrap_or(Value::Null)),
+        },
+        raw => InboundPayload::Json(value(raw)?.unwrap_or_else(|| json!({}))),
+    };
+    Ok(Inbound {
+        join_ref: as_ref(join_ref.as_ref(), "join_ref")?,
+        msg_ref: as_ref(msg_ref.as_ref(), "ref")?,
+        topic: as_string(topic.as_ref(), "topic")?,
+        event,
+        payload,
+    })
 }
 
 const KIND_USER_BROADCAST_PUSH: u8 = 3;
@@ -155,7 +226,8 @@ pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound, DecodeError> {
     let optional = |s: String| if s.is_empty() { None } else { Some(s) };
     let payload = match encoding {
         ENCODING_JSON => {
-            Body::Json(serde_json::from_slice(rest).or_else(|e| malformed(format!("invalid JSON payload: {e}")))?)
+            let text = String::from_utf8(rest.to_vec()).or_else(|_| malformed("the JSON payload is not UTF-8"))?;
+            Body::json_text(text).or_else(|e| malformed(format!("invalid JSON payload: {e}")))?
         }
         ENCODING_BINARY => Body::Binary(rest.to_vec()),
         other => return malformed(format!("unknown payload encoding {other}")),
@@ -221,22 +293,19 @@ pub fn encode_broadcast(vsn: Vsn, topic: &str, broadcast: &Broadcast, meta: Opti
     let Body::Json(payload) = &broadcast.payload else {
         return None;
     };
-    let mut inner = Map::new();
-    inner.insert("type".into(), "broadcast".into());
-    inner.insert("event".into(), broadcast.event.clone().into());
-    inner.insert("payload".into(), payload.clone());
-    if let Some(meta) = meta {
-        inner.insert("meta".into(), meta.clone());
-    }
-    Some(encode(vsn, None, None, topic, "broadcast", &Value::Object(inner)))
+    // The payload's text is spliced in as it is.
+    let event = Value::from(broadcast.event.as_str());
+    let meta = meta.map(|m| format!(r#","meta":{m}"#)).unwrap_or_default();
+    let inner = format!(r#"{{"type":"broadcast","event":{event},"payload":{}{meta}}}"#, payload.get());
+    Some(encode_raw(vsn, topic, "broadcast", &inner))
 }
 
 /// Kind 4, or `None` when a header field does not fit in its one-byte length.
 fn encode_kind4(topic: &str, broadcast: &Broadcast, meta: Option<&Value>) -> Option<Frame> {
     let meta = meta.map(|m| m.to_string()).unwrap_or_default();
     let (encoding, body) = match &broadcast.payload {
-        Body::Json(v) => (ENCODING_JSON, serde_json::to_vec(v).ok()?),
-        Body::Binary(b) => (ENCODING_BINARY, b.clone()),
+        Body::Json(v) => (ENCODING_JSON, v.get().as_bytes()),
+        Body::Binary(b) => (ENCODING_BINARY, b.as_slice()),
     };
     let lens = [topic.len(), broadcast.event.len(), meta.len()].map(|l| u8::try_from(l).ok());
     let [Some(t), Some(e), Some(m)] = lens else {
@@ -247,7 +316,7 @@ fn encode_kind4(topic: &str, broadcast: &Broadcast, meta: Option<&Value>) -> Opt
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(broadcast.event.as_bytes());
     out.extend_from_slice(meta.as_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     Some(Frame::Binary(out))
 }
 
@@ -313,6 +382,22 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_payloads_keep_their_text() {
+        let text = r#"[null,null,"realtime:r","broadcast",{"type":"broadcast","event":"e","payload":{"b": [1, 2]}}]"#;
+        let m = decode_text(Vsn::V2, text).unwrap();
+        let InboundPayload::Broadcast(b) = m.payload else { panic!("{:?}", m.payload) };
+        assert_eq!(b.event, "e");
+        let Body::Json(raw) = &b.payload else { panic!() };
+        assert_eq!(raw.get(), r#"{"b": [1, 2]}"#, "not parsed into a tree nor written again");
+        let v1 = r#"{"topic":"realtime:r","event":"broadcast","payload":{"event":"e"},"ref":null}"#;
+        let InboundPayload::Broadcast(b) = decode_text(Vsn::V1, v1).unwrap().payload else { panic!() };
+        assert_eq!(b.payload.wire_len(), 4, "a missing payload is null");
+        // Not an object: left to the connection, as JSON.
+        let odd = decode_text(Vsn::V2, r#"[null,null,"realtime:r","broadcast",[1]]"#).unwrap();
+        assert_eq!(odd.payload, InboundPayload::Json(json!([1])));
+    }
+
+    #[test]
     fn rejects_malformed_text() {
         for (vsn, text) in [
             (Vsn::V2, "not json"),
@@ -337,7 +422,7 @@ mod tests {
         assert_eq!(m.event, "broadcast");
         assert_eq!(
             m.payload,
-            InboundPayload::Broadcast(Broadcast { event: "ping".into(), payload: Body::Json(json!({"n": 1})) })
+            InboundPayload::Broadcast(Broadcast { event: "ping".into(), payload: Body::json(&json!({"n": 1})) })
         );
         let f = kind3("6", "", "realtime:room", "bin", "", 0, &[0, 159, 255]);
         let m = decode_binary(Vsn::V2, &f).unwrap();
@@ -400,7 +485,7 @@ mod tests {
 
     #[test]
     fn broadcasts_go_out_as_kind4_to_v2_and_json_to_v1() {
-        let b = Broadcast { event: "ping".into(), payload: Body::Json(json!({"n": 1})) };
+        let b = Broadcast { event: "ping".into(), payload: Body::json(&json!({"n": 1})) };
         let meta = json!({"id": "x"});
         let Some(Frame::Binary(f)) = encode_broadcast(Vsn::V2, "realtime:room", &b, Some(&meta)) else { panic!() };
         let expected_meta = br#"{"id":"x"}"#;
@@ -428,7 +513,7 @@ mod tests {
         assert_eq!(&f[f.len() - 2..], &[1, 2]);
 
         let long_topic = format!("realtime:{}", "x".repeat(300));
-        let json_b = Broadcast { event: "e".into(), payload: Body::Json(json!({})) };
+        let json_b = Broadcast { event: "e".into(), payload: Body::json(&json!({})) };
         let Some(Frame::Text(t)) = encode_broadcast(Vsn::V2, &long_topic, &json_b, None) else { panic!() };
         assert!(t.starts_with("[null,null,"));
         assert_eq!(encode_broadcast(Vsn::V2, &long_topic, &bin, None), None);

@@ -300,7 +300,7 @@ async fn a_lock_on_a_watched_table_does_not_stop_broadcasts() {
                 break m;
             }
         };
-        assert_eq!(m.payload["payload"]["n"], n);
+        assert_eq!(m.payload["payload"]["n"], n, "{m:?}");
         worst = worst.max(sent.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
