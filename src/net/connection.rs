@@ -22,6 +22,8 @@ use tokio::sync::watch;
 
 /// Clients heartbeat every 25 s; a silent socket is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Frames taken from the queue for one write.
+const WRITE_BATCH: usize = 256;
 /// How long a closing connection spends writing what is queued before the close frame.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 const PRESENCE_CALLS: u32 = 5;
@@ -73,7 +75,7 @@ async fn write_queued(
             if c.code != 1008 {
                 let drain = async {
                     loop {
-                        let batch = conn.take(64);
+                        let batch = conn.take(WRITE_BATCH);
                         if batch.is_empty() {
                             break;
                         }
@@ -91,7 +93,7 @@ async fn write_queued(
             let _ = sink.send(Message::Close(Some(frame))).await;
             break;
         }
-        let batch = conn.take(64);
+        let batch = conn.take(WRITE_BATCH);
         if batch.is_empty() {
             tokio::select! {
                 _ = conn.queued() => {}

@@ -10,7 +10,7 @@ use axum::extract::ws::Message;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
@@ -96,6 +96,21 @@ pub struct ConnHandle {
     held: Arc<Budget>,
     /// Bytes written to the socket so far.
     written: AtomicU64,
+    /// Frames were queued and the writer is yet to be woken (see [`Wakeups`]).
+    wake_pending: AtomicBool,
+}
+
+/// Writers to wake once a batch of messages has been queued.
+#[derive(Default)]
+pub struct Wakeups(Vec<Arc<ConnHandle>>);
+
+impl Wakeups {
+    pub fn wake(self) {
+        for conn in self.0 {
+            conn.wake_pending.store(false, Ordering::Relaxed);
+            conn.ready.notify_one();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,7 +130,8 @@ impl ConnHandle {
         let held = Budget::new(usize::MAX);
         let written = AtomicU64::new(0);
         let queue = Mutex::default();
-        let conn = ConnHandle { id, vsn, queue, ready: Notify::new(), close, memory, held, written };
+        let wake_pending = AtomicBool::new(false);
+        let conn = ConnHandle { id, vsn, queue, ready: Notify::new(), close, memory, held, written, wake_pending };
         (Arc::new(conn), close_rx)
     }
 
@@ -167,6 +183,24 @@ impl ConnHandle {
     /// more than half the budget, or when the budget is spent and it holds
     /// more than an equal share of it.
     pub fn send_shared(&self, frame: &SharedFrame) -> bool {
+        let queued = self.push(frame);
+        if queued {
+            self.ready.notify_one();
+        }
+        queued
+    }
+
+    /// Queues a frame and leaves waking the writer to `wakeups`, so a batch
+    /// of messages reaches each socket's writer as one write.
+    pub fn send_deferred(self: &Arc<Self>, frame: &SharedFrame, wakeups: &mut Wakeups) -> bool {
+        let queued = self.push(frame);
+        if queued && !self.wake_pending.swap(true, Ordering::Relaxed) {
+            wakeups.0.push(self.clone());
+        }
+        queued
+    }
+
+    fn push(&self, frame: &SharedFrame) -> bool {
         let bytes = frame.charge.bytes() + ENTRY_BYTES;
         let held = self.held.used() + bytes;
         let budget = &self.memory.budget;
@@ -184,8 +218,6 @@ impl ConnHandle {
             _frame: frame.charge.clone(),
             _entry: (budget.charge(ENTRY_BYTES), self.held.charge(bytes)),
         });
-        drop(outbox);
-        self.ready.notify_one();
         true
     }
 
@@ -328,10 +360,11 @@ impl Hub {
     }
 
     /// A `postgres_changes` message to one channel; `data` is already JSON.
-    pub fn send_change(&self, id: SubId, ids: &[u32], data: &str) {
+    pub fn send_change(&self, id: SubId, ids: &[u32], data: &str, wakeups: &mut Wakeups) {
         let Some((conn, topic)) = lock(&self.changes).get(&id).cloned() else { return };
         let payload = format!(r#"{{"ids":{},"data":{data}}}"#, Value::from(ids.to_vec()));
-        conn.send_frame(protocol::encode_raw(conn.vsn, &topic, "postgres_changes", &payload));
+        let frame = to_message(protocol::encode_raw(conn.vsn, &topic, "postgres_changes", &payload));
+        conn.send_deferred(&SharedFrame::new(frame, &conn.memory.budget), wakeups);
     }
 
     pub fn subscribe(&self, key: &TopicKey, id: SubId, subscriber: Subscriber) {
@@ -371,6 +404,21 @@ impl Hub {
         meta: Option<&Value>,
         except: Option<SubId>,
     ) -> usize {
+        let mut wakeups = Wakeups::default();
+        let delivered = self.broadcast_deferred(key, broadcast, meta, except, &mut wakeups);
+        wakeups.wake();
+        delivered
+    }
+
+    /// [`Hub::broadcast`], leaving the writers to wake to `wakeups`.
+    pub fn broadcast_deferred(
+        &self,
+        key: &TopicKey,
+        broadcast: &Broadcast,
+        meta: Option<&Value>,
+        except: Option<SubId>,
+        wakeups: &mut Wakeups,
+    ) -> usize {
         let shard = self.shard(key);
         let Some(topic) = shard.get(key) else {
             return 0;
@@ -383,7 +431,7 @@ impl Hub {
                 continue;
             }
             if let Some(frame) = frames.get(&sub.conn) {
-                delivered += usize::from(sub.conn.send_shared(frame));
+                delivered += usize::from(sub.conn.send_deferred(frame, wakeups));
             }
         }
         delivered

@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hub::{Hub, TopicKey};
+use hub::{Hub, TopicKey, Wakeups};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -158,24 +158,43 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
 /// have rejoined and receive what was committed while it was down.
 async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiver<Batch>, grace: Duration) {
     tokio::time::sleep(grace).await;
-    while let Some(batch) = decoded.recv().await {
-        let Batch { items, end_lsn, mut charge } = batch;
-        for item in items {
-            match &item {
-                Decoded::Broadcast(row) => deliver_row(&shared, row),
-                Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data),
+    while let Some(first) = decoded.recv().await {
+        // The batches waiting now go out together: each socket's writer is
+        // woken once for all of them, and writes them in one go.
+        let mut wakeups = Wakeups::default();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(batch) = next.take() {
+            fan_out(&shared, batch, &mut wakeups);
+            taken += 1;
+            if taken < COALESCED_BATCHES {
+                next = decoded.try_recv().ok();
             }
-            // Now in the sockets' queues, counted there.
-            charge.release(item.bytes());
         }
-        if end_lsn != 0 {
-            shared.delivered_lsn.fetch_max(end_lsn, Ordering::Release);
-        }
-        shared.pending_batches.fetch_sub(1, Ordering::Relaxed);
+        wakeups.wake();
     }
 }
 
-fn deliver_row(shared: &Shared, row: &str) {
+/// Batches fanned out before the writers are woken.
+const COALESCED_BATCHES: usize = 64;
+
+fn fan_out(shared: &Shared, batch: Batch, wakeups: &mut Wakeups) {
+    let Batch { items, end_lsn, mut charge } = batch;
+    for item in items {
+        match &item {
+            Decoded::Broadcast(row) => deliver_row(shared, row, wakeups),
+            Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data, wakeups),
+        }
+        // Now in the sockets' queues, counted there.
+        charge.release(item.bytes());
+    }
+    if end_lsn != 0 {
+        shared.delivered_lsn.fetch_max(end_lsn, Ordering::Release);
+    }
+    shared.pending_batches.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     let (message, payload) = match DbBroadcast::parse(row) {
         Ok((m, p)) => match Body::json_text(p.to_owned()) {
             Ok(payload) => (m, payload),
@@ -191,7 +210,7 @@ fn deliver_row(shared: &Shared, row: &str) {
     }
     let key = TopicKey { private: message.private, topic: format!("realtime:{}", message.topic) };
     let meta = json!({"id": message.id});
-    shared.hub.broadcast(&key, &Broadcast { event: message.event, payload }, Some(&meta), None);
+    shared.hub.broadcast_deferred(&key, &Broadcast { event: message.event, payload }, Some(&meta), None, wakeups);
 }
 
 /// The open-file limit less what Postgres needs: past it, Postgres could not

@@ -133,6 +133,13 @@ impl Decoder {
                     if grown >= max_bytes || started.elapsed() >= max_time {
                         return Ok((Step::Paused, 0));
                     }
+                    // Nothing flushed past the last record: caught up, without
+                    // asking the reader, whose "not yet" would also close and
+                    // reopen the WAL segment on the next read.
+                    let end = (*(*ctx).reader).EndRecPtr;
+                    if end != 0 && pg_sys::GetFlushRecPtr(std::ptr::null_mut()) <= end {
+                        return Ok((Step::CaughtUp, end));
+                    }
                     // Trap A: the reader allocates its buffers in the current
                     // context, which must live as long as the decoding context.
                     pg_sys::MemoryContextSwitchTo((*ctx).context);
