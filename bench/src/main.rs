@@ -508,9 +508,14 @@ impl Bench {
     /// Scenario 6: Postgres Changes under an RLS policy, every subscriber
     /// with its own claims (one group each: the worst case for batching).
     async fn scenario_changes(&mut self) {
-        let steps: &[usize] = if self.quick { &[500] } else { &[500, 1500, 3000] };
+        let steps: Vec<usize> = match std::env::var("BENCH_CHANGES_SUBSCRIBERS") {
+            Ok(list) => list.split(',').filter_map(|n| n.parse().ok()).collect(),
+            Err(_) if self.quick => vec![500],
+            Err(_) => vec![500, 1500, 3000],
+        };
+        let steps = &steps;
         let rows = if self.quick { 60 } else { 100 };
-        for &subscribers in steps {
+        for &subscribers in steps.iter() {
             let table = format!("bench_pc_{subscribers}_{}", now_us());
             self.psql(&format!(
                 "CREATE TABLE {table} (id bigserial PRIMARY KEY, owner uuid, t bigint);

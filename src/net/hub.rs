@@ -100,6 +100,29 @@ pub struct ConnHandle {
     wake_pending: AtomicBool,
 }
 
+/// `postgres_changes` frames encoded for a batch, by serializer, topic,
+/// binding ids and the shared `data` they carry.
+#[derive(Default)]
+pub struct ChangeFrames(HashMap<(Vsn, Arc<str>, Vec<u32>, SameData), SharedFrame>);
+
+/// A `data` JSON compared by identity: the router shares one per group of
+/// subscribers, and holding it keeps its address from being reused.
+struct SameData(Arc<str>);
+
+impl PartialEq for SameData {
+    fn eq(&self, other: &SameData) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SameData {}
+
+impl std::hash::Hash for SameData {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0) as *const u8, state);
+    }
+}
+
 /// Writers to wake once a batch of messages has been queued.
 #[derive(Default)]
 pub struct Wakeups(Vec<Arc<ConnHandle>>);
@@ -360,11 +383,27 @@ impl Hub {
     }
 
     /// A `postgres_changes` message to one channel; `data` is already JSON.
-    pub fn send_change(&self, id: SubId, ids: &[u32], data: &str, wakeups: &mut Wakeups) {
+    /// A `postgres_changes` message to one channel; `data` is already JSON.
+    /// Channels of the same topic and bindings that get the same `data` share
+    /// one frame, encoded once (`frames` lives for a batch).
+    pub fn send_change(
+        &self,
+        id: SubId,
+        ids: &[u32],
+        data: &Arc<str>,
+        frames: &mut ChangeFrames,
+        wakeups: &mut Wakeups,
+    ) {
         let Some((conn, topic)) = lock(&self.changes).get(&id).cloned() else { return };
-        let payload = format!(r#"{{"ids":{},"data":{data}}}"#, Value::from(ids.to_vec()));
-        let frame = to_message(protocol::encode_raw(conn.vsn, &topic, "postgres_changes", &payload));
-        conn.send_deferred(&SharedFrame::new(frame, &conn.memory.budget), wakeups);
+        let key = (conn.vsn, topic.clone(), ids.to_vec(), SameData(data.clone()));
+        let frame = frames.0.entry(key).or_insert_with(|| {
+            let payload = format!(r#"{{"ids":{},"data":{data}}}"#, Value::from(ids.to_vec()));
+            SharedFrame::new(
+                to_message(protocol::encode_raw(conn.vsn, &topic, "postgres_changes", &payload)),
+                &conn.memory.budget,
+            )
+        });
+        conn.send_deferred(frame, wakeups);
     }
 
     pub fn subscribe(&self, key: &TopicKey, id: SubId, subscriber: Subscriber) {

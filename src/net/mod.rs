@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hub::{Hub, TopicKey, Wakeups};
+use hub::{ChangeFrames, Hub, TopicKey, Wakeups};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -162,10 +162,11 @@ async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiv
         // The batches waiting now go out together: each socket's writer is
         // woken once for all of them, and writes them in one go.
         let mut wakeups = Wakeups::default();
+        let mut frames = ChangeFrames::default();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(batch) = next.take() {
-            fan_out(&shared, batch, &mut wakeups);
+            fan_out(&shared, batch, &mut frames, &mut wakeups);
             taken += 1;
             if taken < COALESCED_BATCHES {
                 next = decoded.try_recv().ok();
@@ -178,12 +179,12 @@ async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiv
 /// Batches fanned out before the writers are woken.
 const COALESCED_BATCHES: usize = 64;
 
-fn fan_out(shared: &Shared, batch: Batch, wakeups: &mut Wakeups) {
+fn fan_out(shared: &Shared, batch: Batch, frames: &mut ChangeFrames, wakeups: &mut Wakeups) {
     let Batch { items, end_lsn, mut charge } = batch;
     for item in items {
         match &item {
             Decoded::Broadcast(row) => deliver_row(shared, row, wakeups),
-            Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data, wakeups),
+            Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data, frames, wakeups),
         }
         // Now in the sockets' queues, counted there.
         charge.release(item.bytes());

@@ -94,10 +94,10 @@ fn route_table(
     // Subscribers that share a role read the same columns; those that also
     // share claims see the same rows.
     let mut by_role: BTreeMap<&str, Vec<&AuthContext>> = BTreeMap::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
     for (_, ctx, _) in channels {
-        let groups = by_role.entry(ctx.role.as_str()).or_default();
-        if !groups.iter().any(|g| g.claims_json == ctx.claims_json) {
-            groups.push(ctx);
+        if seen.insert((ctx.role.as_str(), ctx.claims_json.as_str())) {
+            by_role.entry(ctx.role.as_str()).or_default().push(ctx);
         }
     }
     let mut columns: HashMap<&str, Result<HashSet<String>, String>> = HashMap::new();
