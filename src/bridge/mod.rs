@@ -12,6 +12,6 @@ pub mod settings;
 
 pub use budget::{Budget, Charge};
 pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network};
-pub use queue::{Bridge, Inbox};
+pub use queue::{Bridge, Inbox, Share};
 pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};
 pub use settings::Settings;

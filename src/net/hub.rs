@@ -8,7 +8,7 @@ use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
 use axum::extract::ws::Message;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -285,6 +285,15 @@ pub struct Subscriber {
     pub broadcast: bool,
     /// Receives presence diffs (presence enabled, and read permission on private).
     pub presence: bool,
+    /// While its replay runs, broadcasts wait here with their message id, so
+    /// none of the replayed messages arrives twice or before the replay.
+    pub held: Option<Vec<(Option<String>, SharedFrame)>>,
+}
+
+impl Subscriber {
+    pub fn new(conn: Arc<ConnHandle>, broadcast: bool, presence: bool) -> Subscriber {
+        Subscriber { conn, broadcast, presence, held: None }
+    }
 }
 
 #[derive(Default)]
@@ -419,6 +428,21 @@ impl Hub {
         }
     }
 
+    /// Ends a subscriber's replay: the broadcasts held meanwhile go out, but
+    /// for those the replay already sent.
+    pub fn release(&self, key: &TopicKey, id: SubId, replayed: &HashSet<String>) {
+        let held = self.shard(key).get_mut(key).and_then(|t| t.subscribers.get_mut(&id)).and_then(|s| {
+            let held = s.held.take()?;
+            Some((s.conn.clone(), held))
+        });
+        let Some((conn, held)) = held else { return };
+        for (message_id, frame) in held {
+            if !message_id.is_some_and(|m| replayed.contains(&m)) {
+                conn.send_shared(&frame);
+            }
+        }
+    }
+
     /// Removes a subscriber; its presence leaves are sent to the others.
     pub fn unsubscribe(&self, key: &TopicKey, id: SubId) {
         let mut shard = self.shard(key);
@@ -458,20 +482,25 @@ impl Hub {
         except: Option<SubId>,
         wakeups: &mut Wakeups,
     ) -> usize {
-        let shard = self.shard(key);
-        let Some(topic) = shard.get(key) else {
+        let mut shard = self.shard(key);
+        let Some(topic) = shard.get_mut(key) else {
             return 0;
         };
         let mut frames =
             PerVsn::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, broadcast, meta).map(to_message));
         let mut delivered = 0;
-        for (id, sub) in &topic.subscribers {
+        for (id, sub) in &mut topic.subscribers {
             if !sub.broadcast || Some(*id) == except {
                 continue;
             }
-            if let Some(frame) = frames.get(&sub.conn) {
-                delivered += usize::from(sub.conn.send_deferred(frame, wakeups));
+            let Some(frame) = frames.get(&sub.conn) else { continue };
+            if let Some(held) = &mut sub.held {
+                let id = meta.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_owned);
+                held.push((id, frame.clone()));
+                delivered += 1;
+                continue;
             }
+            delivered += usize::from(sub.conn.send_deferred(frame, wakeups));
         }
         delivered
     }
@@ -533,9 +562,9 @@ mod tests {
         let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
         let (b, _) = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
         let (p, _) = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
-        hub.subscribe(&key(false), 10, Subscriber { conn: a.clone(), broadcast: true, presence: false });
-        hub.subscribe(&key(false), 11, Subscriber { conn: b.clone(), broadcast: true, presence: false });
-        hub.subscribe(&key(true), 12, Subscriber { conn: p.clone(), broadcast: true, presence: false });
+        hub.subscribe(&key(false), 10, Subscriber::new(a.clone(), true, false));
+        hub.subscribe(&key(false), 11, Subscriber::new(b.clone(), true, false));
+        hub.subscribe(&key(true), 12, Subscriber::new(p.clone(), true, false));
 
         assert_eq!(hub.broadcast(&key(false), &ping(), None, Some(10)), 1);
         assert!(drain(&a).is_empty(), "the sender is excluded");
@@ -552,7 +581,7 @@ mod tests {
     fn subscribers_without_read_get_nothing() {
         let hub = Hub::default();
         let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        hub.subscribe(&key(true), 10, Subscriber { conn: a.clone(), broadcast: false, presence: false });
+        hub.subscribe(&key(true), 10, Subscriber::new(a.clone(), false, false));
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
         hub.update(&key(true), 10, true, false);
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 1);
@@ -602,8 +631,8 @@ mod tests {
         let hub = Hub::default();
         let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
         let (b, _) = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
-        hub.subscribe(&key(false), 10, Subscriber { conn: a.clone(), broadcast: true, presence: true });
-        hub.subscribe(&key(false), 11, Subscriber { conn: b.clone(), broadcast: true, presence: false });
+        hub.subscribe(&key(false), 10, Subscriber::new(a.clone(), true, true));
+        hub.subscribe(&key(false), 11, Subscriber::new(b.clone(), true, false));
         let Value::Object(payload) = json!({"name": "a"}) else { panic!() };
         hub.track(&key(false), 10, "alice", payload);
         let got = drain(&a);

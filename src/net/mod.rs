@@ -2,14 +2,17 @@
 //! created with every signal blocked. Nothing here calls Postgres; what needs
 //! the database goes to the worker's main thread through the bridge.
 
+mod auth;
 mod channel;
 mod config;
 mod connection;
 pub mod hub;
+mod join;
 pub mod limits;
 pub mod presence;
 mod pressure;
 mod rest;
+mod session;
 
 pub use config::ServerConfig;
 
@@ -363,9 +366,11 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
             "sb_ API keys are not supported here: use a JWT signed with realtime.jwt_secret",
         );
     }
-    if let Err(e) = shared.config().verifier.verify(&apikey, connection::unix_now()) {
-        return json_error(StatusCode::UNAUTHORIZED, &e.message());
-    }
+    let claims = match shared.config().verifier.verify(&apikey, auth::unix_now()) {
+        Ok(claims) => claims,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.message()),
+    };
+    let auth = auth::Auth::new(apikey, claims);
     let upgrade = match WebSocketUpgrade::from_request(request, &()).await {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -377,5 +382,5 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection::serve(socket, shared, vsn, apikey))
+        .on_upgrade(move |socket| connection::serve(socket, shared, vsn, auth))
 }

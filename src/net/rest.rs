@@ -4,11 +4,10 @@
 //! permission and are dropped silently without it, as in Supabase.
 
 use super::Shared;
-use super::connection::{auth_context, unix_now};
+use super::auth::{Auth, unix_now};
 use super::hub::TopicKey;
 use super::{header, query_params};
-use crate::bridge::{Extension, Request as BridgeRequest};
-use crate::jwt::Claims;
+use crate::bridge::{Extension, Request as BridgeRequest, Share};
 use crate::protocol::{Body, Broadcast};
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -28,31 +27,29 @@ fn unprocessable(body: Value) -> Response {
 }
 
 /// `Authorization: Bearer` wins, else the `apikey` header. None: answer 401.
-fn authenticate(shared: &Shared, request: &Request) -> Option<Claims> {
+fn authenticate(shared: &Shared, request: &Request) -> Option<Arc<Auth>> {
     let headers = request.headers();
     let bearer = header(headers, "authorization")
         .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).map(str::to_owned));
     let token = bearer.or_else(|| header(headers, "apikey"))?;
-    shared
-        .config()
-        .verifier
-        .verify(&token, unix_now())
-        .map_err(|e| eprintln!("realtime: REST broadcast refused: {e}"))
-        .ok()
+    let claims = shared.config().verifier.verify(&token, unix_now()).ok()?;
+    Some(Auth::new(token, claims))
 }
 
 /// Which of these private topics may the caller write? One check per topic.
-async fn writable(shared: &Shared, claims: &Claims, topics: impl Iterator<Item = String>) -> HashMap<String, bool> {
+async fn writable(shared: &Shared, auth: &Auth, topics: impl Iterator<Item = String>) -> HashMap<String, bool> {
     let mut allowed = HashMap::new();
+    // One check at a time per request.
+    let share = Share::new(1);
     for topic in topics {
         if allowed.contains_key(&topic) {
             continue;
         }
-        let ctx = auth_context(claims);
+        let ctx = auth.ctx.clone();
         let topic_arg = topic.clone();
         let answer = shared
             .bridge
-            .call(|reply| BridgeRequest::WritePermission {
+            .call(&share, |reply| BridgeRequest::WritePermission {
                 ctx,
                 topic: topic_arg,
                 extension: Extension::Broadcast,
@@ -130,9 +127,9 @@ fn parse_batch(body: &[u8], max_payload: usize) -> Result<Vec<Outgoing>, Value> 
     if failed { Err(json!({"errors": {"messages": errors}})) } else { Ok(out) }
 }
 
-async fn deliver(shared: &Shared, claims: &Claims, messages: Vec<Outgoing>) {
+async fn deliver(shared: &Shared, auth: &Auth, messages: Vec<Outgoing>) {
     let private_topics = messages.iter().filter(|m| m.private).map(|m| m.topic.clone());
-    let allowed = writable(shared, claims, private_topics.collect::<Vec<_>>().into_iter()).await;
+    let allowed = writable(shared, auth, private_topics.collect::<Vec<_>>().into_iter()).await;
     for m in messages {
         if m.private && !allowed.get(&m.topic).copied().unwrap_or(false) {
             continue;
@@ -149,7 +146,7 @@ async fn read_body(request: Request) -> Result<axum::body::Bytes, Response> {
 }
 
 pub async fn batch(shared: Arc<Shared>, request: Request) -> Response {
-    let Some(claims) = authenticate(&shared, &request) else {
+    let Some(auth) = authenticate(&shared, &request) else {
         return unauthorized();
     };
     let body = match read_body(request).await {
@@ -158,7 +155,7 @@ pub async fn batch(shared: Arc<Shared>, request: Request) -> Response {
     };
     match parse_batch(&body, shared.config().max_payload_bytes) {
         Ok(messages) => {
-            deliver(&shared, &claims, messages).await;
+            deliver(&shared, &auth, messages).await;
             StatusCode::ACCEPTED.into_response()
         }
         Err(errors) => unprocessable(errors),
@@ -178,7 +175,7 @@ pub async fn single(shared: Arc<Shared>, raw_path: &str, request: Request) -> Re
     let Some((topic, event)) = topic_and_event(raw_path) else {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response();
     };
-    let Some(claims) = authenticate(&shared, &request) else {
+    let Some(auth) = authenticate(&shared, &request) else {
         return unauthorized();
     };
     let private = query_params(&request).get("private").is_some_and(|p| p == "true");
@@ -200,7 +197,7 @@ pub async fn single(shared: Arc<Shared>, raw_path: &str, request: Request) -> Re
         return unprocessable(json!({"error": "Payload size exceeds tenant limit"}));
     }
     let message = Outgoing { topic, private, broadcast: Broadcast { event, payload }, meta: None };
-    deliver(&shared, &claims, vec![message]).await;
+    deliver(&shared, &auth, vec![message]).await;
     StatusCode::ACCEPTED.into_response()
 }
 

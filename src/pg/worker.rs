@@ -10,6 +10,7 @@ use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
 use super::{maintenance, plugin, requests, route, settings, slot, subxact, wake};
 use crate::bridge::outbound::SpawnNetwork;
+use crate::bridge::queue::Queued;
 use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, queue};
 use crate::changes::RowChange;
 use crate::changes::registry::Registry;
@@ -44,8 +45,9 @@ const HELD_BACK_REPORT_EVERY: Duration = Duration::from_secs(600);
 /// system once it is free again.
 const TRIM_AFTER: usize = 4 * 1024 * 1024;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// Requests the network side may queue for the main thread.
-const QUEUE_CAPACITY: usize = 4096;
+/// Requests the network side may have in flight to the main thread (each
+/// socket at most `net::session::SOCKET_REQUESTS` of them).
+const QUEUE_CAPACITY: usize = 16_384;
 
 /// Registers the worker; called from `_PG_init` while preloading.
 pub fn register() {
@@ -390,7 +392,7 @@ impl Worker {
         }
     }
 
-    fn answer(&mut self, requests: Vec<crate::bridge::Request>) {
+    fn answer(&mut self, requests: Vec<Queued>) {
         let registry = &mut self.registry;
         self.caches.before_query();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
@@ -398,7 +400,7 @@ impl Worker {
                 if shutdown_requested() {
                     break; // the askers see the worker go away
                 }
-                requests::answer(request, registry);
+                requests::answer(request.take(), registry);
             }
         }));
         plugin::set_watched(self.registry.watched());

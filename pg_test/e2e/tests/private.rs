@@ -4,12 +4,13 @@
 use realtime_e2e::*;
 use serde_json::json;
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_millis(400);
 
 /// Policies (idempotent): `authenticated` reads `read:*` and `rw:*` topics and
-/// writes `rw:*` topics; a user reads `user:<sub>` only; `broken:*` raises.
+/// writes `rw:*` topics; a user reads `user:<sub>` only; `broken:*` raises;
+/// on `pres:*` everyone may broadcast and track, only `sub = seer` reads presence.
 fn policies() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -19,6 +20,8 @@ fn policies() {
             DROP POLICY IF EXISTS e2e_write ON realtime.messages;
             DROP POLICY IF EXISTS e2e_own ON realtime.messages;
             DROP POLICY IF EXISTS e2e_broken ON realtime.messages;
+            DROP POLICY IF EXISTS e2e_pres_read ON realtime.messages;
+            DROP POLICY IF EXISTS e2e_pres_write ON realtime.messages;
             CREATE POLICY e2e_read ON realtime.messages FOR SELECT TO authenticated
               USING (realtime.topic() LIKE 'read:%' OR realtime.topic() LIKE 'rw:%');
             CREATE POLICY e2e_write ON realtime.messages FOR INSERT TO authenticated
@@ -28,6 +31,11 @@ fn policies() {
             CREATE POLICY e2e_broken ON realtime.messages FOR SELECT TO authenticated
               USING (CASE WHEN realtime.topic() LIKE 'broken:%'
                            THEN 1 / (length(realtime.topic()) - length(realtime.topic())) = 1 ELSE false END);
+            CREATE POLICY e2e_pres_read ON realtime.messages FOR SELECT TO authenticated
+              USING (realtime.topic() LIKE 'pres:%' AND (extension = 'broadcast'
+                     OR current_setting('request.jwt.claims', true)::jsonb ->> 'sub' = 'seer'));
+            CREATE POLICY e2e_pres_write ON realtime.messages FOR INSERT TO authenticated
+              WITH CHECK (realtime.topic() LIKE 'pres:%');
             "#,
         );
     });
@@ -151,4 +159,64 @@ async fn replay_returns_the_latest_stored_messages_oldest_first() {
         }
     }
     assert_eq!(got, vec![2, 3]);
+}
+
+#[tokio::test]
+async fn a_refused_join_holds_up_only_its_own_reply() {
+    policies();
+    let mut c = Client::connect(Vsn::V2, &user("waiter")).await;
+    let started = Instant::now();
+    let denied = format!("realtime:denied:{}", unique("x"));
+    c.push(Some("5"), Some("5"), &denied, "phx_join", json!({"config": {"private": true}})).await;
+    c.push(None, Some("6"), "phoenix", "heartbeat", json!({})).await;
+    let heartbeat = c.recv().await;
+    assert_eq!((heartbeat.topic.as_str(), heartbeat.msg_ref.as_deref()), ("phoenix", Some("6")));
+    // Another channel joins while the refusal waits out realtime.join_error_delay.
+    c.join_ok(&format!("realtime:read:{}", unique("x")), json!({"private": true})).await;
+    let answered = started.elapsed();
+    let refusal = c.recv_event("phx_reply").await;
+    assert_eq!(refusal.msg_ref.as_deref(), Some("5"));
+    assert!(refusal.payload["response"]["reason"].as_str().unwrap().starts_with("Unauthorized"));
+    println!("heartbeat and another join answered after {answered:?}; the refusal after {:?}", started.elapsed());
+    assert!(answered < Duration::from_millis(500), "the socket waited {answered:?} behind a refused join");
+    assert!(started.elapsed() >= Duration::from_millis(900), "the refusal keeps its delay");
+}
+
+#[tokio::test]
+async fn presence_reaches_only_members_whose_policy_reads_it() {
+    policies();
+    let topic = format!("realtime:pres:{}", unique("room"));
+    let presence = json!({"private": true, "presence": {"enabled": true}});
+    let mut seer = Client::connect(Vsn::V2, &user("seer")).await;
+    let mut blind = Client::connect(Vsn::V2, &user("blind")).await;
+    let mut later = Client::connect(Vsn::V2, &user("blind")).await;
+    let seer_ref = seer.join_ok(&topic, presence.clone()).await;
+    assert_eq!(seer.recv_event("presence_state").await.payload, json!({}));
+    let blind_ref = blind.join_ok(&topic, presence).await;
+    // A member denied presence gets the join, but no presence state...
+    blind.expect_silence(SHORT).await;
+    let later_ref = later.join_ok(&topic, json!({"private": true})).await;
+    let track = |name: &str| json!({"type": "presence", "event": "track", "payload": {"name": name}});
+    seer.push(Some(&seer_ref), Some("10"), &topic, "presence", track("seer")).await;
+    assert_eq!(seer.recv_event("phx_reply").await.payload["status"], "ok");
+    assert!(seer.recv_event("presence_diff").await.payload["joins"].is_object());
+    // ... and no diffs, even after tracking itself (which its write policy allows).
+    blind.push(Some(&blind_ref), Some("11"), &topic, "presence", track("blind")).await;
+    assert_eq!(blind.recv_event("phx_reply").await.payload["status"], "ok");
+    // A track turns presence on for a join that did not ask for it: checked too.
+    later.push(Some(&later_ref), Some("12"), &topic, "presence", track("later")).await;
+    assert_eq!(later.recv_event("phx_reply").await.payload["status"], "ok");
+    blind.expect_silence(SHORT).await;
+    later.expect_silence(SHORT).await;
+    // The one who may read sees everyone's joins.
+    let mut names = Vec::new();
+    while let Some(m) = seer.try_recv(SHORT).await {
+        if m.event == "presence_diff" {
+            for metas in m.payload["joins"].as_object().unwrap().values() {
+                names.push(metas["metas"][0]["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["blind", "later"]);
 }

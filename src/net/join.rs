@@ -1,0 +1,271 @@
+//! Joining a channel. What needs no database is checked at once; a private
+//! channel's read check goes to the worker and runs beside the socket's other
+//! frames (heartbeats, other channels), as does the delay before a refused
+//! join's reply: only that join's reply waits. A later join or leave of the
+//! same topic makes an earlier pending join's outcome moot.
+
+use super::auth::{Auth, unix_now};
+use super::channel::{JoinConfig, bindings_with_ids};
+use super::hub::{Subscriber, TopicKey};
+use super::limits::RateWindow;
+use super::session::{Channel, Done, PRESENCE_CALLS, PRESENCE_WINDOW, Session};
+use crate::bridge::{ReadPermissions, Request};
+use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// A join that passed the checks made at once.
+pub struct Prepared {
+    msg: Inbound,
+    sub_topic: String,
+    join: JoinConfig,
+    auth: Arc<Auth>,
+}
+
+/// What a join came to.
+pub enum Outcome {
+    Allowed(Box<Prepared>, ReadPermissions),
+    Refused { msg: Inbound, reason: String },
+}
+
+fn unauthorized(sub_topic: &str) -> String {
+    format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")
+}
+
+impl Session {
+    /// `phx_join`: answered now, or once its read check (or its refusal's
+    /// delay) is done.
+    pub fn join(&mut self, msg: Inbound) {
+        let Some(sub_topic) = msg.topic.strip_prefix("realtime:").map(str::to_owned) else {
+            return self.reply(&msg, "error", json!({"reason": "unmatched topic"}));
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        self.joining.insert(msg.topic.clone(), generation);
+        match self.prepare(msg, sub_topic) {
+            Err((msg, reason)) => self.refuse_later(generation, msg, reason),
+            Ok(prepared) if !prepared.join.private => {
+                let all = ReadPermissions { broadcast: true, presence: true };
+                self.complete(generation, Outcome::Allowed(Box::new(prepared), all));
+            }
+            Ok(prepared) => self.check_read(generation, prepared),
+        }
+    }
+
+    /// The checks that need no database.
+    fn prepare(&self, msg: Inbound, sub_topic: String) -> Result<Prepared, (Inbound, String)> {
+        let config = self.shared.config();
+        if sub_topic.is_empty() {
+            return Err((msg, "TopicNameRequired: You must provide a topic name".into()));
+        }
+        let InboundPayload::Json(payload) = &msg.payload else {
+            return Err((msg, "InvalidJoinPayload: the join payload must be JSON".into()));
+        };
+        let join = match JoinConfig::parse(payload) {
+            Ok(join) => join,
+            Err(reason) => return Err((msg, reason)),
+        };
+        if !self.channels.contains_key(&msg.topic) && self.channels.len() >= config.max_channels_per_client {
+            return Err((msg, "ChannelRateLimitReached: Too many channels".into()));
+        }
+        let auth = match self.auth_for(join.access_token.as_deref()) {
+            Ok(auth) => auth,
+            Err(reason) => return Err((msg, reason)),
+        };
+        if config.private_only && !join.private {
+            return Err((msg, "PrivateOnly: This project only allows private channels".into()));
+        }
+        if join.replay.is_some() && !join.private {
+            return Err((msg, "UnableToReplayMessages: Replay is not allowed for public channels".into()));
+        }
+        Ok(Prepared { msg, sub_topic, join, auth })
+    }
+
+    /// The socket's token, or the join's own (`access_token`), verified.
+    fn auth_for(&self, requested: Option<&str>) -> Result<Arc<Auth>, String> {
+        match requested {
+            // `sb_` keys are API keys, not JWTs: the socket's token stands in.
+            Some(t) if !t.is_empty() && !t.starts_with("sb_") && t != self.auth.token => {
+                let claims = self.shared.config().verifier.verify(t, unix_now()).map_err(|e| e.to_string())?;
+                Ok(Auth::new(t.to_owned(), claims))
+            }
+            _ => {
+                // The socket's token was checked at connect; it may have expired since.
+                self.shared.config().verifier.verify(&self.auth.token, unix_now()).map_err(|e| e.to_string())?;
+                Ok(self.auth.clone())
+            }
+        }
+    }
+
+    /// Refused clients rejoin forever: the reply waits (within the clients'
+    /// 10 s join timeout), and nothing else on the socket does.
+    fn refuse_later(&mut self, generation: u64, msg: Inbound, reason: String) {
+        let delay = self.shared.config().join_error_delay;
+        self.pending.push(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Done::Join(generation, Outcome::Refused { msg, reason })
+        }));
+    }
+
+    fn check_read(&mut self, generation: u64, prepared: Prepared) {
+        let (shared, share) = (self.shared.clone(), self.share.clone());
+        let (ctx, topic, presence) =
+            (prepared.auth.ctx.clone(), prepared.sub_topic.clone(), prepared.join.presence_enabled);
+        let asked = shared.bridge.request(&share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
+        let delay = shared.config().join_error_delay;
+        self.pending.push(Box::pin(async move {
+            let answer = match asked {
+                Ok(reply) => {
+                    reply.await.map_err(|_| "UnableToSetPolicies: the realtime worker is shutting down".into())
+                }
+                Err(e) => Err(format!("UnableToSetPolicies: {e}")),
+            };
+            let outcome = match answer {
+                Ok(Ok(read)) if read.broadcast || read.presence => Outcome::Allowed(Box::new(prepared), read),
+                Ok(Ok(_)) => Outcome::Refused { reason: unauthorized(&prepared.sub_topic), msg: prepared.msg },
+                Ok(Err(e)) => {
+                    // A broken policy denies this join only.
+                    eprintln!("realtime: RlsPolicyError: read check for topic {:?} failed: {e}", prepared.sub_topic);
+                    Outcome::Refused { reason: unauthorized(&prepared.sub_topic), msg: prepared.msg }
+                }
+                Err(reason) => Outcome::Refused { msg: prepared.msg, reason },
+            };
+            if let Outcome::Refused { .. } = outcome {
+                tokio::time::sleep(delay).await;
+            }
+            Done::Join(generation, outcome)
+        }));
+    }
+
+    /// A pending join's outcome, unless a later join or leave of its topic
+    /// made it moot.
+    pub fn complete(&mut self, generation: u64, outcome: Outcome) {
+        let topic = match &outcome {
+            Outcome::Allowed(p, _) => &p.msg.topic,
+            Outcome::Refused { msg, .. } => &msg.topic,
+        };
+        if self.joining.get(topic) != Some(&generation) {
+            return;
+        }
+        self.joining.remove(&topic.clone());
+        match outcome {
+            Outcome::Refused { msg, reason } => self.reply(&msg, "error", json!({"reason": reason})),
+            Outcome::Allowed(prepared, read) => self.enter(*prepared, read),
+        }
+    }
+
+    /// Joins: the channel replaces an earlier join of its topic, the reply
+    /// and (when allowed) the presence state go out, then Postgres Changes
+    /// and replay start beside the socket.
+    fn enter(&mut self, prepared: Prepared, read: ReadPermissions) {
+        let Prepared { msg, sub_topic, join, auth } = prepared;
+        if let Some(old) = self.channels.remove(&msg.topic) {
+            self.end(&old);
+        }
+        let key = TopicKey { private: join.private, topic: msg.topic.clone() };
+        let id = self.shared.hub.next_id();
+        let presence = join.presence_enabled && read.presence;
+        let mut subscriber = Subscriber::new(self.conn.clone(), read.broadcast, presence);
+        if join.replay.is_some() {
+            subscriber.held = Some(Vec::new());
+        }
+        self.shared.hub.subscribe(&key, id, subscriber);
+        let bindings = bindings_with_ids(&join.postgres_changes);
+        self.reply(&msg, "ok", json!({"postgres_changes": bindings}));
+        // Private channels show presence only to members whose policy lets them read it.
+        if presence {
+            let state = self.shared.hub.presence_state(&key);
+            self.send(msg.join_ref.as_deref(), None, &msg.topic, "presence_state", &state);
+        }
+        let replay = join.replay;
+        let channel = Channel {
+            key,
+            sub_topic,
+            join_ref: msg.join_ref.clone(),
+            id,
+            presence_key: None,
+            auth,
+            read,
+            broadcast_write: None,
+            presence_write: None,
+            presence_calls: RateWindow::new(PRESENCE_CALLS, PRESENCE_WINDOW),
+            changes: !bindings.is_empty(),
+            config: join,
+        };
+        if channel.changes {
+            self.subscribe_changes(&channel, &bindings);
+        }
+        if let Some(replay) = replay {
+            self.replay(&channel, replay.since_ms, replay.limit);
+        }
+        self.channels.insert(msg.topic, channel);
+    }
+
+    /// Starts `postgres_changes` for a channel; a `system` message says
+    /// whether it worked, and the channel stays open either way. The request
+    /// is queued now, so a leave that follows reaches the worker after it.
+    fn subscribe_changes(&mut self, channel: &Channel, bindings: &[Value]) {
+        let bindings: Vec<(u32, Value)> =
+            bindings.iter().map(|b| (b["id"].as_u64().unwrap_or_default() as u32, b.clone())).collect();
+        let (id, ctx) = (channel.id, channel.auth.ctx.clone());
+        self.shared.hub.add_changes(id, self.conn.clone(), &channel.key.topic);
+        let asked = self.shared.bridge.request(&self.share, |reply| Request::SubscribeChanges {
+            channel: id,
+            ctx,
+            bindings,
+            reply,
+        });
+        let (shared, conn) = (self.shared.clone(), self.conn.clone());
+        let (topic, sub_topic, join_ref) =
+            (channel.key.topic.clone(), channel.sub_topic.clone(), channel.join_ref.clone());
+        self.pending.push(Box::pin(async move {
+            let answer = match asked {
+                Ok(reply) => reply.await.unwrap_or_else(|_| Err("the realtime worker is shutting down".into())),
+                Err(e) => Err(format!("Unable to subscribe to changes: {e}")),
+            };
+            let (status, message) = match answer {
+                Ok(()) => ("ok", "Subscribed to PostgreSQL".to_owned()),
+                Err(message) => {
+                    shared.hub.remove_changes(id);
+                    ("error", message)
+                }
+            };
+            let payload =
+                json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic});
+            conn.send_frame(protocol::encode(conn.vsn, join_ref.as_deref(), None, &topic, "system", &payload));
+            Done::Nothing
+        }));
+    }
+
+    /// Stored broadcasts since `since_ms`, sent after the join's reply; then
+    /// the live broadcasts held meanwhile, but for the replayed ones.
+    fn replay(&mut self, channel: &Channel, since_ms: i64, limit: i64) {
+        let (ctx, topic) = (channel.auth.ctx.clone(), channel.sub_topic.clone());
+        let asked =
+            self.shared.bridge.request(&self.share, |reply| Request::Replay { ctx, topic, since_ms, limit, reply });
+        let (conn, key_topic, sub_topic) = (self.conn.clone(), channel.key.topic.clone(), channel.sub_topic.clone());
+        let (shared, key, id) = (self.shared.clone(), channel.key.clone(), channel.id);
+        self.pending.push(Box::pin(async move {
+            let mut replayed = std::collections::HashSet::new();
+            let stored = match asked {
+                Ok(reply) => reply.await.unwrap_or_else(|_| Err("the realtime worker is shutting down".into())),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(messages) => {
+                    for m in messages {
+                        replayed.insert(m.id.clone());
+                        let broadcast = Broadcast { event: m.event, payload: Body::json(&m.payload) };
+                        let meta = json!({"id": m.id, "replayed": true});
+                        if let Some(frame) = protocol::encode_broadcast(conn.vsn, &key_topic, &broadcast, Some(&meta)) {
+                            conn.send_frame(frame);
+                        }
+                    }
+                }
+                Err(e) => eprintln!("realtime: replay of {sub_topic:?} failed: {e}"),
+            }
+            shared.hub.release(&key, id, &replayed);
+            Done::Nothing
+        }));
+    }
+}

@@ -1,0 +1,412 @@
+//! One socket's channels and the frames that act on them. Frames are handled
+//! in order; joins (`join.rs`) and the follow-ups of a join run beside them as
+//! pending futures the connection's loop drives.
+
+use super::Shared;
+use super::auth::{Auth, unix_now};
+use super::channel::JoinConfig;
+use super::hub::{ConnHandle, SubId, TopicKey};
+use super::join::Outcome;
+use super::limits::RateWindow;
+use crate::bridge::{Bridge, Extension, ReadPermissions, Request, Share};
+use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const PRESENCE_CALLS: u32 = 5;
+pub const PRESENCE_WINDOW: Duration = Duration::from_secs(30);
+/// Requests one socket may have waiting for the worker.
+pub const SOCKET_REQUESTS: usize = 16;
+
+/// A joined channel.
+pub struct Channel {
+    pub key: TopicKey,
+    /// The topic without `realtime:`, as policies and system messages name it.
+    pub sub_topic: String,
+    pub join_ref: Option<String>,
+    pub id: SubId,
+    pub config: JoinConfig,
+    /// Chosen at the first track (`config.presence.key`, or a new UUID).
+    pub presence_key: Option<String>,
+    pub auth: Arc<Auth>,
+    pub read: ReadPermissions,
+    /// Write permissions, checked on first use (private channels).
+    pub broadcast_write: Option<bool>,
+    pub presence_write: Option<bool>,
+    pub presence_calls: RateWindow,
+    /// Has `postgres_changes` bindings the worker routes changes to.
+    pub changes: bool,
+}
+
+/// What a pending future of the session came to.
+pub enum Done {
+    Join(u64, Outcome),
+    Nothing,
+}
+
+pub type PendingFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnHandle>,
+    /// The socket's verified token (`apikey`).
+    pub auth: Arc<Auth>,
+    /// This socket's share of the worker's request queue.
+    pub share: Share,
+    pub channels: HashMap<String, Channel>,
+    /// Topics with a join under way, and the number of the latest.
+    pub joining: HashMap<String, u64>,
+    pub generation: u64,
+    pub pending: FuturesUnordered<PendingFuture>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, conn: Arc<ConnHandle>, auth: Arc<Auth>) -> Session {
+        Session {
+            shared,
+            conn,
+            auth,
+            share: Share::new(SOCKET_REQUESTS),
+            channels: HashMap::new(),
+            joining: HashMap::new(),
+            generation: 0,
+            pending: FuturesUnordered::new(),
+        }
+    }
+
+    pub fn send(&self, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, event: &str, payload: &Value) {
+        self.conn.send_frame(protocol::encode(self.conn.vsn, join_ref, msg_ref, topic, event, payload));
+    }
+
+    pub fn reply(&self, msg: &Inbound, status: &str, response: Value) {
+        let payload = protocol::reply(status, response);
+        self.send(msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, "phx_reply", &payload);
+    }
+
+    /// A `system` message, then (for errors) `phx_close`: the channel ends.
+    fn system_error_and_close(&mut self, topic: &str, message: &str) {
+        let Some(channel) = self.channels.remove(topic) else {
+            return;
+        };
+        let payload =
+            json!({"extension": "system", "status": "error", "message": message, "channel": channel.sub_topic});
+        self.send(channel.join_ref.as_deref(), None, topic, "system", &payload);
+        self.send(channel.join_ref.as_deref(), channel.join_ref.as_deref(), topic, "phx_close", &json!({}));
+        self.end(&channel);
+    }
+
+    pub fn settle(&mut self, done: Done) {
+        if let Done::Join(generation, outcome) = done {
+            self.complete(generation, outcome);
+        }
+    }
+
+    pub async fn handle(&mut self, msg: Inbound) {
+        if msg.topic == "phoenix" {
+            if msg.event == "heartbeat" {
+                self.reply(&msg, "ok", json!({}));
+            }
+            return;
+        }
+        if msg.event == "phx_join" {
+            return self.join(msg);
+        }
+        if msg.event == "phx_leave" {
+            // A join under way is dropped with it.
+            self.joining.remove(&msg.topic);
+        }
+        if !self.channels.contains_key(&msg.topic) {
+            return self.reply(&msg, "error", json!({"reason": "unmatched topic"}));
+        }
+        match msg.event.as_str() {
+            "phx_leave" => self.leave(&msg),
+            "broadcast" => self.broadcast(msg).await,
+            "presence" => self.presence(&msg).await,
+            "access_token" => self.access_token(&msg).await,
+            // Not logged: a client could fill the log with them.
+            _ => {}
+        }
+    }
+
+    fn leave(&mut self, msg: &Inbound) {
+        if let Some(channel) = self.channels.remove(&msg.topic) {
+            self.end(&channel);
+            self.reply(msg, "ok", json!({}));
+            let join_ref = channel.join_ref.as_deref();
+            self.send(join_ref, join_ref, &msg.topic, "phx_close", &json!({}));
+        }
+    }
+
+    /// Everything a channel holds elsewhere goes with it. The worker's part
+    /// is a control message, which is never refused.
+    pub fn end(&self, channel: &Channel) {
+        self.shared.hub.unsubscribe(&channel.key, channel.id);
+        if channel.changes {
+            self.shared.hub.remove_changes(channel.id);
+            if !self.shared.bridge.tell(Request::UnsubscribeChanges { channel: channel.id }) {
+                self.conn.close(1011, "the realtime worker is gone");
+            }
+        }
+    }
+
+    pub fn leave_all(&mut self) {
+        self.joining.clear();
+        let channels: Vec<Channel> = self.channels.drain().map(|(_, c)| c).collect();
+        for channel in &channels {
+            self.end(channel);
+        }
+    }
+
+    /// Asks the worker to check a write permission for a channel.
+    async fn ask(
+        bridge: &Bridge,
+        share: &Share,
+        request: impl FnOnce(tokio::sync::oneshot::Sender<Result<bool, String>>) -> Request,
+    ) -> Option<bool> {
+        match bridge.call(share, request).await {
+            Ok(Ok(allowed)) => Some(allowed),
+            Ok(Err(e)) => {
+                eprintln!("realtime: RlsPolicyError: a permission check failed: {e}");
+                Some(false)
+            }
+            // Busy or shutting down: deny this once, ask again next time.
+            Err(_) => None,
+        }
+    }
+
+    /// May this channel write for `extension`? Asked once, then remembered.
+    async fn may_write(&mut self, topic: &str, extension: Extension) -> bool {
+        let Some(channel) = self.channels.get(topic) else {
+            return false;
+        };
+        if !channel.key.private {
+            return true;
+        }
+        let cached = match extension {
+            Extension::Broadcast => channel.broadcast_write,
+            Extension::Presence => channel.presence_write,
+        };
+        if let Some(allowed) = cached {
+            return allowed;
+        }
+        let (ctx, topic_arg) = (channel.auth.ctx.clone(), channel.sub_topic.clone());
+        let asked = Self::ask(&self.shared.bridge, &self.share, |reply| Request::WritePermission {
+            ctx,
+            topic: topic_arg,
+            extension,
+            reply,
+        });
+        let Some(allowed) = asked.await else {
+            return false;
+        };
+        if let Some(channel) = self.channels.get_mut(topic) {
+            match extension {
+                Extension::Broadcast => channel.broadcast_write = Some(allowed),
+                Extension::Presence => channel.presence_write = Some(allowed),
+            }
+        }
+        allowed
+    }
+
+    /// May this private channel read presence? Asked when a track turns
+    /// presence on for a join that did not ask for it.
+    async fn may_read_presence(&mut self, topic: &str) -> bool {
+        let Some(channel) = self.channels.get(topic) else {
+            return false;
+        };
+        if !channel.key.private || channel.config.presence_enabled {
+            return channel.read.presence;
+        }
+        let (ctx, topic_arg) = (channel.auth.ctx.clone(), channel.sub_topic.clone());
+        let asked = self.shared.bridge.call(&self.share, |reply| Request::ReadPermissions {
+            ctx,
+            topic: topic_arg,
+            presence: true,
+            reply,
+        });
+        let read = match asked.await {
+            Ok(Ok(read)) => read.presence,
+            _ => false,
+        };
+        if let Some(channel) = self.channels.get_mut(topic) {
+            channel.read.presence = read;
+        }
+        read
+    }
+
+    async fn broadcast(&mut self, msg: Inbound) {
+        let broadcast = match &msg.payload {
+            InboundPayload::Broadcast(b) => b.clone(),
+            InboundPayload::Json(v) => Broadcast {
+                event: v.get("event").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                payload: Body::json(v.get("payload").unwrap_or(&Value::Null)),
+            },
+        };
+        let Some(channel) = self.channels.get(&msg.topic) else {
+            return;
+        };
+        let ack = channel.config.broadcast_ack;
+        if broadcast.payload.wire_len() > self.shared.config().max_payload_bytes {
+            if ack {
+                self.reply(&msg, "error", json!({"error": "payload_size_exceeded"}));
+            }
+            return;
+        }
+        if !self.may_write(&msg.topic, Extension::Broadcast).await {
+            return; // denied writes are dropped without a reply, as Supabase does
+        }
+        let Some(channel) = self.channels.get(&msg.topic) else {
+            return;
+        };
+        let except = if channel.config.broadcast_self { None } else { Some(channel.id) };
+        self.shared.hub.broadcast(&channel.key, &broadcast, None, except);
+        if ack {
+            self.reply(&msg, "ok", json!({}));
+        }
+    }
+
+    async fn presence(&mut self, msg: &Inbound) {
+        let Some(channel) = self.channels.get_mut(&msg.topic) else {
+            return;
+        };
+        if !channel.presence_calls.allow(Instant::now()) {
+            return self.system_error_and_close(&msg.topic, "Client presence rate limit exceeded");
+        }
+        let InboundPayload::Json(payload) = &msg.payload else {
+            return self.reply(msg, "error", json!({}));
+        };
+        let event = payload.get("event").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        if !self.may_write(&msg.topic, Extension::Presence).await {
+            return self.reply(msg, "error", json!({}));
+        }
+        match event.as_str() {
+            "track" => {
+                let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
+                    return self.reply(msg, "error", json!({"reason": "Presence track payload must be a map"}));
+                };
+                if Body::json(&Value::Object(meta.clone())).wire_len() > self.shared.config().max_payload_bytes {
+                    return self.system_error_and_close(&msg.topic, "Track message size exceeded");
+                }
+                // The first track turns presence on for this channel; it
+                // receives presence only if its policy lets it read presence.
+                let reads = self.may_read_presence(&msg.topic).await;
+                let Some(channel) = self.channels.get_mut(&msg.topic) else {
+                    return;
+                };
+                if !channel.config.presence_enabled {
+                    channel.config.presence_enabled = true;
+                    self.shared.hub.update(&channel.key, channel.id, channel.read.broadcast, reads);
+                }
+                let presence_key = channel
+                    .presence_key
+                    .get_or_insert_with(|| match channel.config.presence_key.as_str() {
+                        "" => uuid::Uuid::new_v4().to_string(),
+                        key => key.to_owned(),
+                    })
+                    .clone();
+                // The reply goes first: the diff follows it to every member, this one too.
+                let (key, id, meta) = (channel.key.clone(), channel.id, meta.clone());
+                self.reply(msg, "ok", json!({}));
+                self.shared.hub.track(&key, id, &presence_key, meta);
+            }
+            "untrack" => {
+                let Some(channel) = self.channels.get(&msg.topic) else {
+                    return;
+                };
+                let (key, id) = (channel.key.clone(), channel.id);
+                self.reply(msg, "ok", json!({}));
+                self.shared.hub.untrack(&key, id);
+            }
+            _ => self.reply(msg, "error", json!({})),
+        }
+    }
+
+    /// A refreshed token: verified, then (private channels) read permission is
+    /// checked again under the new claims. No reply, as in Supabase.
+    async fn access_token(&mut self, msg: &Inbound) {
+        let InboundPayload::Json(payload) = &msg.payload else {
+            return;
+        };
+        let token = match payload.get("access_token") {
+            None | Some(Value::Null) => return,
+            Some(Value::String(t)) if t.starts_with("sb_") => return,
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => other.to_string(),
+        };
+        let Some(channel) = self.channels.get(&msg.topic) else {
+            return;
+        };
+        if channel.auth.token == token {
+            return;
+        }
+        let auth = match self.shared.config().verifier.verify(&token, unix_now()) {
+            Ok(claims) => Auth::new(token, claims),
+            Err(e) => return self.system_error_and_close(&msg.topic, &e.message()),
+        };
+        let (private, sub_topic, presence_enabled) =
+            (channel.key.private, channel.sub_topic.clone(), channel.config.presence_enabled);
+        let read = if private {
+            let (ctx, topic) = (auth.ctx.clone(), sub_topic.clone());
+            let asked = self.shared.bridge.call(&self.share, |reply| Request::ReadPermissions {
+                ctx,
+                topic,
+                presence: presence_enabled,
+                reply,
+            });
+            match asked.await {
+                Ok(Ok(r)) if r.broadcast || r.presence => r,
+                _ => {
+                    let message = format!("You no longer have permission to read from this Channel topic: {sub_topic}");
+                    return self.system_error_and_close(&msg.topic, &message);
+                }
+            }
+        } else {
+            ReadPermissions { broadcast: true, presence: true }
+        };
+        let Some(channel) = self.channels.get_mut(&msg.topic) else {
+            return;
+        };
+        channel.auth = auth;
+        channel.read = read;
+        if channel.changes {
+            let ctx = channel.auth.ctx.clone();
+            // Rows are checked with the new claims from the next batch on, or
+            // the socket closes: stale claims must not keep reading.
+            if !self.shared.bridge.tell(Request::ChangesAuth { channel: channel.id, ctx }) {
+                self.conn.close(1011, "the realtime worker is gone");
+            }
+        }
+        channel.broadcast_write = None;
+        channel.presence_write = None;
+        self.shared.hub.update(
+            &channel.key,
+            channel.id,
+            read.broadcast,
+            channel.config.presence_enabled && read.presence,
+        );
+    }
+
+    pub fn next_expiry(&self) -> Instant {
+        let now = unix_now();
+        let soonest = self.channels.values().map(|c| c.auth.exp()).min();
+        match soonest {
+            Some(exp) => Instant::now() + Duration::from_secs((exp - now).max(0) as u64),
+            None => Instant::now() + Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// Channels whose token has expired get a system error and are closed.
+    pub fn expire_tokens(&mut self) {
+        let now = unix_now();
+        let expired: Vec<(String, i64)> =
+            self.channels.iter().filter(|(_, c)| c.auth.exp() <= now).map(|(t, c)| (t.clone(), c.auth.exp())).collect();
+        for (topic, exp) in expired {
+            self.system_error_and_close(&topic, &format!("Token has expired {} seconds ago", now - exp));
+        }
+    }
+}
