@@ -42,43 +42,40 @@ impl Session {
         self.generation += 1;
         let generation = self.generation;
         self.joining.insert(msg.topic.clone(), generation);
-        match self.prepare(msg, sub_topic) {
-            Err((msg, reason)) => self.refuse_later(generation, msg, reason),
-            Ok(prepared) if !prepared.join.private => {
+        let (join, auth) = match self.prepare(&msg, &sub_topic) {
+            Ok(checked) => checked,
+            Err(reason) => return self.refuse_later(generation, msg, reason),
+        };
+        match (Prepared { msg, sub_topic, join, auth }) {
+            prepared if !prepared.join.private => {
                 let all = ReadPermissions { broadcast: true, presence: true };
                 self.complete(generation, Outcome::Allowed(Box::new(prepared), all));
             }
-            Ok(prepared) => self.check_read(generation, prepared),
+            prepared => self.check_read(generation, prepared),
         }
     }
 
     /// The checks that need no database.
-    fn prepare(&self, msg: Inbound, sub_topic: String) -> Result<Prepared, (Inbound, String)> {
+    fn prepare(&self, msg: &Inbound, sub_topic: &str) -> Result<(JoinConfig, Arc<Auth>), String> {
         let config = self.shared.config();
         if sub_topic.is_empty() {
-            return Err((msg, "TopicNameRequired: You must provide a topic name".into()));
+            return Err("TopicNameRequired: You must provide a topic name".into());
         }
         let InboundPayload::Json(payload) = &msg.payload else {
-            return Err((msg, "InvalidJoinPayload: the join payload must be JSON".into()));
+            return Err("InvalidJoinPayload: the join payload must be JSON".into());
         };
-        let join = match JoinConfig::parse(payload) {
-            Ok(join) => join,
-            Err(reason) => return Err((msg, reason)),
-        };
+        let join = JoinConfig::parse(payload)?;
         if !self.channels.contains_key(&msg.topic) && self.channels.len() >= config.max_channels_per_client {
-            return Err((msg, "ChannelRateLimitReached: Too many channels".into()));
+            return Err("ChannelRateLimitReached: Too many channels".into());
         }
-        let auth = match self.auth_for(join.access_token.as_deref()) {
-            Ok(auth) => auth,
-            Err(reason) => return Err((msg, reason)),
-        };
+        let auth = self.auth_for(join.access_token.as_deref())?;
         if config.private_only && !join.private {
-            return Err((msg, "PrivateOnly: This project only allows private channels".into()));
+            return Err("PrivateOnly: This project only allows private channels".into());
         }
         if join.replay.is_some() && !join.private {
-            return Err((msg, "UnableToReplayMessages: Replay is not allowed for public channels".into()));
+            return Err("UnableToReplayMessages: Replay is not allowed for public channels".into());
         }
-        Ok(Prepared { msg, sub_topic, join, auth })
+        Ok((join, auth))
     }
 
     /// The socket's token, or the join's own (`access_token`), verified.
