@@ -31,7 +31,10 @@ CREATE TABLE realtime.messages (
   updated_at timestamp NOT NULL DEFAULT timezone('utc', now()),
   inserted_at timestamp NOT NULL DEFAULT timezone('utc', now()),
   id uuid NOT NULL DEFAULT gen_random_uuid(),
-  PRIMARY KEY (id, inserted_at)
+  -- realtime.send_binary's payload; a message has one or the other.
+  binary_payload bytea,
+  PRIMARY KEY (id, inserted_at),
+  CONSTRAINT messages_payload_exclusive CHECK (payload IS NULL OR binary_payload IS NULL) NOT VALID
 ) PARTITION BY RANGE (inserted_at);
 
 -- No policies ship: private channels are denied until the user writes some.
@@ -48,8 +51,10 @@ CREATE FUNCTION realtime.topic() RETURNS text
 LANGUAGE sql STABLE
 AS $$ SELECT nullif(current_setting('realtime.topic', true), '')::text $$;
 
--- Never raises: a broadcast must not abort the caller's statement. Runs as the
--- caller (not SECURITY DEFINER), so the caller's INSERT policies apply.
+-- Stores one broadcast (a JSON or a binary payload) for realtime.send and
+-- realtime.send_binary. Never raises: a broadcast must not abort the caller's
+-- statement. Runs as the caller (not SECURITY DEFINER), so the caller's INSERT
+-- policies apply.
 --
 -- A caller to whom no row-level security applies (a superuser, the owner, a
 -- BYPASSRLS role such as service_role) inserts directly once today's partition
@@ -58,33 +63,27 @@ AS $$ SELECT nullif(current_setting('realtime.topic', true), '')::text $$;
 -- transaction of a million sends would otherwise carry a million of them).
 -- Every other caller goes through an exception block that turns a failure
 -- (an RLS denial, a missing partition) into a WARNING.
-CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true)
+CREATE FUNCTION realtime.insert_broadcast(
+  message_id uuid, payload jsonb, binary_payload bytea, event text, topic text, private boolean)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
-DECLARE
-  message_id uuid := gen_random_uuid();
-  final_payload jsonb := payload;
 BEGIN
   IF topic IS NULL THEN
     RAISE WARNING 'WarnSendingBroadcastMessage: topic must not be null';
     RETURN;
   END IF;
-  -- Only an object can carry an id; other JSON values pass through untouched.
-  IF jsonb_typeof(payload) = 'object' AND NOT payload ? 'id' THEN
-    final_payload := payload || jsonb_build_object('id', message_id);
-  END IF;
   -- Policies read the topic through realtime.topic().
   PERFORM set_config('realtime.topic', topic, true);
   IF NOT row_security_active('realtime.messages')
      AND to_regclass('realtime.messages_' || to_char(timezone('utc', now()), 'YYYY_MM_DD')) IS NOT NULL THEN
-    INSERT INTO realtime.messages (id, payload, event, topic, private, extension)
-    VALUES (message_id, final_payload, event, topic, private, 'broadcast');
+    INSERT INTO realtime.messages (id, payload, binary_payload, event, topic, private, extension)
+    VALUES (message_id, payload, binary_payload, event, topic, private, 'broadcast');
     RETURN;
   END IF;
   BEGIN
-    INSERT INTO realtime.messages (id, payload, event, topic, private, extension)
-    VALUES (message_id, final_payload, event, topic, private, 'broadcast');
+    INSERT INTO realtime.messages (id, payload, binary_payload, event, topic, private, extension)
+    VALUES (message_id, payload, binary_payload, event, topic, private, 'broadcast');
   EXCEPTION
     WHEN check_violation THEN
       -- Raised by partition routing when the day's partition is missing.
@@ -93,6 +92,34 @@ BEGIN
     WHEN OTHERS THEN
       RAISE WARNING 'WarnSendingBroadcastMessage: %', SQLERRM;
   END;
+END
+$$;
+
+-- A JSON broadcast; an object payload gets the message's "id".
+CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  message_id uuid := gen_random_uuid();
+BEGIN
+  -- Only an object can carry an id; other JSON values pass through untouched.
+  IF jsonb_typeof(payload) = 'object' AND NOT payload ? 'id' THEN
+    payload := payload || jsonb_build_object('id', message_id);
+  END IF;
+  PERFORM realtime.insert_broadcast(message_id, payload, NULL, event, topic, private);
+END
+$$;
+
+-- A binary broadcast: V2 clients receive the bytes as they are (a kind-4
+-- frame with binary encoding); the V1 serializer cannot carry bytes, so V1
+-- clients do not receive it, as with Supabase.
+CREATE FUNCTION realtime.send_binary(payload bytea, event text, topic text, private boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  PERFORM realtime.insert_broadcast(gen_random_uuid(), NULL, payload, event, topic, private);
 END
 $$;
 

@@ -25,6 +25,9 @@ pub struct DbBroadcast {
     pub topic: String,
     pub event: String,
     pub private: bool,
+    /// The payload is bytes (`realtime.send_binary`), written as base64.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binary: bool,
 }
 
 impl DbBroadcast {
@@ -50,7 +53,7 @@ mod tests {
 
     #[test]
     fn broadcast_rows_round_trip_with_the_payload_untouched() {
-        let m = DbBroadcast { id: "i".into(), topic: "a\nb".into(), event: "e".into(), private: true };
+        let m = DbBroadcast { id: "i".into(), topic: "a\nb".into(), event: "e".into(), private: true, binary: false };
         let row = m.row(r#"{"x":"line\nbreak"}"#);
         assert_eq!(row.matches('\n').count(), 1, "escapes keep the header on one line");
         let (back, payload) = DbBroadcast::parse(&row).unwrap();
@@ -101,6 +104,8 @@ pub trait Network {
     /// New settings; returns what is wrong with them, for the main thread to log.
     fn reconfigure(&self, settings: &Settings) -> Vec<String>;
     fn disconnect_all(&self, code: u16, reason: &str);
+    /// Whether database messages flow: the decoder holds the slot.
+    fn set_replication_ready(&self, ready: bool);
     /// Fans out what was handed over, closes every socket with `code` once its
     /// queue is written (each step bounded in time), and stops.
     fn shutdown(&self, code: u16, reason: &str);

@@ -38,6 +38,8 @@ pub struct StoredBroadcast {
     pub id: String,
     pub event: String,
     pub payload: serde_json::Value,
+    /// A binary message's bytes (`realtime.send_binary`), instead of `payload`.
+    pub binary: Option<Vec<u8>>,
 }
 
 /// Work only the main thread can do. `topic` is the sub-topic (no `realtime:`).

@@ -26,3 +26,44 @@ pub struct RowChange {
     #[serde(default)]
     pub columns: Vec<(String, String)>,
 }
+
+impl RowChange {
+    /// Values as Supabase sends them where `row_to_json` differs: `bytea` as
+    /// hex without `\x`, a NaN or infinite number as null.
+    pub fn render_like_supabase(&mut self) {
+        for row in [self.new.as_mut(), self.old.as_mut()].into_iter().flatten() {
+            let Value::Object(row) = row else { continue };
+            for (name, type_name) in &self.columns {
+                let Some(value) = row.get_mut(name) else { continue };
+                match (type_name.as_str(), &*value) {
+                    ("bytea", Value::String(s)) if s.starts_with("\\x") => *value = Value::String(s[2..].to_owned()),
+                    ("numeric" | "float4" | "float8", Value::String(_)) => *value = Value::Null,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bytea_and_special_numbers_render_as_supabase_does() {
+        let mut c = RowChange {
+            rel: 1,
+            op: "INSERT".into(),
+            ts: 0,
+            new: Some(json!({"b": "\\x0102ff", "n": "NaN", "f": "-Infinity", "m": "$1.00", "x": 1.5})),
+            old: None,
+            toast: vec![],
+            columns: [("b", "bytea"), ("n", "numeric"), ("f", "float8"), ("m", "money"), ("x", "numeric")]
+                .map(|(n, t)| (n.to_owned(), t.to_owned()))
+                .into(),
+        };
+        c.render_like_supabase();
+        assert_eq!(c.new, Some(json!({"b": "0102ff", "n": null, "f": null, "m": "$1.00", "x": 1.5})));
+    }
+}

@@ -48,9 +48,16 @@ fn pick(row: Option<&Value>, keep: impl Fn(&str) -> bool) -> Map<String, Value> 
         .unwrap_or_default()
 }
 
-/// The payload for a role that may read `selectable` columns, or the error row
-/// Supabase sends when it may not read the key (or the table has none).
-pub fn build(meta: &TableMeta, change: &RowChange, selectable: &HashSet<String>, max_record_bytes: usize) -> Value {
+/// The payload for a role that may read `selectable` columns, restricted to
+/// `select` (the binding's column list; the key is always kept), or the error
+/// row Supabase sends when it may not read the key (or the table has none).
+pub fn build(
+    meta: &TableMeta,
+    change: &RowChange,
+    selectable: &HashSet<String>,
+    select: Option<&[String]>,
+    max_record_bytes: usize,
+) -> Value {
     let is_delete = change.op == "DELETE";
     if !is_delete {
         if meta.primary_key.is_empty() {
@@ -69,12 +76,13 @@ pub fn build(meta: &TableMeta, change: &RowChange, selectable: &HashSet<String>,
     } else {
         &change.columns
     };
+    let is_key = |k: &str| meta.primary_key.iter().any(|p| p == k);
+    let shown = |k: &str| selectable.contains(k) && (select.is_none_or(|s| s.iter().any(|c| c == k)) || is_key(k));
     let columns: Vec<Value> = described
         .iter()
-        .filter(|(name, _)| selectable.contains(name))
+        .filter(|(name, _)| shown(name))
         .map(|(name, typname)| json!({"name": name, "type": typname}))
         .collect();
-    let is_key = |k: &str| meta.primary_key.iter().any(|p| p == k);
     let mut data = Map::new();
     data.insert("schema".into(), meta.schema.clone().into());
     data.insert("table".into(), meta.table.clone().into());
@@ -83,9 +91,9 @@ pub fn build(meta: &TableMeta, change: &RowChange, selectable: &HashSet<String>,
     data.insert("columns".into(), Value::Array(columns));
     let mut errors = Vec::new();
     if !is_delete {
-        let mut record = pick(change.new.as_ref(), |k| selectable.contains(k));
+        let mut record = pick(change.new.as_ref(), shown);
         // Unchanged TOAST values are not in the WAL; the old row may have them.
-        for column in change.toast.iter().filter(|c| selectable.contains(*c)) {
+        for column in change.toast.iter().filter(|c| shown(c)) {
             if let Some(v) = change.old.as_ref().and_then(|o| o.get(column)) {
                 record.insert(column.clone(), v.clone());
             }
@@ -102,9 +110,9 @@ pub fn build(meta: &TableMeta, change: &RowChange, selectable: &HashSet<String>,
         // read from the new row when the update kept it.
         let full = meta.identity_full && !(is_delete && meta.rls);
         let old = if full {
-            pick(change.old.as_ref(), |k| selectable.contains(k))
+            pick(change.old.as_ref(), shown)
         } else {
-            pick(change.old.as_ref().or(change.new.as_ref()), |k| is_key(k) && selectable.contains(k))
+            pick(change.old.as_ref().or(change.new.as_ref()), |k| is_key(k) && shown(k))
         };
         data.insert("old_record".into(), Value::Object(old));
     }
@@ -166,8 +174,13 @@ mod tests {
 
     #[test]
     fn insert_has_record_and_no_old_record() {
-        let d =
-            build(&meta(), &change("INSERT", Some(json!({"id":1,"title":"a","secret":"s"})), None), &all(), 1 << 20);
+        let d = build(
+            &meta(),
+            &change("INSERT", Some(json!({"id":1,"title":"a","secret":"s"})), None),
+            &all(),
+            None,
+            1 << 20,
+        );
         assert_eq!(d["record"], json!({"id":1,"title":"a","secret":"s"}));
         assert!(d.get("old_record").is_none());
         assert_eq!(d["errors"], Value::Null);
@@ -179,32 +192,37 @@ mod tests {
     #[test]
     fn update_old_record_is_the_key_unless_full() {
         let c = change("UPDATE", Some(json!({"id":1,"title":"b","secret":"s"})), None);
-        assert_eq!(build(&meta(), &c, &all(), 1 << 20)["old_record"], json!({"id":1}));
+        assert_eq!(build(&meta(), &c, &all(), None, 1 << 20)["old_record"], json!({"id":1}));
         let full = TableMeta { identity_full: true, ..meta() };
         let c = change(
             "UPDATE",
             Some(json!({"id":1,"title":"b","secret":"s"})),
             Some(json!({"id":1,"title":"a","secret":"s"})),
         );
-        assert_eq!(build(&full, &c, &all(), 1 << 20)["old_record"], json!({"id":1,"title":"a","secret":"s"}));
+        assert_eq!(build(&full, &c, &all(), None, 1 << 20)["old_record"], json!({"id":1,"title":"a","secret":"s"}));
     }
 
     #[test]
     fn delete_has_no_record_and_only_the_key_under_rls() {
         let old = Some(json!({"id":1,"title":"a","secret":"s"}));
         let full_rls = TableMeta { identity_full: true, rls: true, ..meta() };
-        let d = build(&full_rls, &change("DELETE", None, old.clone()), &all(), 1 << 20);
+        let d = build(&full_rls, &change("DELETE", None, old.clone()), &all(), None, 1 << 20);
         assert!(d.get("record").is_none());
         assert_eq!(d["old_record"], json!({"id":1}));
         let full = TableMeta { identity_full: true, ..meta() };
-        assert_eq!(build(&full, &change("DELETE", None, old), &all(), 1 << 20)["old_record"]["title"], "a");
+        assert_eq!(build(&full, &change("DELETE", None, old), &all(), None, 1 << 20)["old_record"]["title"], "a");
     }
 
     #[test]
     fn unreadable_columns_are_left_out() {
         let readable: HashSet<String> = ["id", "title"].map(String::from).into();
-        let d =
-            build(&meta(), &change("INSERT", Some(json!({"id":1,"title":"a","secret":"s"})), None), &readable, 1 << 20);
+        let d = build(
+            &meta(),
+            &change("INSERT", Some(json!({"id":1,"title":"a","secret":"s"})), None),
+            &readable,
+            None,
+            1 << 20,
+        );
         assert_eq!(d["record"], json!({"id":1,"title":"a"}));
         assert_eq!(d["columns"].as_array().unwrap().len(), 2);
     }
@@ -213,20 +231,21 @@ mod tests {
     fn error_rows() {
         let c = change("INSERT", Some(json!({"id":1})), None);
         let no_key = TableMeta { primary_key: vec![], ..meta() };
-        let d = build(&no_key, &c, &all(), 1 << 20);
+        let d = build(&no_key, &c, &all(), None, 1 << 20);
         assert_eq!(d["errors"], json!([ERROR_NO_PRIMARY_KEY]));
         assert_eq!(
             (d["columns"].clone(), d["record"].clone(), d["commit_timestamp"].clone()),
             (json!([]), json!({}), Value::Null)
         );
         let readable: HashSet<String> = ["title"].map(String::from).into();
-        assert_eq!(build(&meta(), &c, &readable, 1 << 20)["errors"], json!([ERROR_UNAUTHORIZED]));
+        assert_eq!(build(&meta(), &c, &readable, None, 1 << 20)["errors"], json!([ERROR_UNAUTHORIZED]));
     }
 
     #[test]
     fn large_records_keep_small_values_only() {
         let big = "x".repeat(2000);
-        let d = build(&meta(), &change("INSERT", Some(json!({"id":1,"title":"a","secret":big})), None), &all(), 1000);
+        let d =
+            build(&meta(), &change("INSERT", Some(json!({"id":1,"title":"a","secret":big})), None), &all(), None, 1000);
         assert_eq!(d["record"], json!({"id":1,"title":"a"}));
         assert_eq!(d["errors"], json!([ERROR_TOO_LARGE]));
     }
@@ -236,8 +255,18 @@ mod tests {
         let mut c = change("INSERT", Some(json!({"id":1,"title":7,"secret":"s"})), None);
         c.columns =
             vec![("id".into(), "int8".into()), ("title".into(), "int4".into()), ("secret".into(), "text".into())];
-        let d = build(&meta(), &c, &all(), 1 << 20);
+        let d = build(&meta(), &c, &all(), None, 1 << 20);
         assert_eq!(d["columns"][1], json!({"name":"title","type":"int4"}), "the table now says text");
+    }
+
+    #[test]
+    fn a_column_list_keeps_those_columns_and_the_key() {
+        let c = change("UPDATE", Some(json!({"id":1,"title":"b","secret":"s"})), Some(json!({"id":1})));
+        let select = ["title".to_owned()];
+        let d = build(&meta(), &c, &all(), Some(&select), 1 << 20);
+        assert_eq!(d["record"], json!({"id":1,"title":"b"}));
+        assert_eq!(d["columns"].as_array().unwrap().len(), 2);
+        assert_eq!(d["old_record"], json!({"id":1}));
     }
 
     #[test]
@@ -245,6 +274,6 @@ mod tests {
         let mut c =
             change("UPDATE", Some(json!({"id":1,"title":"b"})), Some(json!({"id":1,"title":"a","secret":"long"})));
         c.toast = vec!["secret".into()];
-        assert_eq!(build(&meta(), &c, &all(), 1 << 20)["record"]["secret"], "long");
+        assert_eq!(build(&meta(), &c, &all(), None, 1 << 20)["record"]["secret"], "long");
     }
 }

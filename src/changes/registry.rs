@@ -43,6 +43,8 @@ pub struct Binding {
     pub event: Event,
     pub relids: Vec<u32>,
     pub filters: Vec<Filter>,
+    /// The columns the payload keeps (the key always), sorted; None: all.
+    pub select: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -108,7 +110,7 @@ mod tests {
     }
 
     fn binding(id: u32, relids: &[u32]) -> Binding {
-        Binding { id, event: Event::All, relids: relids.to_vec(), filters: vec![] }
+        Binding { id, event: Event::All, relids: relids.to_vec(), filters: vec![], select: None }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 pub struct JoinConfig {
     pub broadcast_self: bool,
     pub broadcast_ack: bool,
+    /// `config.broadcast.replication_ready`: say when database messages flow.
+    pub replication_ready: bool,
     pub replay: Option<Replay>,
     pub presence_enabled: bool,
     /// `config.presence.key`; empty means "generate one".
@@ -52,6 +54,7 @@ impl JoinConfig {
         Ok(JoinConfig {
             broadcast_self: flag(broadcast.and_then(|b| b.get("self"))),
             broadcast_ack: flag(broadcast.and_then(|b| b.get("ack"))),
+            replication_ready: flag(broadcast.and_then(|b| b.get("replication_ready"))),
             replay,
             presence_enabled: flag(presence.and_then(|p| p.get("enabled"))),
             presence_key: presence
@@ -117,6 +120,9 @@ mod tests {
         assert_eq!(c.presence_key, "");
         assert_eq!(c.access_token.as_deref(), Some("tok"));
         assert_eq!(c.replay, None);
+        assert!(!c.replication_ready);
+        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"replication_ready":"true"}}})).unwrap();
+        assert!(c.replication_ready);
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+const REPLICATION_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const REPLICATION_READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A join that passed the checks made at once.
 pub struct Prepared {
     msg: Inbound,
@@ -195,6 +198,9 @@ impl Session {
         if let Some(replay) = replay {
             self.replay(&channel, replay.since_ms, replay.limit);
         }
+        if channel.config.replication_ready {
+            self.announce_replication(&channel);
+        }
         self.channels.insert(msg.topic, channel);
     }
 
@@ -234,6 +240,29 @@ impl Session {
         }));
     }
 
+    /// `replication_ready`: a `system` message once database messages flow
+    /// (from then on, a commit reaches this channel), or an error and the
+    /// channel's end if they do not within a minute, as Supabase does.
+    fn announce_replication(&mut self, channel: &Channel) {
+        let (shared, conn) = (self.shared.clone(), self.conn.clone());
+        let (topic, sub_topic, join_ref, id) =
+            (channel.key.topic.clone(), channel.sub_topic.clone(), channel.join_ref.clone(), channel.id);
+        self.pending.push(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + REPLICATION_READY_TIMEOUT;
+            while !shared.replication_ready.load(std::sync::atomic::Ordering::Relaxed) {
+                if tokio::time::Instant::now() >= deadline {
+                    let message = "Replication connection was not established in time".to_owned();
+                    return Done::Close { topic, id, message };
+                }
+                tokio::time::sleep(REPLICATION_READY_POLL).await;
+            }
+            let payload = json!({"extension": "system", "status": "ok",
+                                 "message": "Replication connection established", "channel": sub_topic});
+            conn.send_frame(protocol::encode(conn.vsn, join_ref.as_deref(), None, &topic, "system", &payload));
+            Done::Nothing
+        }));
+    }
+
     /// Stored broadcasts since `since_ms`, sent after the join's reply; then
     /// the live broadcasts held meanwhile, but for the replayed ones.
     fn replay(&mut self, channel: &Channel, since_ms: i64, limit: i64) {
@@ -252,7 +281,11 @@ impl Session {
                 Ok(messages) => {
                     for m in messages {
                         replayed.insert(m.id.clone());
-                        let broadcast = Broadcast { event: m.event, payload: Body::json(&m.payload) };
+                        let payload = match m.binary {
+                            Some(bytes) => Body::Binary(bytes),
+                            None => Body::json(&m.payload),
+                        };
+                        let broadcast = Broadcast { event: m.event, payload };
                         let meta = json!({"id": m.id, "replayed": true});
                         if let Some(frame) = protocol::encode_broadcast(conn.vsn, &key_topic, &broadcast, Some(&meta)) {
                             conn.send_frame(frame);

@@ -22,6 +22,7 @@ use axum::Router;
 use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use hub::{ChangeFrames, Hub, TopicKey, Wakeups};
 use serde_json::json;
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub open_sockets: Arc<AtomicUsize>,
     /// The worker is stopping: no new sockets, and `/health` says so.
     stopping: AtomicBool,
+    /// Database messages flow (the decoder holds the slot).
+    pub replication_ready: AtomicBool,
 }
 
 impl Shared {
@@ -99,6 +102,10 @@ impl Network for ServerHandle {
         self.shared.hub.close_all(code, reason);
     }
 
+    fn set_replication_ready(&self, ready: bool) {
+        self.shared.replication_ready.store(ready, Ordering::Relaxed);
+    }
+
     fn shutdown(&self, code: u16, reason: &str) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN;
@@ -127,6 +134,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         max_sockets: socket_budget(),
         open_sockets: Arc::new(AtomicUsize::new(0)),
         stopping: AtomicBool::new(false),
+        replication_ready: AtomicBool::new(false),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -200,6 +208,10 @@ fn fan_out(shared: &Shared, batch: Batch, frames: &mut ChangeFrames, wakeups: &m
 
 fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     let (message, payload) = match DbBroadcast::parse(row) {
+        Ok((m, p)) if m.binary => match base64::engine::general_purpose::STANDARD.decode(p) {
+            Ok(bytes) => (m, Body::Binary(bytes)),
+            Err(e) => return eprintln!("realtime: skipping database broadcast {}: payload is not base64: {e}", m.id),
+        },
         Ok((m, p)) => match Body::json_text(p.to_owned()) {
             Ok(payload) => (m, payload),
             Err(e) => return eprintln!("realtime: skipping database broadcast {}: payload is not JSON: {e}", m.id),

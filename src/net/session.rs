@@ -46,6 +46,12 @@ pub struct Channel {
 /// What a pending future of the session came to.
 pub enum Done {
     Join(u64, Outcome),
+    /// The channel (if it is still this one) ends with a system error.
+    Close {
+        topic: String,
+        id: SubId,
+        message: String,
+    },
     Nothing,
 }
 
@@ -101,8 +107,14 @@ impl Session {
     }
 
     pub fn settle(&mut self, done: Done) {
-        if let Done::Join(generation, outcome) = done {
-            self.complete(generation, outcome);
+        match done {
+            Done::Join(generation, outcome) => self.complete(generation, outcome),
+            Done::Close { topic, id, message } => {
+                if self.channels.get(&topic).is_some_and(|c| c.id == id) {
+                    self.system_error_and_close(&topic, &message);
+                }
+            }
+            Done::Nothing => {}
         }
     }
 

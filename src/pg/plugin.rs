@@ -11,6 +11,7 @@
 
 use crate::bridge::DbBroadcast;
 use crate::changes::RowChange;
+use base64::Engine;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -186,7 +187,7 @@ unsafe fn decode_change(
         let mut toast = Vec::new();
         let new = new_tuple(change).map(|t| row_json(tupdesc, t, &mut toast));
         let old = old_tuple(change).map(|t| row_json(tupdesc, t, &mut Vec::new()));
-        let row = RowChange {
+        let mut row = RowChange {
             rel: relid,
             op: op.to_owned(),
             ts: (*txn).xact_time.commit_time + POSTGRES_EPOCH_US,
@@ -195,6 +196,7 @@ unsafe fn decode_change(
             toast,
             columns: columns(tupdesc),
         };
+        row.render_like_supabase();
         if let Ok(text) = serde_json::to_string(&row) {
             write(ctx, &format!("{ROW_CHANGE}{text}"));
             state(ctx).wrote = true;
@@ -318,6 +320,7 @@ fn broadcast_row(tuple: &PgHeapTuple<'_, pgrx::AllocatedByPostgres>, payload: Op
         return None;
     }
     let id = tuple.get_by_name::<pgrx::Uuid>("id").ok().flatten()?;
+    let bytes = tuple.get_by_name::<&[u8]>("binary_payload").ok().flatten().map(<[u8]>::to_vec);
     let payload = match payload {
         Some(datum) => {
             let out: Option<&std::ffi::CStr> =
@@ -325,13 +328,17 @@ fn broadcast_row(tuple: &PgHeapTuple<'_, pgrx::AllocatedByPostgres>, payload: Op
                 unsafe { pgrx::direct_function_call(pg_sys::jsonb_out, &[Some(datum)]) };
             compact_json(&out?.to_string_lossy())
         }
-        None => "null".to_owned(),
+        None => match &bytes {
+            Some(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+            None => "null".to_owned(),
+        },
     };
     let message = DbBroadcast {
         id: uuid::Uuid::from_bytes(*id.as_bytes()).to_string(),
         topic: text("topic")?,
         event: text("event").unwrap_or_default(),
         private: tuple.get_by_name::<bool>("private").ok().flatten().unwrap_or(false),
+        binary: bytes.is_some(),
     };
     Some(message.row(&payload))
 }

@@ -113,9 +113,10 @@ pub fn replay(ctx: &AuthContext, topic: &str, since_ms: i64, limit: i64) -> Resu
             let args: [DatumWithOid; 3] = [topic.into(), since_ms.into(), limit.into()];
             client
                 .select(
-                    "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'event', event, 'payload', payload)
+                    "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'event', event, 'payload', payload,
+                                                                  'binary', encode(binary_payload, 'base64'))
                                               ORDER BY inserted_at), '[]')
-                     FROM (SELECT id, event, payload, inserted_at FROM realtime.messages
+                     FROM (SELECT id, event, payload, binary_payload, inserted_at FROM realtime.messages
                            WHERE topic = $1 AND private AND extension = 'broadcast'
                              AND inserted_at >= timezone('utc', to_timestamp($2 / 1000.0))
                              AND inserted_at < timezone('utc', now()) + interval '1 minute'
@@ -137,6 +138,11 @@ pub fn replay(ctx: &AuthContext, topic: &str, since_ms: i64, limit: i64) -> Resu
             id: row["id"].as_str().unwrap_or_default().to_owned(),
             event: row["event"].as_str().unwrap_or_default().to_owned(),
             payload: row["payload"].clone(),
+            binary: row["binary"].as_str().and_then(|b| {
+                use base64::Engine;
+                // encode(…, 'base64') breaks lines every 76 characters.
+                base64::engine::general_purpose::STANDARD.decode(b.replace('\n', "")).ok()
+            }),
         })
         .collect())
 }

@@ -116,32 +116,38 @@ fn route_table(
 
     for &i in indexes {
         let change = &changes[i];
-        let mut data_by_role: HashMap<&str, Arc<str>> = HashMap::new();
+        // One payload per role and column list, shared by every channel that gets it.
+        let mut data_by_role: HashMap<(&str, Option<&[String]>), Arc<str>> = HashMap::new();
         let mut errors: HashMap<&str, Arc<str>> = HashMap::new();
         for (channel, ctx, bindings) in channels {
-            let ids: Vec<u32> = bindings
+            let matching: Vec<&&Binding> = bindings
                 .iter()
                 .filter(|b| b.event.matches(&change.op) && b.filters.iter().all(|f| passing[f].contains(&i)))
-                .map(|b| b.id)
                 .collect();
-            if ids.is_empty() {
-                continue;
+            // Bindings with different column lists get a message each.
+            let mut selects: Vec<Option<&[String]>> = matching.iter().map(|b| b.select.as_deref()).collect();
+            selects.sort();
+            selects.dedup();
+            for select in selects {
+                let ids: Vec<u32> = matching.iter().filter(|b| b.select.as_deref() == select).map(|b| b.id).collect();
+                let data = match &visible[&(ctx.role.as_str(), ctx.claims_json.as_str())] {
+                    Err(message) => errors
+                        .entry(message.as_str())
+                        .or_insert_with(|| Arc::from(payload::error(meta, change, message).to_string()))
+                        .clone(),
+                    Ok(rows) if !rows.contains(&i) => continue,
+                    Ok(_) => {
+                        let Ok(cols) = &columns[ctx.role.as_str()] else { continue };
+                        data_by_role
+                            .entry((ctx.role.as_str(), select))
+                            .or_insert_with(|| {
+                                Arc::from(payload::build(meta, change, cols, select, max_record_bytes).to_string())
+                            })
+                            .clone()
+                    }
+                };
+                out[i].push(Delivery { channel: *channel, ids, data });
             }
-            let data = match &visible[&(ctx.role.as_str(), ctx.claims_json.as_str())] {
-                Err(message) => errors
-                    .entry(message.as_str())
-                    .or_insert_with(|| Arc::from(payload::error(meta, change, message).to_string()))
-                    .clone(),
-                Ok(rows) if !rows.contains(&i) => continue,
-                Ok(_) => {
-                    let Ok(cols) = &columns[ctx.role.as_str()] else { continue };
-                    data_by_role
-                        .entry(ctx.role.as_str())
-                        .or_insert_with(|| Arc::from(payload::build(meta, change, cols, max_record_bytes).to_string()))
-                        .clone()
-                }
-            };
-            out[i].push(Delivery { channel: *channel, ids, data });
         }
     }
 }

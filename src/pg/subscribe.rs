@@ -61,7 +61,7 @@ pub fn validate(ctx: &AuthContext, requested: &[Requested]) -> Result<Vec<Bindin
                  connect parameters: {params}"
             ));
         }
-        out.push(Binding { id: r.id, event, relids, filters });
+        out.push(Binding { id: r.id, event, relids, filters, select: None });
     }
     Ok(out)
 }

@@ -234,6 +234,7 @@ impl Worker {
                 self.confirmed = self.confirmed.max(decoder.confirmed_flush());
                 self.saved = self.confirmed;
                 self.decoder = Some(decoder);
+                self.network.set_replication_ready(true);
                 if self.open_failures > 0 {
                     log!("realtime: decoding replication slot \"{}\" again", slot::SLOT);
                 }
@@ -275,6 +276,7 @@ impl Worker {
     fn close_decoder(&mut self) {
         if let Some(decoder) = self.decoder.take() {
             decoder.close();
+            self.network.set_replication_ready(false);
         }
         // What the closed decoder had not handed over is decoded again.
         self.caches.after_decoding(Step::Paused);
