@@ -19,6 +19,22 @@ $roles$;
 
 GRANT USAGE ON SCHEMA realtime TO anon, authenticated, service_role;
 
+-- The role the worker acts as for clients: authorization probes, Postgres
+-- Changes checks and filters, replay. Not a superuser and cannot log in; a
+-- member of exactly the roles clients may assume (anon, authenticated,
+-- service_role and realtime.allowed_roles, kept in step by the worker through
+-- realtime.sync_worker_roles), so a token naming any other role is refused by
+-- Postgres itself. It owns realtime.messages, so its probe rows pass RLS.
+DO $worker$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_worker') THEN
+    CREATE ROLE realtime_worker NOLOGIN NOINHERIT;
+  END IF;
+END
+$worker$;
+GRANT anon, authenticated, service_role TO realtime_worker;
+GRANT USAGE ON SCHEMA realtime TO realtime_worker;
+
 -- Timestamps are UTC wall-clock time whatever the session TimeZone is, because
 -- partitions are cut on UTC days: a plain now() default would route a row written
 -- from a UTC+14 session into tomorrow's partition.
@@ -46,6 +62,7 @@ CREATE INDEX messages_inserted_at_topic_index ON realtime.messages (inserted_at 
   WHERE extension = 'broadcast' AND private IS TRUE;
 
 GRANT SELECT, INSERT, UPDATE ON realtime.messages TO anon, authenticated, service_role;
+ALTER TABLE realtime.messages OWNER TO realtime_worker;
 
 CREATE FUNCTION realtime.topic() RETURNS text
 LANGUAGE sql STABLE
@@ -224,6 +241,34 @@ CREATE FUNCTION realtime.wake_worker() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'realtime_wake_worker';
 CREATE TRIGGER wake_worker AFTER INSERT ON realtime.messages
   FOR EACH STATEMENT EXECUTE FUNCTION realtime.wake_worker();
+
+-- Makes realtime_worker a member of exactly anon, authenticated, service_role
+-- and the roles named (those that exist). Run by the worker at start and on
+-- reload of realtime.allowed_roles. Returns the roles it may assume.
+CREATE FUNCTION realtime.sync_worker_roles(allowed text[])
+RETURNS SETOF text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  wanted text[] := array['anon', 'authenticated', 'service_role'] ||
+    coalesce(array(SELECT r.rolname::text FROM pg_roles r WHERE r.rolname = ANY (allowed) AND NOT r.rolsuper), '{}');
+  member text;
+BEGIN
+  FOR member IN
+    SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
+    WHERE m.member = 'realtime_worker'::regrole AND r.rolname <> ALL (wanted)
+  LOOP
+    EXECUTE format('REVOKE %I FROM realtime_worker', member);
+  END LOOP;
+  FOREACH member IN ARRAY wanted LOOP
+    IF NOT pg_has_role('realtime_worker', member, 'MEMBER') THEN
+      EXECUTE format('GRANT %I TO realtime_worker', member);
+    END IF;
+  END LOOP;
+  RETURN QUERY SELECT unnest(wanted);
+END
+$$;
+REVOKE ALL ON FUNCTION realtime.sync_worker_roles(text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION realtime.create_partitions(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.drop_old_partitions(timestamptz) FROM PUBLIC;

@@ -17,6 +17,9 @@ pub struct Settings {
     pub restart_grace: Duration,
     /// `realtime.max_memory`: everything the worker holds, in bytes.
     pub max_memory_bytes: usize,
+    /// The roles a token may name: anon, authenticated, service_role and the
+    /// existing roles of `realtime.allowed_roles` (as the worker made them).
+    pub allowed_roles: Vec<String>,
 }
 
 impl Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             join_error_delay: Duration::from_secs(1),
             restart_grace: Duration::from_secs(5),
             max_memory_bytes: 256 * 1024 * 1024,
+            allowed_roles: ["anon", "authenticated", "service_role"].map(String::from).into(),
         }
     }
 }

@@ -49,6 +49,20 @@ pub fn set_session(name: &str, value: &str) {
     }
 }
 
+/// A background worker starts with `session_authorization` unset, and a
+/// `SET LOCAL` of it (`rls::act_for_clients`) would then not be undone when
+/// its transaction ends: give it the worker's own user first.
+pub fn pin_session_authorization() {
+    let pinned = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select("SELECT set_config('session_authorization', session_user, false)", None, &[]).map(|_| ())
+        })
+    });
+    if let Err(e) = pinned {
+        error!("realtime: cannot set the worker's session authorization: {e}");
+    }
+}
+
 /// Recent PostgreSQL minor releases only load output plugins listed in
 /// `output_plugin_libraries`; the worker adds its own, for its session only.
 pub fn allow_output_plugin() {
@@ -66,6 +80,31 @@ pub fn allow_output_plugin() {
     });
     if let Err(e) = allowed {
         warning!("realtime: cannot allow the realtime output plugin: {e}");
+    }
+}
+
+/// Makes `realtime_worker` a member of exactly the roles clients may assume;
+/// returns them (the defaults and the named roles that exist).
+pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
+    let synced = BackgroundWorker::transaction(|| {
+        subxact::committed(|| {
+            Spi::connect_mut(|c| {
+                c.update("SELECT realtime.sync_worker_roles($1)", None, &[named.to_vec().into()])?
+                    .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                    .collect::<Result<Vec<String>, _>>()
+            })
+        })
+    });
+    match synced {
+        Ok(Ok(roles)) => roles,
+        Ok(Err(e)) => {
+            warning!("realtime: cannot set the roles realtime_worker may assume: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            warning!("realtime: cannot set the roles realtime_worker may assume: {e}");
+            Vec::new()
+        }
     }
 }
 

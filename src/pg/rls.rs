@@ -8,11 +8,23 @@ use crate::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
+/// The role the worker acts as for clients (created by the extension).
+pub const WORKER_ROLE: &str = "realtime_worker";
+
+/// For the rest of the (sub)transaction, act as `realtime_worker` rather than
+/// as the superuser the worker connects as: a client's role can then only be
+/// one `realtime_worker` is a member of.
+pub fn act_for_clients() {
+    set_local("session_authorization", WORKER_ROLE);
+}
+
 /// Sets what policies read, for the transaction: `role`, `realtime.topic`,
 /// and the claims (`request.jwt.claims`, `request.jwt.claim.sub`,
-/// `request.jwt.claim.role`). Set directly rather than through SQL: routing
-/// does this once per group of subscribers. An unknown role raises.
+/// `request.jwt.claim.role`), acting for clients. Set directly rather than
+/// through SQL: routing does this once per group of subscribers. A role the
+/// worker may not assume raises.
 pub fn assume(ctx: &AuthContext, topic: &str) {
+    act_for_clients();
     set_local("role", &ctx.role);
     set_local("realtime.topic", topic);
     assume_claims(ctx);
@@ -50,11 +62,13 @@ fn to_cstring(s: &str) -> std::ffi::CString {
     std::ffi::CString::new(&s[..end]).expect("no NUL before the cut")
 }
 
-/// Inserts probe rows as the worker (a superuser), then selects them back under
-/// the subscriber's role: the rows it can see are the extensions it may read.
+/// Inserts probe rows as `realtime_worker` (their owner: RLS does not apply),
+/// then selects them back under the subscriber's role: the rows it can see
+/// are the extensions it may read.
 pub fn read_permissions(ctx: &AuthContext, topic: &str, presence: bool) -> Result<ReadPermissions, String> {
     rolled_back(|| {
         Spi::connect_mut(|client| {
+            act_for_clients();
             let broadcast_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
             let presence_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
             let args: [DatumWithOid; 4] = [broadcast_id.into(), topic.into(), presence_id.into(), presence.into()];

@@ -6,7 +6,7 @@
 //! back; if a policy raises, each group is checked again in its own, so the
 //! failure reaches that group alone. A payload is built once per role.
 
-use super::rls::{assume, assume_claims};
+use super::rls::{act_for_clients, assume, assume_claims};
 use super::subxact::rolled_back;
 use crate::bridge::{AuthContext, Delivery};
 use crate::changes::RowChange;
@@ -160,6 +160,7 @@ fn key_readable(meta: &TableMeta, columns: &HashSet<String>) -> bool {
 /// (a role that does not exist).
 fn role_columns(relid: u32, role: &str) -> Result<HashSet<String>, String> {
     let read = rolled_back(|| {
+        act_for_clients();
         Spi::connect(|client| {
             let args: [DatumWithOid; 2] = [pg_sys::Oid::from(relid).into(), role.into()];
             client

@@ -30,6 +30,8 @@ pub static STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// In ms.
 pub static LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
 /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
+pub static ALLOWED_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
 
 pub fn define() {
@@ -175,6 +177,15 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_string_guc(
+        c"realtime.allowed_roles",
+        c"Roles a client's token may name besides anon, authenticated and service_role.",
+        c"Comma-separated. The worker's role realtime_worker is made a member of exactly these (and the three); \
+          a token naming any other role is refused. Superuser roles are never allowed.",
+        &ALLOWED_ROLES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"realtime.retention",
         c"How long stored broadcast messages are kept.",
@@ -208,7 +219,15 @@ pub fn read() -> Settings {
         join_error_delay: Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
         restart_grace: Duration::from_millis(RESTART_GRACE.get() as u64),
         max_memory_bytes: MAX_MEMORY.get() as usize * 1024,
+        allowed_roles: allowed_roles(),
     }
+}
+
+/// `realtime.allowed_roles` as names; the defaults are added where they are used.
+pub fn allowed_roles() -> Vec<String> {
+    text(&ALLOWED_ROLES)
+        .map(|list| list.split(',').map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect())
+        .unwrap_or_default()
 }
 
 pub fn max_record_bytes() -> usize {

@@ -73,9 +73,11 @@ pub fn main(spawn: SpawnNetwork) {
         return exit_for_restart();
     }
     maintenance::allow_output_plugin();
+    maintenance::pin_session_authorization();
     maintenance::raise_fd_limit();
     maintenance::tune_allocator();
-    let settings = settings::read();
+    let mut settings = settings::read();
+    settings.allowed_roles = maintenance::sync_worker_roles(&settings.allowed_roles);
     apply_session_settings(&settings);
     let budget = Budget::new(settings.max_memory_bytes);
     let (bridge, inbox) = match queue::channel(QUEUE_CAPACITY) {
@@ -482,7 +484,8 @@ impl Worker {
     fn reload(&mut self) -> Option<Stop> {
         // SAFETY: main thread, outside a transaction, as in any backend.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        let reloaded = settings::read();
+        let mut reloaded = settings::read();
+        reloaded.allowed_roles = maintenance::sync_worker_roles(&reloaded.allowed_roles);
         if reloaded.listen_changed(&self.settings) {
             log!("realtime: listen address or port changed, restarting the worker");
             return Some(Stop::Restart);
