@@ -9,6 +9,7 @@ mod connection;
 pub mod hub;
 mod join;
 pub mod limits;
+mod listen;
 pub mod presence;
 mod pressure;
 mod rest;
@@ -34,8 +35,9 @@ use tokio::sync::{mpsc, watch};
 /// Largest frame a client may send (Supabase allows 5 MB).
 const MAX_FRAME: usize = 5_000_000;
 const READ_BUFFER: usize = 512;
-/// Descriptors left to Postgres itself (max_files_per_process is 1000 by default).
-const RESERVED_FDS: usize = 1100;
+/// Descriptors left to Postgres itself (max_files_per_process is 1000 by
+/// default) and to connections not yet upgraded.
+const RESERVED_FDS: usize = 1100 + listen::MAX_PENDING_CONNECTIONS;
 /// Queued frames are written together up to this much, then flushed.
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a stopping worker spends fanning out what it was handed.
@@ -54,6 +56,8 @@ pub struct Shared {
     max_sockets: usize,
     /// Sockets whose tasks are still running (until their last frame is written).
     pub open_sockets: Arc<AtomicUsize>,
+    /// HTTP connections not (yet) upgraded to a WebSocket.
+    pending_connections: Arc<AtomicUsize>,
     /// The worker is stopping: no new sockets, and `/health` says so.
     stopping: AtomicBool,
     /// Database messages flow (the decoder holds the slot).
@@ -133,6 +137,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         delivered_lsn: AtomicU64::new(0),
         max_sockets: socket_budget(),
         open_sockets: Arc::new(AtomicUsize::new(0)),
+        pending_connections: Arc::new(AtomicUsize::new(0)),
         stopping: AtomicBool::new(false),
         replication_ready: AtomicBool::new(false),
     });
@@ -259,29 +264,7 @@ async fn serve(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let app = Router::new().fallback(route).with_state(shared.clone());
     let mut servers = Vec::new();
     for addr in shared.config().listen.clone() {
-        let app = app.clone();
-        let mut stop = stop.clone();
-        servers.push(tokio::spawn(async move {
-            // Retry a busy port instead of failing the worker.
-            let listener = loop {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => break l,
-                    Err(e) => {
-                        eprintln!("realtime: cannot listen on {addr}: {e}; retrying in 5 s");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                            _ = stop.changed() => return,
-                        }
-                    }
-                }
-            };
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                eprintln!("realtime: server on {addr} failed: {e}");
-            }
-        }));
+        servers.push(tokio::spawn(listen::listen(addr, shared.clone(), app.clone(), stop.clone())));
     }
     let _ = stop.wait_for(|s| *s).await;
     // Upgraded sockets outlive the HTTP servers: wait (briefly) until every
