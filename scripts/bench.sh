@@ -4,6 +4,7 @@
 source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
 export RUN_DIR=$REPO_ROOT/target/bench-cluster PG_PORT=54398 WS_PORT=4098
+export EXTRA_CONF=$LOAD_TEST_LIMITS
 PEER_PORT=4097
 peer_pid=
 cleanup() {

@@ -2,7 +2,8 @@
 # A local PostgreSQL cluster with the realtime worker loaded.
 #   cluster.sh start   initdb when needed, (re)start, CREATE EXTENSION, print how to connect
 #   cluster.sh stop
-# RUN_DIR (default .run in the repo), PG_PORT and WS_PORT pick where it lives.
+# RUN_DIR (default .run in the repo), PG_PORT and WS_PORT pick where it lives;
+# EXTRA_CONF adds settings (the test and bench clusters raise the limits).
 source "$(dirname "$0")/common.sh"
 
 RUN_DIR=${RUN_DIR:-$REPO_ROOT/.run}
@@ -39,6 +40,7 @@ realtime.database = 'postgres'
 realtime.listen_addresses = '127.0.0.1'
 realtime.port = $WS_PORT
 realtime.jwt_secret = '$DEV_JWT_SECRET'
+${EXTRA_CONF:-}
 CONF
   # Every WebSocket is a descriptor of the worker: it inherits this limit.
   if [ "$(id -u)" = 0 ]; then ulimit -Hn 200000 2>/dev/null || true; fi

@@ -10,6 +10,14 @@ PGRX_VERSION=0.18.0
 # The development JWT secret, the same default as the Supabase CLI's local stack.
 DEV_JWT_SECRET=${DEV_JWT_SECRET:-super-secret-jwt-token-with-at-least-32-characters-long}
 
+# Test and bench clusters drive far more sockets, joins and messages than
+# Supabase's default tenant limits allow; the limits tests lower them again.
+LOAD_TEST_LIMITS="realtime.max_concurrent_users = 1000000
+realtime.max_joins_per_second = 1000000
+realtime.max_events_per_second = 1000000000
+realtime.max_bytes_per_second = 2000000000
+realtime.max_presence_events_per_second = 1000000000"
+
 # Root runs privileged steps directly; anyone else through sudo.
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 

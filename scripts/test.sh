@@ -6,6 +6,7 @@ source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
 
 export RUN_DIR=$REPO_ROOT/target/test-cluster PG_PORT=54399 WS_PORT=4099
+export EXTRA_CONF=$LOAD_TEST_LIMITS
 cleanup() { scripts/cluster.sh stop || true; }
 trap cleanup EXIT
 

@@ -14,4 +14,4 @@ pub use budget::{Budget, Charge};
 pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network};
 pub use queue::{Bridge, Inbox, Share};
 pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};
-pub use settings::Settings;
+pub use settings::{Limits, Settings};

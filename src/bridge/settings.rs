@@ -20,6 +20,42 @@ pub struct Settings {
     /// The roles a token may name: anon, authenticated, service_role and the
     /// existing roles of `realtime.allowed_roles` (as the worker made them).
     pub allowed_roles: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Supabase's tenant limits, named and defaulted as there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Sockets with a joined channel.
+    pub max_concurrent_users: usize,
+    /// Joins per second, per socket (rolling average).
+    pub max_joins_per_second: u32,
+    /// Messages per second, per socket and in total (rolling averages).
+    pub max_events_per_second: u32,
+    /// Bytes a socket sends per second (rolling average).
+    pub max_bytes_per_second: u32,
+    /// Presence events per second in total (rolling average).
+    pub max_presence_events_per_second: u32,
+    /// A client's presence messages per `client_presence_window`.
+    pub max_client_presence_events_per_window: u32,
+    pub client_presence_window: Duration,
+    /// `postgres_changes` bindings one join may ask for.
+    pub max_postgres_changes_per_join: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_users: 200,
+            max_joins_per_second: 100,
+            max_events_per_second: 100,
+            max_bytes_per_second: 100_000,
+            max_presence_events_per_second: 1000,
+            max_client_presence_events_per_window: 5,
+            client_presence_window: Duration::from_secs(30),
+            max_postgres_changes_per_join: 100,
+        }
+    }
 }
 
 impl Settings {
@@ -48,6 +84,7 @@ impl Default for Settings {
             restart_grace: Duration::from_secs(5),
             max_memory_bytes: 256 * 1024 * 1024,
             allowed_roles: ["anon", "authenticated", "service_role"].map(String::from).into(),
+            limits: Limits::default(),
         }
     }
 }

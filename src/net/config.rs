@@ -1,7 +1,7 @@
 //! What the network side needs to know, built from the `realtime.*` settings
 //! on the main thread and handed over whole.
 
-use crate::bridge::Settings;
+use crate::bridge::{Limits, Settings};
 use crate::jwt::Verifier;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ pub struct ServerConfig {
     pub join_error_delay: Duration,
     /// How long a starting worker holds database broadcasts (see `realtime.restart_grace`).
     pub restart_grace: Duration,
+    pub limits: Limits,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
 }
@@ -42,6 +43,7 @@ impl ServerConfig {
             max_channels_per_client: settings.max_channels_per_client,
             join_error_delay: settings.join_error_delay,
             restart_grace: settings.restart_grace,
+            limits: settings.limits.clone(),
             warnings,
         }
     }

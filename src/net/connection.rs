@@ -93,12 +93,14 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<A
                 Err(_) => { conn.close(1000, "idle timeout"); break }
                 Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
                 Ok(Some(Ok(Message::Text(text)))) => {
+                    session.received(text.len());
                     match protocol::decode_text(vsn, text.as_str()) {
                         Ok(inbound) => Box::pin(session.handle(inbound)).await,
                         Err(e) => { conn.close(1007, &e.to_string()); break }
                     }
                 }
                 Ok(Some(Ok(Message::Binary(bytes)))) => {
+                    session.received(bytes.len());
                     match protocol::decode_binary(vsn, &bytes) {
                         Ok(inbound) => Box::pin(session.handle(inbound)).await,
                         Err(e) => { conn.close(1007, &e.to_string()); break }

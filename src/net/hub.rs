@@ -505,20 +505,25 @@ impl Hub {
         delivered
     }
 
-    pub fn track(&self, key: &TopicKey, id: SubId, presence_key: &str, payload: Map<String, Value>) {
+    /// Returns how many presence diffs it sent.
+    pub fn track(&self, key: &TopicKey, id: SubId, presence_key: &str, payload: Map<String, Value>) -> usize {
         let mut shard = self.shard(key);
         let topic = shard.entry(key.clone()).or_default();
-        if let Some(diff) = topic.presence.track(id, presence_key, payload) {
-            send_presence_diff(&key.topic, topic, &diff.to_json());
+        match topic.presence.track(id, presence_key, payload) {
+            Some(diff) => send_presence_diff(&key.topic, topic, &diff.to_json()),
+            None => 0,
         }
     }
 
-    pub fn untrack(&self, key: &TopicKey, id: SubId) {
+    /// Returns how many presence diffs it sent.
+    pub fn untrack(&self, key: &TopicKey, id: SubId) -> usize {
         let mut shard = self.shard(key);
-        if let Some(topic) = shard.get_mut(key)
-            && let Some(diff) = topic.presence.untrack(id)
-        {
-            send_presence_diff(&key.topic, topic, &diff.to_json());
+        match shard.get_mut(key) {
+            Some(topic) => match topic.presence.untrack(id) {
+                Some(diff) => send_presence_diff(&key.topic, topic, &diff.to_json()),
+                None => 0,
+            },
+            None => 0,
         }
     }
 
@@ -528,14 +533,16 @@ impl Hub {
     }
 }
 
-fn send_presence_diff(topic_name: &str, topic: &Topic, diff: &Value) {
+fn send_presence_diff(topic_name: &str, topic: &Topic, diff: &Value) -> usize {
     let mut frames =
         PerVsn::new(|vsn| Some(to_message(protocol::encode(vsn, None, None, topic_name, "presence_diff", diff))));
+    let mut sent = 0;
     for sub in topic.subscribers.values().filter(|s| s.presence) {
         if let Some(frame) = frames.get(&sub.conn) {
-            sub.conn.send_shared(frame);
+            sent += usize::from(sub.conn.send_shared(frame));
         }
     }
+    sent
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 use super::auth::{Auth, unix_now};
 use super::channel::{JoinConfig, bindings_with_ids};
 use super::hub::{Subscriber, TopicKey};
-use super::limits::RateWindow;
-use super::session::{Channel, Done, PRESENCE_CALLS, PRESENCE_WINDOW, Session};
+use super::limits::ClientPresence;
+use super::session::{Channel, Done, Session};
 use crate::bridge::{ReadPermissions, Request};
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
 use serde_json::{Value, json};
@@ -45,6 +45,14 @@ impl Session {
         self.generation += 1;
         let generation = self.generation;
         self.joining.insert(msg.topic.clone(), generation);
+        if let Err(reason) = self.admit() {
+            if reason.starts_with("ClientJoinRateLimitReached") {
+                // Supabase disconnects the socket after this reply.
+                self.reply(&msg, "error", json!({"reason": reason}));
+                return self.conn.close(1000, "");
+            }
+            return self.refuse_later(generation, msg, reason);
+        }
         let (join, auth) = match self.prepare(&msg, &sub_topic) {
             Ok(checked) => checked,
             Err(reason) => return self.refuse_later(generation, msg, reason),
@@ -58,6 +66,27 @@ impl Session {
         }
     }
 
+    /// Supabase's first join checks: concurrent users, then this socket's
+    /// joins per second. A join let through is counted.
+    fn admit(&mut self) -> Result<(), String> {
+        let (now, limits) = (std::time::Instant::now(), self.shared.config().limits.clone());
+        let users = self.shared.rates.users.load(std::sync::atomic::Ordering::Relaxed);
+        if !self.counted_user && users >= limits.max_concurrent_users {
+            return Err("ConnectionRateLimitReached: Too many connected users".into());
+        }
+        self.joins.set_limit(Some(f64::from(limits.max_joins_per_second)));
+        if self.joins.triggered(now) {
+            eprintln!(
+                "realtime: ClientJoinRateLimitReached: a socket joins more than realtime.max_joins_per_second ({}) \
+                 channels per second; it is disconnected",
+                limits.max_joins_per_second
+            );
+            return Err("ClientJoinRateLimitReached: Too many joins per second".into());
+        }
+        self.joins.add(now, 1);
+        Ok(())
+    }
+
     /// The checks that need no database.
     fn prepare(&self, msg: &Inbound, sub_topic: &str) -> Result<(JoinConfig, Arc<Auth>), String> {
         let config = self.shared.config();
@@ -68,6 +97,12 @@ impl Session {
             return Err("InvalidJoinPayload: the join payload must be JSON".into());
         };
         let join = JoinConfig::parse(payload)?;
+        let most_changes = config.limits.max_postgres_changes_per_join;
+        if join.postgres_changes.len() > most_changes {
+            return Err(format!(
+                "TooManyPostgresChanges: A channel may listen to at most {most_changes} postgres_changes bindings"
+            ));
+        }
         if !self.channels.contains_key(&msg.topic) && self.channels.len() >= config.max_channels_per_client {
             return Err("ChannelRateLimitReached: Too many channels".into());
         }
@@ -165,6 +200,9 @@ impl Session {
         let key = TopicKey { private: join.private, topic: msg.topic.clone() };
         let id = self.shared.hub.next_id();
         let presence = join.presence_enabled && read.presence;
+        if !std::mem::replace(&mut self.counted_user, true) {
+            self.shared.rates.users.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut subscriber = Subscriber::new(self.conn.clone(), read.broadcast, presence);
         if join.replay.is_some() {
             subscriber.held = Some(Vec::new());
@@ -172,8 +210,11 @@ impl Session {
         self.shared.hub.subscribe(&key, id, subscriber);
         let bindings = bindings_with_ids(&join.postgres_changes);
         self.reply(&msg, "ok", json!({"postgres_changes": bindings}));
-        // Private channels show presence only to members whose policy lets them read it.
-        if presence {
+        // Private channels show presence only to members whose policy lets
+        // them read it. The state counts as a presence event.
+        let presence_over = presence && self.shared.rates.presence.triggered();
+        if presence && !presence_over {
+            self.shared.rates.presence.add(1);
             let state = self.shared.hub.presence_state(&key);
             self.send(msg.join_ref.as_deref(), None, &msg.topic, "presence_state", &state);
         }
@@ -188,7 +229,10 @@ impl Session {
             read,
             broadcast_write: None,
             presence_write: None,
-            presence_calls: RateWindow::new(PRESENCE_CALLS, PRESENCE_WINDOW),
+            presence_calls: ClientPresence::new(
+                self.shared.config().limits.max_client_presence_events_per_window,
+                self.shared.config().limits.client_presence_window,
+            ),
             changes: !bindings.is_empty(),
             config: join,
         };
@@ -201,7 +245,11 @@ impl Session {
         if channel.config.replication_ready {
             self.announce_replication(&channel);
         }
-        self.channels.insert(msg.topic, channel);
+        let topic = msg.topic;
+        self.channels.insert(topic.clone(), channel);
+        if presence_over {
+            self.system_error_and_close(&topic, "Too many presence messages per second");
+        }
     }
 
     /// Starts `postgres_changes` for a channel; a `system` message says

@@ -62,6 +62,8 @@ pub struct Shared {
     stopping: AtomicBool,
     /// Database messages flow (the decoder holds the slot).
     pub replication_ready: AtomicBool,
+    /// Supabase's tenant-wide counters.
+    pub rates: limits::ServerRates,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl Network for ServerHandle {
         let config = ServerConfig::new(settings);
         let warnings = config.warnings.clone();
         self.shared.budget.set_limit(settings.max_memory_bytes);
+        self.shared.rates.set_limits(&settings.limits);
         *self.shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         warnings
     }
@@ -140,6 +143,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         pending_connections: Arc::new(AtomicUsize::new(0)),
         stopping: AtomicBool::new(false),
         replication_ready: AtomicBool::new(false),
+        rates: limits::ServerRates::new(&settings.limits),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -158,6 +162,8 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                     Ok(rt) => rt.block_on(async move {
                         tokio::spawn(deliver_decoded(thread_shared.clone(), decoded_rx, grace));
                         tokio::spawn(pressure::watch(thread_shared.clone()));
+                        let rates = thread_shared.clone();
+                        tokio::spawn(async move { rates.rates.run().await });
                         serve(thread_shared, stop_rx).await
                     }),
                     Err(e) => eprintln!("realtime: cannot start the network runtime: {e}"),
@@ -231,7 +237,9 @@ fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     }
     let key = TopicKey { private: message.private, topic: format!("realtime:{}", message.topic) };
     let meta = json!({"id": message.id});
-    shared.hub.broadcast_deferred(&key, &Broadcast { event: message.event, payload }, Some(&meta), None, wakeups);
+    let delivered =
+        shared.hub.broadcast_deferred(&key, &Broadcast { event: message.event, payload }, Some(&meta), None, wakeups);
+    shared.rates.events.add(delivered as u64);
 }
 
 /// The open-file limit less what Postgres needs: past it, Postgres could not
@@ -301,11 +309,13 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "stopping"}))).into_response()
         }
         (Method::GET, Some("/health")) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
-        (Method::POST, Some("/api/broadcast")) => rest::batch(shared, request).await,
+        (Method::POST, Some("/api/broadcast")) => {
+            rest::rate_limited(shared.clone(), rest::batch(shared, request)).await
+        }
         (Method::POST, Some(s)) if s.starts_with("/api/broadcast/") => {
             // Topic and event come from the raw path so an encoded `/` stays in the topic.
             let raw = request.uri().path().to_owned();
-            rest::single(shared, &raw, request).await
+            rest::rate_limited(shared.clone(), rest::single(shared, raw, request)).await
         }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response(),
     }
@@ -348,6 +358,10 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
             shared.max_sockets
         );
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "ConnectionRateLimitReached: Too many connected users");
+    }
+    let users = shared.rates.users.load(Ordering::Relaxed);
+    if users >= shared.config().limits.max_concurrent_users {
+        return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     }
     let headers = request.headers();
     let apikey =

@@ -14,12 +14,47 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 const MAX_BODY: usize = 10 * 1024 * 1024;
 
 fn unauthorized() -> Response {
     (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Unauthorized"}))).into_response()
+}
+
+fn too_many(message: &str) -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({"message": message}))).into_response()
+}
+
+/// Supabase's request-rate check: the REST request rate (a rolling average
+/// over 60 s) against `realtime.max_events_per_second`, told in `x-rate-*`
+/// headers on every answer.
+pub async fn rate_limited(shared: Arc<Shared>, handler: impl Future<Output = Response>) -> Response {
+    shared.rates.requests.add(1);
+    let avg = shared.rates.requests.avg().trunc() as i64;
+    let max = i64::from(shared.config().limits.max_events_per_second);
+    let mut response = if avg >= max { too_many("Too many requests") } else { handler.await };
+    let headers = response.headers_mut();
+    for (name, value) in [("x-rate-rolling", avg), ("x-rate-limit", max), ("x-rate-limit-remaining", max - avg)] {
+        headers.insert(name, value.into());
+    }
+    response
+}
+
+/// Supabase's message-rate check for `count` messages (a batch may not take
+/// the rolling average past the limit); they are counted when let through.
+fn over_message_rate(shared: &Shared, count: usize) -> Option<Response> {
+    let avg = shared.rates.events.avg();
+    let max = f64::from(shared.config().limits.max_events_per_second);
+    if avg >= max {
+        return Some(too_many("You have exceeded your rate limit"));
+    }
+    if count > 1 && count as f64 + avg > max {
+        return Some(too_many("Too many messages to broadcast, please reduce the batch size"));
+    }
+    shared.rates.events.add(count as u64);
+    None
 }
 
 fn unprocessable(body: Value) -> Response {
@@ -135,7 +170,8 @@ async fn deliver(shared: &Shared, auth: &Auth, messages: Vec<Outgoing>) {
             continue;
         }
         let key = TopicKey { private: m.private, topic: format!("realtime:{}", m.topic) };
-        shared.hub.broadcast(&key, &m.broadcast, m.meta.as_ref(), None);
+        let delivered = shared.hub.broadcast(&key, &m.broadcast, m.meta.as_ref(), None);
+        shared.rates.events.add(delivered as u64);
     }
 }
 
@@ -155,6 +191,9 @@ pub async fn batch(shared: Arc<Shared>, request: Request) -> Response {
     };
     match parse_batch(&body, shared.config().max_payload_bytes) {
         Ok(messages) => {
+            if let Some(refused) = over_message_rate(&shared, messages.len()) {
+                return refused;
+            }
             deliver(&shared, &auth, messages).await;
             StatusCode::ACCEPTED.into_response()
         }
@@ -171,8 +210,8 @@ fn topic_and_event(raw_path: &str) -> Option<(String, String)> {
     (!topic.is_empty() && !event.is_empty() && !event.contains('/')).then_some((topic, event))
 }
 
-pub async fn single(shared: Arc<Shared>, raw_path: &str, request: Request) -> Response {
-    let Some((topic, event)) = topic_and_event(raw_path) else {
+pub async fn single(shared: Arc<Shared>, raw_path: String, request: Request) -> Response {
+    let Some((topic, event)) = topic_and_event(&raw_path) else {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response();
     };
     let Some(auth) = authenticate(&shared, &request) else {
@@ -195,6 +234,9 @@ pub async fn single(shared: Arc<Shared>, raw_path: &str, request: Request) -> Re
     };
     if payload.wire_len() > shared.config().max_payload_bytes {
         return unprocessable(json!({"error": "Payload size exceeds tenant limit"}));
+    }
+    if let Some(refused) = over_message_rate(&shared, 1) {
+        return refused;
     }
     let message = Outgoing { topic, private, broadcast: Broadcast { event, payload }, meta: None };
     deliver(&shared, &auth, vec![message]).await;

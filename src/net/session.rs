@@ -7,7 +7,7 @@ use super::auth::{Auth, unix_now};
 use super::channel::JoinConfig;
 use super::hub::{ConnHandle, SubId, TopicKey};
 use super::join::Outcome;
-use super::limits::RateWindow;
+use super::limits::{Change, ClientPresence, RateCounter};
 use crate::bridge::{Bridge, Extension, ReadPermissions, Request, Share};
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
 use futures_util::stream::FuturesUnordered;
@@ -18,8 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const PRESENCE_CALLS: u32 = 5;
-pub const PRESENCE_WINDOW: Duration = Duration::from_secs(30);
 /// Requests one socket may have waiting for the worker.
 pub const SOCKET_REQUESTS: usize = 16;
 
@@ -38,7 +36,7 @@ pub struct Channel {
     /// Write permissions, checked on first use (private channels).
     pub broadcast_write: Option<bool>,
     pub presence_write: Option<bool>,
-    pub presence_calls: RateWindow,
+    pub presence_calls: ClientPresence,
     /// Has `postgres_changes` bindings the worker routes changes to.
     pub changes: bool,
 }
@@ -69,6 +67,12 @@ pub struct Session {
     pub joining: HashMap<String, u64>,
     pub generation: u64,
     pub pending: FuturesUnordered<PendingFuture>,
+    /// This socket's rates (`realtime.max_*_per_second`).
+    pub joins: RateCounter,
+    events: RateCounter,
+    bytes: RateCounter,
+    /// Counted among `realtime.max_concurrent_users` (since its first join).
+    pub counted_user: bool,
 }
 
 impl Session {
@@ -82,7 +86,51 @@ impl Session {
             joining: HashMap::new(),
             generation: 0,
             pending: FuturesUnordered::new(),
+            joins: RateCounter::new(None, Instant::now()),
+            events: RateCounter::new(None, Instant::now()),
+            bytes: RateCounter::new(None, Instant::now()),
+            counted_user: false,
         }
+    }
+
+    /// A frame of `len` bytes came in.
+    pub fn received(&mut self, len: usize) {
+        self.bytes.add(Instant::now(), len as u64);
+    }
+
+    /// A client's message on a channel, counted for this socket and in
+    /// total. Over a limit, the channel ends as in Supabase; `false` then.
+    fn count_event(&mut self, topic: &str) -> bool {
+        let (now, limits) = (Instant::now(), self.shared.config().limits.clone());
+        self.shared.rates.events.add(1);
+        self.events.set_limit(Some(f64::from(limits.max_events_per_second)));
+        self.bytes.set_limit(Some(f64::from(limits.max_bytes_per_second)));
+        if self.events.add(now, 1) == Some(Change::Tripped) {
+            eprintln!(
+                "realtime: MessagePerSecondRateLimitReached: a socket sends more than \
+                 realtime.max_events_per_second ({}) messages per second",
+                limits.max_events_per_second
+            );
+        }
+        if self.events.triggered(now) || self.shared.rates.events.triggered() {
+            self.system_error_and_close(topic, "Too many messages per second");
+            return false;
+        }
+        if self.bytes.triggered(now) {
+            self.system_error_and_close(topic, "Too many bytes per second");
+            return false;
+        }
+        true
+    }
+
+    /// A presence event in total; over the limit the channel ends.
+    fn count_presence(&mut self, topic: &str, events: usize) -> bool {
+        if self.shared.rates.presence.triggered() {
+            self.system_error_and_close(topic, "Too many presence messages per second");
+            return false;
+        }
+        self.shared.rates.presence.add(events as u64);
+        true
     }
 
     pub fn send(&self, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, event: &str, payload: &Value) {
@@ -95,7 +143,7 @@ impl Session {
     }
 
     /// A `system` message, then (for errors) `phx_close`: the channel ends.
-    fn system_error_and_close(&mut self, topic: &str, message: &str) {
+    pub fn system_error_and_close(&mut self, topic: &str, message: &str) {
         let Some(channel) = self.channels.remove(topic) else {
             return;
         };
@@ -137,9 +185,10 @@ impl Session {
         }
         match msg.event.as_str() {
             "phx_leave" => self.leave(&msg),
-            "broadcast" => self.broadcast(msg).await,
             "presence" => self.presence(&msg).await,
             "access_token" => self.access_token(&msg).await,
+            _ if !self.count_event(&msg.topic) => {}
+            "broadcast" => self.broadcast(msg).await,
             // Not logged: a client could fill the log with them.
             _ => {}
         }
@@ -166,7 +215,11 @@ impl Session {
         }
     }
 
+    /// The socket's end.
     pub fn leave_all(&mut self) {
+        if std::mem::take(&mut self.counted_user) {
+            self.shared.rates.users.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.joining.clear();
         let channels: Vec<Channel> = self.channels.drain().map(|(_, c)| c).collect();
         for channel in &channels {
@@ -276,7 +329,8 @@ impl Session {
             return;
         };
         let except = if channel.config.broadcast_self { None } else { Some(channel.id) };
-        self.shared.hub.broadcast(&channel.key, &broadcast, None, except);
+        let delivered = self.shared.hub.broadcast(&channel.key, &broadcast, None, except);
+        self.shared.rates.events.add(delivered as u64);
         if ack {
             self.reply(&msg, "ok", json!({}));
         }
@@ -286,7 +340,8 @@ impl Session {
         let Some(channel) = self.channels.get_mut(&msg.topic) else {
             return;
         };
-        if !channel.presence_calls.allow(Instant::now()) {
+        if !channel.presence_calls.allow() {
+            eprintln!("realtime: ClientPresenceRateLimitReached: a channel sent more presence messages than allowed");
             return self.system_error_and_close(&msg.topic, "Client presence rate limit exceeded");
         }
         let InboundPayload::Json(payload) = &msg.payload else {
@@ -303,6 +358,9 @@ impl Session {
                 };
                 if Body::json(&Value::Object(meta.clone())).wire_len() > self.shared.config().max_payload_bytes {
                     return self.system_error_and_close(&msg.topic, "Track message size exceeded");
+                }
+                if !self.count_presence(&msg.topic, 1) {
+                    return;
                 }
                 // The first track turns presence on for this channel; it
                 // receives presence only if its policy lets it read presence.
@@ -324,7 +382,8 @@ impl Session {
                 // The reply goes first: the diff follows it to every member, this one too.
                 let (key, id, meta) = (channel.key.clone(), channel.id, meta.clone());
                 self.reply(msg, "ok", json!({}));
-                self.shared.hub.track(&key, id, &presence_key, meta);
+                let diffs = self.shared.hub.track(&key, id, &presence_key, meta);
+                self.shared.rates.presence.add(diffs as u64);
             }
             "untrack" => {
                 let Some(channel) = self.channels.get(&msg.topic) else {
@@ -332,7 +391,8 @@ impl Session {
                 };
                 let (key, id) = (channel.key.clone(), channel.id);
                 self.reply(msg, "ok", json!({}));
-                self.shared.hub.untrack(&key, id);
+                let diffs = self.shared.hub.untrack(&key, id);
+                self.shared.rates.presence.add(diffs as u64);
             }
             _ => self.reply(msg, "error", json!({})),
         }

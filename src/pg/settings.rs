@@ -1,7 +1,7 @@
 //! The `realtime.*` settings. Defined when the library loads, which with
 //! `shared_preload_libraries = 'realtime'` is in every backend and the worker.
 
-use crate::bridge::Settings;
+use crate::bridge::{Limits, Settings};
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 use std::time::Duration;
@@ -29,8 +29,16 @@ pub static MAX_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
 pub static STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// In ms.
 pub static LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
-/// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static ALLOWED_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MAX_CONCURRENT_USERS: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static MAX_JOINS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static MAX_EVENTS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static MAX_BYTES_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+pub static MAX_PRESENCE_EVENTS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(5);
+/// In ms.
+pub static CLIENT_PRESENCE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static MAX_POSTGRES_CHANGES_PER_JOIN: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
 
@@ -186,6 +194,7 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    define_limits();
     GucRegistry::define_int_guc(
         c"realtime.retention",
         c"How long stored broadcast messages are kept.",
@@ -195,6 +204,68 @@ pub fn define() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_MIN,
+    );
+}
+
+/// Supabase's tenant limits. Rates are rolling averages over the last minute
+/// in 5 s steps, as Supabase counts them.
+fn define_limits() {
+    let limit = |name: &'static CStr, short: &'static CStr, long: &'static CStr, setting: &'static GucSetting<i32>| {
+        GucRegistry::define_int_guc(name, short, long, setting, 1, i32::MAX, GucContext::Sighup, GucFlags::default());
+    };
+    limit(
+        c"realtime.max_concurrent_users",
+        c"How many sockets may have joined channels at once.",
+        c"Past it, connections get 429 \"Too many connected users\" and joins ConnectionRateLimitReached.",
+        &MAX_CONCURRENT_USERS,
+    );
+    limit(
+        c"realtime.max_joins_per_second",
+        c"Joins per second one socket may make.",
+        c"Past it the join is refused with ClientJoinRateLimitReached and the socket is closed.",
+        &MAX_JOINS_PER_SECOND,
+    );
+    limit(
+        c"realtime.max_events_per_second",
+        c"Messages per second, per socket and in total.",
+        c"Counts messages clients send, REST broadcasts and the deliveries they make. Past it a client's message \
+          closes its channel with \"Too many messages per second\" and REST answers 429.",
+        &MAX_EVENTS_PER_SECOND,
+    );
+    limit(
+        c"realtime.max_bytes_per_second",
+        c"Bytes per second one socket may send.",
+        c"Past it a client's message closes its channel with \"Too many bytes per second\".",
+        &MAX_BYTES_PER_SECOND,
+    );
+    limit(
+        c"realtime.max_presence_events_per_second",
+        c"Presence events per second in total.",
+        c"Counts tracks, presence states sent at joins and presence diffs delivered. Past it a track or join \
+          closes its channel with \"Too many presence messages per second\".",
+        &MAX_PRESENCE_EVENTS_PER_SECOND,
+    );
+    limit(
+        c"realtime.max_client_presence_events_per_window",
+        c"Presence messages one channel may send per realtime.client_presence_window.",
+        c"Past it the channel is closed with \"Client presence rate limit exceeded\".",
+        &MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.client_presence_window",
+        c"The window of realtime.max_client_presence_events_per_window.",
+        c"",
+        &CLIENT_PRESENCE_WINDOW,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    limit(
+        c"realtime.max_postgres_changes_per_join",
+        c"postgres_changes bindings one join may ask for.",
+        c"",
+        &MAX_POSTGRES_CHANGES_PER_JOIN,
     );
 }
 
@@ -220,6 +291,16 @@ pub fn read() -> Settings {
         restart_grace: Duration::from_millis(RESTART_GRACE.get() as u64),
         max_memory_bytes: MAX_MEMORY.get() as usize * 1024,
         allowed_roles: allowed_roles(),
+        limits: Limits {
+            max_concurrent_users: MAX_CONCURRENT_USERS.get() as usize,
+            max_joins_per_second: MAX_JOINS_PER_SECOND.get() as u32,
+            max_events_per_second: MAX_EVENTS_PER_SECOND.get() as u32,
+            max_bytes_per_second: MAX_BYTES_PER_SECOND.get() as u32,
+            max_presence_events_per_second: MAX_PRESENCE_EVENTS_PER_SECOND.get() as u32,
+            max_client_presence_events_per_window: MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW.get() as u32,
+            client_presence_window: Duration::from_millis(CLIENT_PRESENCE_WINDOW.get() as u64),
+            max_postgres_changes_per_join: MAX_POSTGRES_CHANGES_PER_JOIN.get() as usize,
+        },
     }
 }
 

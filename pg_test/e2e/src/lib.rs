@@ -300,38 +300,42 @@ pub fn kind3(
     Message::Binary(f.into())
 }
 
-/// One HTTP/1.1 request over a raw socket; (status, body), status 0 when
-/// nothing listens.
-async fn http(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = TcpStream::connect(format!("127.0.0.1:{}", ws_port())).await else {
-        return (0, String::new());
-    };
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+/// An HTTP answer: status (0 when nothing listens), headers, body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn http(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(reqwest::Client::new);
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut request = client.request(method, format!("{}{path}", http_base())).body(body.to_vec());
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(*k, *v);
     }
-    req.push_str("\r\n");
-    let mut out = Vec::new();
-    if s.write_all(req.as_bytes()).await.is_err()
-        || s.write_all(body).await.is_err()
-        || s.read_to_end(&mut out).await.is_err()
-    {
-        return (0, String::new());
+    match request.send().await {
+        Ok(r) => {
+            let (status, headers) = (r.status().as_u16(), r.headers().clone());
+            Answer { status, headers, body: r.text().await.unwrap_or_default() }
+        }
+        Err(_) => Answer { status: 0, headers: Default::default(), body: String::new() },
     }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 pub async fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    http("POST", path, headers, body).await
+    let a = http("POST", path, headers, body).await;
+    (a.status, a.body)
 }
 
 pub async fn get(path: &str) -> (u16, String) {
-    http("GET", path, &[], b"").await
+    let a = http("GET", path, &[], b"").await;
+    (a.status, a.body)
 }

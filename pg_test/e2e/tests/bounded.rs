@@ -5,7 +5,7 @@
 //! worker take turns.
 
 use realtime_e2e::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
