@@ -2,15 +2,16 @@
 //! show these messages to users, so they match Realtime's word for word.
 //!
 //! Only the header and claims are parsed here; `jsonwebtoken` is used for the
-//! signature alone, so that none of its own claim checks (`aud`, `exp` with
-//! leeway, ...) can reject a token Realtime would accept, or word an error
-//! differently.
+//! key set and the signature alone, so that none of its own claim checks
+//! (`aud`, `exp` with leeway, ...) can reject a token Realtime would accept,
+//! or word an error differently.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The claims of a verified token.
@@ -38,10 +39,19 @@ pub enum JwtError {
     BadSignature,
     /// `role` (a string) or `exp` is missing.
     MissingClaims,
-    /// `exp` or `iat` is present but not a number.
+    /// `exp`, `iat` or `nbf` is present but not a number.
     InvalidExpiry,
     /// `exp` is not after the verification time.
     Expired { seconds_ago: i64 },
+    /// `nbf` is after the verification time. Realtime ignores `nbf`; a token
+    /// its issuer meant for later is refused here all the same.
+    NotYetValid { seconds_early: i64 },
+    /// The named claim is absent or differs from its [`ClaimValidators`] value.
+    /// Realtime has no text of its own for this (it answers "Error connecting
+    /// to Realtime"), so the message names the claim instead.
+    ClaimMismatch(String),
+    /// The `role` claim is not in the verifier's allow-list.
+    RoleNotAllowed(String),
 }
 
 impl JwtError {
@@ -52,7 +62,12 @@ impl JwtError {
             // A well-formed token we cannot check is a signature failure, the
             // same as one signed with a key we do not have.
             JwtError::UnsupportedAlgorithm(_) | JwtError::NoKey | JwtError::BadSignature => "JwtSignatureError",
-            JwtError::MissingClaims | JwtError::InvalidExpiry | JwtError::Expired { .. } => "InvalidJWTToken",
+            JwtError::MissingClaims
+            | JwtError::InvalidExpiry
+            | JwtError::Expired { .. }
+            | JwtError::NotYetValid { .. }
+            | JwtError::ClaimMismatch(_)
+            | JwtError::RoleNotAllowed(_) => "InvalidJWTToken",
         }
     }
 
@@ -68,6 +83,15 @@ impl JwtError {
             JwtError::Expired { seconds_ago } => {
                 format!("Token has expired {seconds_ago} seconds ago")
             }
+            JwtError::NotYetValid { seconds_early } => {
+                format!("Token is not valid yet (nbf), it becomes valid in {seconds_early} seconds")
+            }
+            JwtError::ClaimMismatch(claim) => {
+                format!("Token claim `{claim}` does not match what this server accepts")
+            }
+            JwtError::RoleNotAllowed(role) => {
+                format!("The role {role:?} is not one this server lets clients assume")
+            }
         }
     }
 }
@@ -79,6 +103,65 @@ impl fmt::Display for JwtError {
 }
 
 impl std::error::Error for JwtError {}
+
+/// Claims every token must carry with given values, like Realtime's
+/// `JWT_CLAIM_VALIDATORS` (e.g. `{"iss": "https://x.supabase.co/auth/v1"}`).
+///
+/// Stricter than Realtime, which skips a validator when the token lacks the
+/// claim: here an absent claim is a mismatch, so that leaving `iss` out of a
+/// token cannot get it past an `iss` check. Values are compared as JSON, with
+/// numbers by value (`1` equals `1.0`, as in Elixir); an `aud` array passes
+/// when it contains the value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimValidators(Map<String, Value>);
+
+impl ClaimValidators {
+    /// Parses a JSON object text; blank text means no validators.
+    pub fn parse(text: &str) -> Result<ClaimValidators, String> {
+        if text.trim().is_empty() {
+            return Ok(ClaimValidators::default());
+        }
+        // Realtime's words for the same mistake, then what is wrong.
+        let refuse = |why: String| Err(format!("JWT claim validators is not a valid JSON object: {why}"));
+        match serde_json::from_str(text) {
+            Ok(Value::Object(claims)) => Ok(ClaimValidators(claims)),
+            Ok(other) => refuse(format!("found {}", json_kind(&other))),
+            Err(e) => refuse(e.to_string()),
+        }
+    }
+
+    /// The first configured claim `claims` does not satisfy, if any.
+    fn mismatch(&self, claims: &Map<String, Value>) -> Option<&str> {
+        let passes = |name: &str, expected: &Value| match claims.get(name) {
+            None => false,
+            Some(Value::Array(auds)) if name == "aud" && !expected.is_array() => {
+                auds.iter().any(|aud| same(aud, expected))
+            }
+            Some(actual) => same(actual, expected),
+        };
+        self.0.iter().find(|(name, expected)| !passes(name, expected)).map(|(name, _)| name.as_str())
+    }
+}
+
+/// JSON equality, except that an integer equals the same float.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        // Integers alone compare exactly: as floats, large ones would collide.
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
 
 /// The kind of key an algorithm needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,95 +189,117 @@ fn accepted(alg: &str) -> Option<(Algorithm, KeyKind)> {
     })
 }
 
-/// A JWK as written in the JWKS text; only the members used here.
-#[derive(Deserialize)]
-struct RawJwk {
-    kty: String,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    usage: Option<String>,
-    crv: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-    k: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<RawJwk>,
-}
-
 /// A usable verification key from the JWKS.
-struct Jwk {
+struct Key {
     kid: Option<String>,
     /// The one algorithm the key is restricted to, when it says so.
-    alg: Option<String>,
+    alg: Option<KeyAlgorithm>,
     kind: KeyKind,
     key: DecodingKey,
 }
 
-impl Jwk {
+impl Key {
     /// `Ok(None)` for keys that are valid but cannot verify signatures here
     /// (encryption keys, other curves or key types), so one such key does not
     /// make a whole key set unusable.
-    fn parse(raw: RawJwk) -> Result<Option<Jwk>, String> {
-        if raw.usage.as_deref().is_some_and(|usage| usage != "sig") {
+    fn from_jwk(jwk: &Jwk) -> Result<Option<Key>, String> {
+        if jwk.common.public_key_use.as_ref().is_some_and(|usage| *usage != PublicKeyUse::Signature) {
             return Ok(None);
         }
-        let member = |value: &Option<String>, name: &str| -> Result<Vec<u8>, String> {
-            let text = value.as_deref().ok_or_else(|| format!("missing `{name}`"))?;
-            let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|e| format!("`{name}` is not base64url: {e}"))?;
-            if bytes.is_empty() {
-                return Err(format!("`{name}` is empty"));
+        // Members that do not decode, or coordinates of the wrong size, would
+        // only fail later, at every verification, so they are refused up front.
+        let kind = match &jwk.algorithm {
+            AlgorithmParameters::OctetKey(oct) => {
+                member(&oct.value, "k")?;
+                KeyKind::Oct
             }
-            Ok(bytes)
-        };
-        // Coordinates of the wrong size would only fail later, at every
-        // verification, so they are refused up front.
-        let sized = |value: &Option<String>, name: &str, len: usize| -> Result<String, String> {
-            let bytes = member(value, name)?;
-            if bytes.len() != len {
-                return Err(format!("`{name}` must be {len} bytes, not {}", bytes.len()));
+            AlgorithmParameters::RSA(rsa) => {
+                member(&rsa.n, "n")?;
+                member(&rsa.e, "e")?;
+                KeyKind::Rsa
             }
-            Ok(value.clone().unwrap_or_default())
-        };
-        let ec = |len| {
-            let (x, y) = (sized(&raw.x, "x", len)?, sized(&raw.y, "y", len)?);
-            DecodingKey::from_ec_components(&x, &y).map_err(|e| e.to_string())
-        };
-        let (kind, key) = match (raw.kty.as_str(), raw.crv.as_deref()) {
-            ("oct", _) => (KeyKind::Oct, DecodingKey::from_secret(&member(&raw.k, "k")?)),
-            ("RSA", _) => {
-                let (n, e) = (member(&raw.n, "n")?, member(&raw.e, "e")?);
-                (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            AlgorithmParameters::EllipticCurve(ec) => {
+                let (kind, len) = match ec.curve {
+                    EllipticCurve::P256 => (KeyKind::P256, 32),
+                    EllipticCurve::P384 => (KeyKind::P384, 48),
+                    _ => return Ok(None),
+                };
+                sized(&ec.x, "x", len)?;
+                sized(&ec.y, "y", len)?;
+                kind
             }
-            ("EC", Some("P-256")) => (KeyKind::P256, ec(32)?),
-            ("EC", Some("P-384")) => (KeyKind::P384, ec(48)?),
-            ("OKP", Some("Ed25519")) => {
-                let x = sized(&raw.x, "x", 32)?;
-                let key = DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?;
-                (KeyKind::Ed25519, key)
+            AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+                sized(&okp.x, "x", 32)?;
+                KeyKind::Ed25519
             }
+            AlgorithmParameters::Other(other) => return untyped(&other.fields).map(|()| None),
             _ => return Ok(None),
         };
-        Ok(Some(Jwk { kid: raw.kid, alg: raw.alg, kind, key }))
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        Ok(Some(Key { kid: jwk.common.key_id.clone(), alg: jwk.common.key_algorithm, kind, key }))
     }
 }
 
-/// Verifies tokens against the configured HS secret and JWKS.
+/// A base64url key member, which must not be empty.
+fn member(text: &str, name: &str) -> Result<Vec<u8>, String> {
+    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|e| format!("`{name}` is not base64url: {e}"))?;
+    if bytes.is_empty() {
+        return Err(format!("`{name}` is empty"));
+    }
+    Ok(bytes)
+}
+
+fn sized(text: &str, name: &str, len: usize) -> Result<(), String> {
+    let bytes = member(text, name)?;
+    if bytes.len() != len {
+        return Err(format!("`{name}` must be {len} bytes, not {}", bytes.len()));
+    }
+    Ok(())
+}
+
+/// `JwkSet` keeps a key it cannot type as `Other`, which hides a key of a
+/// supported kind with a member missing; that one is an error, the rest are
+/// kinds this server does not verify with.
+fn untyped(fields: &BTreeMap<String, Value>) -> Result<(), String> {
+    let text = |name: &str| fields.get(name).and_then(Value::as_str);
+    let kty = match fields.get("kty") {
+        None => return Err("missing field `kty`".into()),
+        Some(kty) => kty.as_str().ok_or("`kty` is not a string")?,
+    };
+    let required: &[&str] = match (kty, text("crv")) {
+        ("oct", _) => &["k"],
+        ("RSA", _) => &["n", "e"],
+        ("EC", Some("P-256" | "P-384")) => &["x", "y"],
+        ("OKP", Some("Ed25519")) => &["x"],
+        _ => return Ok(()),
+    };
+    match required.iter().find(|name| text(name).is_none()) {
+        Some(name) if fields.contains_key(*name) => Err(format!("`{name}` is not a string")),
+        Some(name) => Err(format!("missing `{name}`")),
+        None => Ok(()),
+    }
+}
+
+/// Verifies tokens against the configured HS secret and JWKS, then checks
+/// their claims.
 pub struct Verifier {
     secret: Option<DecodingKey>,
-    keys: Vec<Jwk>,
+    keys: Vec<Key>,
+    validators: ClaimValidators,
+    /// `None` lets every role through.
+    allowed_roles: Option<Vec<String>>,
 }
 
 impl fmt::Debug for Verifier {
     // Hand-written so that the secret never reaches a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kids: Vec<_> = self.keys.iter().map(|k| (k.kind, k.kid.as_deref())).collect();
-        f.debug_struct("Verifier").field("secret", &self.secret.is_some()).field("keys", &kids).finish()
+        f.debug_struct("Verifier")
+            .field("secret", &self.secret.is_some())
+            .field("keys", &kids)
+            .field("validators", &self.validators.0.keys().collect::<Vec<_>>())
+            .field("allowed_roles", &self.allowed_roles)
+            .finish()
     }
 }
 
@@ -209,17 +314,29 @@ impl Verifier {
         let keys = match jwks.map(str::trim).filter(|j| !j.is_empty()) {
             None => Vec::new(),
             Some(text) => {
-                let set: RawJwks = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+                let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
                 let mut keys = Vec::new();
-                for (i, raw) in set.keys.into_iter().enumerate() {
-                    let kid = raw.kid.clone().unwrap_or_default();
-                    let key = Jwk::parse(raw).map_err(|e| format!("invalid JWKS key {i} (kid {kid:?}): {e}"))?;
+                for (i, jwk) in set.keys.iter().enumerate() {
+                    let kid = jwk.common.key_id.as_deref().unwrap_or_default();
+                    let key = Key::from_jwk(jwk).map_err(|e| format!("invalid JWKS key {i} (kid {kid:?}): {e}"))?;
                     keys.extend(key);
                 }
                 keys
             }
         };
-        Ok(Verifier { secret, keys })
+        Ok(Verifier { secret, keys, validators: ClaimValidators::default(), allowed_roles: None })
+    }
+
+    /// Also requires the claims in `validators`.
+    pub fn with_claim_validators(self, validators: ClaimValidators) -> Verifier {
+        Verifier { validators, ..self }
+    }
+
+    /// Also requires the `role` claim to be one of `roles`, exactly as
+    /// spelled (Postgres role names are case-sensitive); an empty list
+    /// refuses every token.
+    pub fn with_allowed_roles(self, roles: Vec<String>) -> Verifier {
+        Verifier { allowed_roles: Some(roles), ..self }
     }
 
     /// Verifies `token` at unix time `now` (seconds) and returns its claims.
@@ -241,12 +358,12 @@ impl Verifier {
             Some(_) => return Err(JwtError::Malformed),
         };
         let (alg, kind) = accepted(alg_name).ok_or_else(|| JwtError::UnsupportedAlgorithm(alg_name.into()))?;
-        let key = self.key_for(alg_name, kind, kid).ok_or(JwtError::NoKey)?;
+        let key = self.key_for(alg, kind, kid).ok_or(JwtError::NoKey)?;
 
         // The signed text is exactly the first two parts as sent.
         let signed = &token[..header.len() + 1 + payload.len()];
         match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), key, alg) {
-            Ok(true) => check_claims(claims, now),
+            Ok(true) => self.check_claims(claims, now),
             _ => Err(JwtError::BadSignature),
         }
     }
@@ -254,9 +371,9 @@ impl Verifier {
     /// The key to verify with: the JWK named by `kid`; else, for HS tokens, the
     /// shared secret (legacy tokens carry no `kid`); else, when the token has
     /// no `kid`, the only JWK that fits.
-    fn key_for(&self, alg: &str, kind: KeyKind, kid: Option<&str>) -> Option<&DecodingKey> {
-        let fitting: Vec<&Jwk> =
-            self.keys.iter().filter(|k| k.kind == kind && k.alg.as_deref().is_none_or(|a| a == alg)).collect();
+    fn key_for(&self, alg: Algorithm, kind: KeyKind, kid: Option<&str>) -> Option<&DecodingKey> {
+        let fitting: Vec<&Key> =
+            self.keys.iter().filter(|k| k.kind == kind && k.alg.is_none_or(|a| a == KeyAlgorithm::from(alg))).collect();
         let named = kid.and_then(|kid| fitting.iter().find(|k| k.kid.as_deref() == Some(kid)));
         let secret = self.secret.as_ref().filter(|_| kind == KeyKind::Oct);
         let only = match fitting.as_slice() {
@@ -265,6 +382,45 @@ impl Verifier {
         };
         named.map(|k| &k.key).or(secret).or(only)
     }
+
+    /// Realtime's claim rules, then this verifier's own, applied once the
+    /// signature is known to be good.
+    fn check_claims(&self, all: Map<String, Value>, now: i64) -> Result<Claims, JwtError> {
+        let role = match all.get("role") {
+            Some(Value::String(role)) => role.clone(),
+            _ => return Err(JwtError::MissingClaims),
+        };
+        let exp = all.get("exp").ok_or(JwtError::MissingClaims)?;
+        let exp = seconds(exp).ok_or(JwtError::InvalidExpiry)?;
+        if ["iat", "nbf"].iter().any(|name| all.get(*name).is_some_and(|time| !time.is_number())) {
+            return Err(JwtError::InvalidExpiry);
+        }
+        if exp <= now {
+            return Err(JwtError::Expired { seconds_ago: now.saturating_sub(exp) });
+        }
+        if let Some(nbf) = all.get("nbf").and_then(seconds)
+            && nbf > now
+        {
+            return Err(JwtError::NotYetValid { seconds_early: nbf.saturating_sub(now) });
+        }
+        if let Some(claim) = self.validators.mismatch(&all) {
+            return Err(JwtError::ClaimMismatch(claim.into()));
+        }
+        if self.allowed_roles.as_ref().is_some_and(|allowed| !allowed.contains(&role)) {
+            return Err(JwtError::RoleNotAllowed(role));
+        }
+        let sub = match all.get("sub") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(sub)) => Some(sub.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        Ok(Claims { role, exp, sub, all })
+    }
+}
+
+/// A time claim in unix seconds, rounded when the token gave a decimal.
+fn seconds(time: &Value) -> Option<i64> {
+    time.as_i64().or_else(|| time.as_f64().map(|f| f.round() as i64))
 }
 
 /// Undoes what transports do to tokens: percent-encoding (tokens sent in URLs)
@@ -277,28 +433,6 @@ fn clean(token: &str) -> String {
 fn decode_part(part: &str) -> Result<Map<String, Value>, JwtError> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
-}
-
-/// Realtime's claim rules, applied once the signature is known to be good.
-fn check_claims(all: Map<String, Value>, now: i64) -> Result<Claims, JwtError> {
-    let role = match all.get("role") {
-        Some(Value::String(role)) => role.clone(),
-        _ => return Err(JwtError::MissingClaims),
-    };
-    let exp = all.get("exp").ok_or(JwtError::MissingClaims)?;
-    let exp = exp.as_i64().or_else(|| exp.as_f64().map(|f| f.round() as i64)).ok_or(JwtError::InvalidExpiry)?;
-    if all.get("iat").is_some_and(|iat| !iat.is_number()) {
-        return Err(JwtError::InvalidExpiry);
-    }
-    if exp <= now {
-        return Err(JwtError::Expired { seconds_ago: now.saturating_sub(exp) });
-    }
-    let sub = match all.get("sub") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(sub)) => Some(sub.clone()),
-        Some(other) => Some(other.to_string()),
-    };
-    Ok(Claims { role, exp, sub, all })
 }
 
 #[cfg(test)]
@@ -728,5 +862,281 @@ mod tests {
         let text = format!("{:?}", secret_only());
         assert!(!text.contains(SECRET), "{text}");
         assert!(text.contains("secret: true"), "{text}");
+    }
+
+    #[test]
+    fn a_published_jwks_with_extra_members_is_read() {
+        // As Supabase Auth publishes it: `use`, `key_ops`, `alg` and `ext`.
+        let mut ec = public_jwk(&ec_key(), Algorithm::ES256, "ec-1");
+        let extra = json!({"use": "sig", "key_ops": ["verify"], "ext": true});
+        ec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let verifier = Verifier::new(None, Some(&jwks(&[ec]))).unwrap();
+        let token = sign(Algorithm::ES256, Some("ec-1"), &claims(json!({})), &ec_key());
+        assert!(verifier.verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn kid_picks_among_keys_of_one_kind() {
+        let oct = |kid: &str, secret: &str| json!({"kty": "oct", "kid": kid, "k": URL_SAFE_NO_PAD.encode(secret)});
+        let verifier = Verifier::new(None, Some(&jwks(&[oct("a", "secret-a"), oct("b", "secret-b")]))).unwrap();
+        for (kid, secret) in [("a", "secret-a"), ("b", "secret-b")] {
+            let key = EncodingKey::from_secret(secret.as_bytes());
+            let token = sign(Algorithm::HS256, Some(kid), &claims(json!({})), &key);
+            assert!(verifier.verify(&token, NOW).is_ok(), "{kid}");
+            let other = if kid == "a" { "b" } else { "a" };
+            let token = sign(Algorithm::HS256, Some(other), &claims(json!({})), &key);
+            assert_eq!(verifier.verify(&token, NOW), Err(JwtError::BadSignature), "{kid}");
+        }
+    }
+
+    #[test]
+    fn a_future_nbf_is_refused() {
+        let token = hs256(SECRET, &claims(json!({"nbf": NOW + 60})));
+        let err = secret_only().verify(&token, NOW).unwrap_err();
+        assert_eq!(err, JwtError::NotYetValid { seconds_early: 60 });
+        assert_eq!(err.to_string(), "InvalidJWTToken: Token is not valid yet (nbf), it becomes valid in 60 seconds");
+        // From `nbf` on, the token is good.
+        assert!(secret_only().verify(&token, NOW + 60).is_ok());
+    }
+
+    #[test]
+    fn a_past_nbf_passes() {
+        for nbf in [json!(NOW - 60), json!(NOW), json!((NOW - 1) as f64 + 0.5)] {
+            let token = hs256(SECRET, &claims(json!({ "nbf": nbf })));
+            assert!(secret_only().verify(&token, NOW).is_ok(), "{nbf}");
+        }
+    }
+
+    #[test]
+    fn non_numeric_nbf_is_invalid() {
+        for nbf in [json!("soon"), json!(null)] {
+            let token = hs256(SECRET, &claims(json!({ "nbf": nbf })));
+            assert_eq!(secret_only().verify(&token, NOW), Err(JwtError::InvalidExpiry), "{nbf}");
+        }
+    }
+
+    #[test]
+    fn expiry_comes_before_nbf() {
+        let token = hs256(SECRET, &claims(json!({"exp": NOW - 1, "nbf": NOW + 1})));
+        assert_eq!(secret_only().verify(&token, NOW), Err(JwtError::Expired { seconds_ago: 1 }));
+    }
+
+    fn validated(text: &str) -> Verifier {
+        secret_only().with_claim_validators(ClaimValidators::parse(text).unwrap())
+    }
+
+    const ISS: &str = "https://x.supabase.co/auth/v1";
+
+    #[test]
+    fn validators_pass_when_every_claim_matches() {
+        let verifier = validated(&json!({"iss": ISS, "aud": "authenticated"}).to_string());
+        let token = hs256(SECRET, &claims(json!({"iss": ISS, "aud": "authenticated"})));
+        assert!(verifier.verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_validated_claim_that_differs_is_refused() {
+        let verifier = validated(&json!({"iss": ISS, "aud": "authenticated"}).to_string());
+        let token = hs256(SECRET, &claims(json!({"iss": "https://evil.example", "aud": "authenticated"})));
+        let err = verifier.verify(&token, NOW).unwrap_err();
+        assert_eq!(err, JwtError::ClaimMismatch("iss".into()));
+        assert_eq!(err.to_string(), "InvalidJWTToken: Token claim `iss` does not match what this server accepts");
+        // Equality is of JSON values: a string is not the number it spells.
+        let verifier = validated(r#"{"tier": 2}"#);
+        let token = hs256(SECRET, &claims(json!({"tier": "2"})));
+        assert_eq!(verifier.verify(&token, NOW), Err(JwtError::ClaimMismatch("tier".into())));
+    }
+
+    #[test]
+    fn a_validated_claim_that_is_absent_is_refused() {
+        // Stricter than Realtime, which lets the token through.
+        let verifier = validated(&json!({"iss": ISS}).to_string());
+        let token = hs256(SECRET, &claims(json!({})));
+        assert_eq!(verifier.verify(&token, NOW), Err(JwtError::ClaimMismatch("iss".into())));
+    }
+
+    #[test]
+    fn an_aud_array_passes_when_it_holds_the_value() {
+        let verifier = validated(r#"{"aud": "authenticated"}"#);
+        let holds = hs256(SECRET, &claims(json!({"aud": ["other", "authenticated"]})));
+        assert!(verifier.verify(&holds, NOW).is_ok());
+        let lacks = hs256(SECRET, &claims(json!({"aud": ["other"]})));
+        assert_eq!(verifier.verify(&lacks, NOW), Err(JwtError::ClaimMismatch("aud".into())));
+        // Only `aud` is a list of candidates; other arrays must be equal.
+        let verifier = validated(r#"{"groups": "a"}"#);
+        let token = hs256(SECRET, &claims(json!({"groups": ["a"]})));
+        assert_eq!(verifier.verify(&token, NOW), Err(JwtError::ClaimMismatch("groups".into())));
+    }
+
+    #[test]
+    fn validator_numbers_compare_by_value() {
+        let verifier = validated(r#"{"nbf": 1610078130, "v": 1.0}"#);
+        let token = hs256(SECRET, &claims(json!({"nbf": 1610078130.0, "v": 1})));
+        assert!(verifier.verify(&token, NOW).is_ok());
+        let token = hs256(SECRET, &claims(json!({"nbf": 1610078131, "v": 1})));
+        assert_eq!(verifier.verify(&token, NOW), Err(JwtError::ClaimMismatch("nbf".into())));
+    }
+
+    #[test]
+    fn signature_and_expiry_come_before_validators() {
+        let verifier = validated(&json!({"iss": ISS}).to_string());
+        let forged = hs256("another-secret", &claims(json!({})));
+        assert_eq!(verifier.verify(&forged, NOW), Err(JwtError::BadSignature));
+        let expired = hs256(SECRET, &claims(json!({"exp": NOW - 5})));
+        assert_eq!(verifier.verify(&expired, NOW), Err(JwtError::Expired { seconds_ago: 5 }));
+    }
+
+    #[test]
+    fn validators_text_is_a_json_object() {
+        assert_eq!(ClaimValidators::parse(" "), Ok(ClaimValidators::default()));
+        assert_eq!(ClaimValidators::parse("{}"), Ok(ClaimValidators::default()));
+        for (text, needle) in [
+            (r#"{"iss": "#, "EOF while parsing"),
+            ("[1]", "found an array"),
+            (r#""iss""#, "found a string"),
+            ("null", "found null"),
+        ] {
+            let err = ClaimValidators::parse(text).unwrap_err();
+            assert!(err.starts_with("JWT claim validators is not a valid JSON object: "), "{err}");
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+    }
+
+    fn roles(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_role_outside_the_allow_list_is_refused() {
+        let verifier = secret_only().with_allowed_roles(roles(&["anon", "authenticated", "service_role"]));
+        let token = hs256(SECRET, &claims(json!({"role": "postgres"})));
+        let err = verifier.verify(&token, NOW).unwrap_err();
+        assert_eq!(err, JwtError::RoleNotAllowed("postgres".into()));
+        assert_eq!(
+            err.to_string(),
+            "InvalidJWTToken: The role \"postgres\" is not one this server lets clients assume"
+        );
+        // Role names are compared exactly.
+        let token = hs256(SECRET, &claims(json!({"role": "Anon"})));
+        assert_eq!(verifier.verify(&token, NOW), Err(JwtError::RoleNotAllowed("Anon".into())));
+    }
+
+    #[test]
+    fn a_role_in_the_allow_list_passes() {
+        let verifier = secret_only().with_allowed_roles(roles(&["anon", "authenticated", "service_role", "editor"]));
+        for role in ["anon", "authenticated", "service_role", "editor"] {
+            let token = hs256(SECRET, &claims(json!({ "role": role })));
+            assert_eq!(verifier.verify(&token, NOW).map(|c| c.role), Ok(role.to_string()));
+        }
+    }
+
+    #[test]
+    fn without_an_allow_list_every_role_passes_and_an_empty_one_refuses_all() {
+        let token = hs256(SECRET, &claims(json!({"role": "postgres"})));
+        assert!(secret_only().verify(&token, NOW).is_ok());
+        let verifier = secret_only().with_allowed_roles(Vec::new());
+        assert_eq!(verifier.verify(&token, NOW), Err(JwtError::RoleNotAllowed("postgres".into())));
+    }
+
+    #[test]
+    fn role_and_validators_apply_to_jwks_tokens_too() {
+        let set = jwks(&[public_jwk(&ed_key(), Algorithm::EdDSA, "ed-1")]);
+        let verifier = Verifier::new(None, Some(&set))
+            .unwrap()
+            .with_claim_validators(ClaimValidators::parse(&json!({"iss": ISS}).to_string()).unwrap())
+            .with_allowed_roles(roles(&["authenticated"]));
+        let good = sign(Algorithm::EdDSA, Some("ed-1"), &claims(json!({"iss": ISS})), &ed_key());
+        assert!(verifier.verify(&good, NOW).is_ok());
+        let bad_role = sign(Algorithm::EdDSA, Some("ed-1"), &claims(json!({"iss": ISS, "role": "anon"})), &ed_key());
+        assert_eq!(verifier.verify(&bad_role, NOW), Err(JwtError::RoleNotAllowed("anon".into())));
+        let text = format!("{verifier:?}");
+        assert!(text.contains(r#"validators: ["iss"]"#) && text.contains("authenticated"), "{text}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+        use std::sync::LazyLock;
+
+        /// One of each key, with every check switched on, so that each path
+        /// through `verify` can be reached.
+        static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
+            let oct = json!({"kty": "oct", "kid": "hs-1", "k": URL_SAFE_NO_PAD.encode("jwk-secret")});
+            let set = jwks(&[
+                public_jwk(&rsa_key(), Algorithm::RS256, "rsa-1"),
+                public_jwk(&ec_key(), Algorithm::ES256, "ec-1"),
+                public_jwk(&ed_key(), Algorithm::EdDSA, "ed-1"),
+                oct,
+            ]);
+            Verifier::new(Some(SECRET), Some(&set))
+                .unwrap()
+                .with_claim_validators(ClaimValidators::parse(r#"{"aud": "authenticated"}"#).unwrap())
+                .with_allowed_roles(roles(&["anon", "authenticated"]))
+        });
+
+        /// A token part: base64url junk, base64url of JSON-ish text, or any text.
+        fn part() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z0-9_=%+/-]{0,64}",
+                r#"\{("[a-z]{1,4}":("[A-Za-z0-9]{0,8}"|-?[0-9]{1,20}(\.[0-9]{1,3})?|null|\[\]|\{\}),?){0,4}\}?"#
+                    .prop_map(|json| URL_SAFE_NO_PAD.encode(json)),
+                any::<String>(),
+            ]
+        }
+
+        fn claim_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "[a-z_]{0,12}".prop_map(Value::from),
+                any::<bool>().prop_map(Value::from),
+                Just(Value::Null),
+            ];
+            leaf.prop_recursive(2, 8, 4, |inner| vec(inner, 0..4).prop_map(Value::from))
+        }
+
+        fn claim_map() -> impl Strategy<Value = Value> {
+            let name =
+                prop_oneof![Just("role"), Just("exp"), Just("nbf"), Just("iat"), Just("aud"), Just("sub"), Just("x")];
+            btree_map(name.prop_map(str::to_owned), claim_value(), 0..7)
+                .prop_map(|claims| Value::Object(claims.into_iter().collect()))
+        }
+
+        proptest! {
+            #[test]
+            fn verify_never_panics_on_any_text(token in any::<String>(), now in any::<i64>()) {
+                let _ = VERIFIER.verify(&token, now);
+            }
+
+            #[test]
+            fn verify_never_panics_on_any_bytes(bytes in vec(any::<u8>(), 0..300), now in any::<i64>()) {
+                let _ = VERIFIER.verify(&String::from_utf8_lossy(&bytes), now);
+            }
+
+            #[test]
+            fn verify_never_panics_on_dotted_junk(parts in vec(part(), 0..6), now in any::<i64>()) {
+                let _ = VERIFIER.verify(&parts.join("."), now);
+            }
+
+            #[test]
+            fn verify_never_panics_on_junk_under_a_real_header(
+                alg in prop::sample::select(vec!["HS256", "HS512", "RS256", "RS512", "ES256", "ES384", "EdDSA", "PS256", "none"]),
+                kid in prop::option::of(prop::sample::select(vec!["hs-1", "rsa-1", "ec-1", "ed-1", "nope"])),
+                payload in part(),
+                signature in part(),
+                now in any::<i64>(),
+            ) {
+                let header = b64(&json!({"alg": alg, "kid": kid}));
+                let _ = VERIFIER.verify(&format!("{header}.{payload}.{signature}"), now);
+            }
+
+            #[test]
+            fn verify_never_panics_on_signed_odd_claims(claims in claim_map(), now in any::<i64>()) {
+                // Well signed, so every claim check runs on the odd values.
+                let _ = VERIFIER.verify(&hs256(SECRET, &claims), now);
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     pub max_channels_per_client: usize,
     pub join_error_delay: Duration,
+    /// How long a private join's read check is remembered (0: not at all).
+    pub authorization_cache: Duration,
     /// How long a starting worker holds database broadcasts for clients to rejoin.
     pub restart_grace: Duration,
     /// `realtime.max_memory`: everything the worker holds, in bytes.
@@ -81,6 +83,7 @@ impl Default for Settings {
             max_payload_bytes: 3000 * 1024,
             max_channels_per_client: 100,
             join_error_delay: Duration::from_secs(1),
+            authorization_cache: Duration::from_secs(5),
             restart_grace: Duration::from_secs(5),
             max_memory_bytes: 256 * 1024 * 1024,
             allowed_roles: ["anon", "authenticated", "service_role"].map(String::from).into(),

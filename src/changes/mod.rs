@@ -2,6 +2,7 @@
 //! payloads. The Postgres side (`pg::subscribe`, `pg::route`) checks and
 //! routes with these on the worker's main thread.
 
+pub mod condition;
 pub mod filter;
 pub mod payload;
 pub mod registry;

@@ -15,6 +15,7 @@ pub struct ServerConfig {
     pub max_payload_bytes: usize,
     pub max_channels_per_client: usize,
     pub join_error_delay: Duration,
+    pub authorization_cache: Duration,
     /// How long a starting worker holds database broadcasts (see `realtime.restart_grace`).
     pub restart_grace: Duration,
     pub limits: Limits,
@@ -42,6 +43,7 @@ impl ServerConfig {
             max_payload_bytes: settings.max_payload_bytes,
             max_channels_per_client: settings.max_channels_per_client,
             join_error_delay: settings.join_error_delay,
+            authorization_cache: settings.authorization_cache,
             restart_grace: settings.restart_grace,
             limits: settings.limits.clone(),
             warnings,

@@ -146,8 +146,20 @@ impl Session {
         let (shared, share) = (self.shared.clone(), self.share.clone());
         let (ctx, topic, presence) =
             (prepared.auth.ctx.clone(), prepared.sub_topic.clone(), prepared.join.presence_enabled);
+        let now = std::time::Instant::now();
+        match shared.read_cache.get(&ctx, &topic, presence, now) {
+            Some(read) if read.broadcast || read.presence => {
+                return self.complete(generation, Outcome::Allowed(Box::new(prepared), read));
+            }
+            Some(_) => {
+                let reason = unauthorized(&prepared.sub_topic);
+                return self.refuse_later(generation, prepared.msg, reason);
+            }
+            None => {}
+        }
+        let remember = (ctx.clone(), topic.clone());
         let asked = shared.bridge.request(&share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
-        let delay = shared.config().join_error_delay;
+        let (delay, ttl) = (shared.config().join_error_delay, shared.config().authorization_cache);
         self.pending.push(Box::pin(async move {
             let answer = match asked {
                 Ok(reply) => {
@@ -155,6 +167,9 @@ impl Session {
                 }
                 Err(e) => Err(format!("UnableToSetPolicies: {e}")),
             };
+            if let Ok(Ok(read)) = &answer {
+                shared.read_cache.put(&remember.0, &remember.1, presence, *read, ttl);
+            }
             let outcome = match answer {
                 Ok(Ok(read)) if read.broadcast || read.presence => Outcome::Allowed(Box::new(prepared), read),
                 Ok(Ok(_)) => Outcome::Refused { reason: unauthorized(&prepared.sub_topic), msg: prepared.msg },

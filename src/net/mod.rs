@@ -12,6 +12,7 @@ pub mod limits;
 mod listen;
 pub mod presence;
 mod pressure;
+mod read_cache;
 mod rest;
 mod session;
 
@@ -64,6 +65,8 @@ pub struct Shared {
     pub replication_ready: AtomicBool,
     /// Supabase's tenant-wide counters.
     pub rates: limits::ServerRates,
+    /// Recent private joins' read checks.
+    pub read_cache: read_cache::ReadCache,
 }
 
 impl Shared {
@@ -101,6 +104,8 @@ impl Network for ServerHandle {
         let warnings = config.warnings.clone();
         self.shared.budget.set_limit(settings.max_memory_bytes);
         self.shared.rates.set_limits(&settings.limits);
+        // A reload may come with changed policies: probe afresh.
+        self.shared.read_cache.clear();
         *self.shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         warnings
     }
@@ -144,6 +149,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         stopping: AtomicBool::new(false),
         replication_ready: AtomicBool::new(false),
         rates: limits::ServerRates::new(&settings.limits),
+        read_cache: read_cache::ReadCache::default(),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);

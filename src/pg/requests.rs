@@ -1,16 +1,56 @@
 //! Answers the network side's requests on the main thread, each in its own
 //! subtransaction (inside the functions it calls).
 
+use super::interrupts::shutdown_requested;
 use super::{rls, subscribe};
 use crate::bridge::Request;
 use crate::changes::registry::{ChannelBindings, Registry};
 
-pub fn answer(request: Request, registry: &mut Registry) {
+/// Answers requests in order, but read checks (joins) first, together:
+/// nothing else a socket asks for waits on its own join's answer.
+pub fn answer_all(requests: Vec<Request>, registry: &mut Registry) {
+    let (reads, others): (Vec<Request>, Vec<Request>) =
+        requests.into_iter().partition(|r| matches!(r, Request::ReadPermissions { .. }));
+    let mut reads = reads.into_iter().peekable();
+    while reads.peek().is_some() && !shutdown_requested() {
+        answer_reads(reads.by_ref().take(READS_TOGETHER).collect());
+    }
+    for request in others {
+        if shutdown_requested() {
+            break; // the askers see the worker go away
+        }
+        answer(request, registry);
+    }
+}
+
+/// Read checks probed in one subtransaction, under one statement timeout.
+const READS_TOGETHER: usize = 64;
+
+fn answer_reads(reads: Vec<Request>) {
+    let mut probes = Vec::with_capacity(reads.len());
+    let mut replies = Vec::with_capacity(reads.len());
+    for read in &reads {
+        if let Request::ReadPermissions { ctx, topic, presence, .. } = read {
+            probes.push(rls::ReadProbe { ctx, topic, presence: *presence });
+        }
+    }
+    let answers = rls::read_permissions(&probes);
+    drop(probes);
+    for read in reads {
+        if let Request::ReadPermissions { reply, .. } = read {
+            replies.push(reply);
+        }
+    }
+    // A dropped receiver means the asker went away; nothing to do.
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+fn answer(request: Request, registry: &mut Registry) {
     // A dropped receiver means the asker went away; nothing to do.
     match request {
-        Request::ReadPermissions { ctx, topic, presence, reply } => {
-            let _ = reply.send(rls::read_permissions(&ctx, &topic, presence));
-        }
+        Request::ReadPermissions { .. } => answer_reads(vec![request]),
         Request::WritePermission { ctx, topic, extension, reply } => {
             let _ = reply.send(rls::write_permission(&ctx, &topic, extension));
         }

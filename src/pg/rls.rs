@@ -62,41 +62,74 @@ fn to_cstring(s: &str) -> std::ffi::CString {
     std::ffi::CString::new(&s[..end]).expect("no NUL before the cut")
 }
 
+/// A read check: may `ctx` read `topic` (and its presence, when asked)?
+pub struct ReadProbe<'a> {
+    pub ctx: &'a AuthContext,
+    pub topic: &'a str,
+    pub presence: bool,
+}
+
 /// Inserts probe rows as `realtime_worker` (their owner: RLS does not apply),
-/// then selects them back under the subscriber's role: the rows it can see
-/// are the extensions it may read.
-pub fn read_permissions(ctx: &AuthContext, topic: &str, presence: bool) -> Result<ReadPermissions, String> {
-    rolled_back(|| {
-        Spi::connect_mut(|client| {
-            act_for_clients();
-            let broadcast_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-            let presence_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-            let args: [DatumWithOid; 4] = [broadcast_id.into(), topic.into(), presence_id.into(), presence.into()];
-            client.update(
-                "INSERT INTO realtime.messages (id, topic, extension)
-                 SELECT $1, $2, 'broadcast' UNION ALL SELECT $3, $2, 'presence' WHERE $4",
-                None,
-                &args,
-            )?;
-            assume(ctx, topic);
-            let args: [DatumWithOid; 2] = [broadcast_id.into(), presence_id.into()];
-            let seen = client
-                .select(
-                    "SELECT coalesce(bool_or(id = $1), false), coalesce(bool_or(id = $2), false)
-                     FROM realtime.messages WHERE id IN ($1, $2)",
-                    None,
-                    &args,
-                )?
-                .first()
-                .get_two::<bool, bool>()?;
-            Ok::<_, pgrx::spi::Error>(ReadPermissions {
-                broadcast: seen.0.unwrap_or(false),
-                presence: seen.1.unwrap_or(false),
-            })
+/// then selects them back under each subscriber's role: the rows it can see
+/// are the extensions it may read. Joins that arrive together are probed in
+/// one subtransaction, with one insert and one prepared select; if anything
+/// in it fails (a broken policy), each is probed alone, so a failure denies
+/// only its own join.
+pub fn read_permissions(probes: &[ReadProbe]) -> Vec<Result<ReadPermissions, String>> {
+    if probes.len() > 1
+        && let Ok(Ok(all)) = rolled_back(|| probe_reads(probes))
+    {
+        return all.into_iter().map(Ok).collect();
+    }
+    probes
+        .iter()
+        .map(|probe| {
+            rolled_back(|| probe_reads(std::slice::from_ref(probe)))
+                .map_err(String::from)
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|mut one| one.remove(0))
         })
+        .collect()
+}
+
+fn probe_reads(probes: &[ReadProbe]) -> Result<Vec<ReadPermissions>, pgrx::spi::Error> {
+    Spi::connect_mut(|client| {
+        act_for_clients();
+        let new_id = || pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+        let ids: Vec<(pgrx::Uuid, pgrx::Uuid)> = probes.iter().map(|_| (new_id(), new_id())).collect();
+        let (mut all_ids, mut topics, mut extensions) = (Vec::new(), Vec::new(), Vec::new());
+        for (probe, (broadcast_id, presence_id)) in probes.iter().zip(&ids) {
+            all_ids.push(*broadcast_id);
+            topics.push(probe.topic);
+            extensions.push("broadcast");
+            if probe.presence {
+                all_ids.push(*presence_id);
+                topics.push(probe.topic);
+                extensions.push("presence");
+            }
+        }
+        let args: [DatumWithOid; 3] = [all_ids.into(), topics.into(), extensions.into()];
+        client.update(
+            "INSERT INTO realtime.messages (id, topic, extension)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])",
+            None,
+            &args,
+        )?;
+        let uuid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+        let seen = client.prepare(
+            "SELECT coalesce(bool_or(id = $1), false), coalesce(bool_or(id = $2), false)
+             FROM realtime.messages WHERE id IN ($1, $2)",
+            &[uuid, uuid],
+        )?;
+        let mut out = Vec::with_capacity(probes.len());
+        for (probe, (broadcast_id, presence_id)) in probes.iter().zip(ids) {
+            assume(probe.ctx, probe.topic);
+            let args: [DatumWithOid; 2] = [broadcast_id.into(), presence_id.into()];
+            let (broadcast, presence) = client.select(&seen, None, &args)?.first().get_two::<bool, bool>()?;
+            out.push(ReadPermissions { broadcast: broadcast.unwrap_or(false), presence: presence.unwrap_or(false) });
+        }
+        Ok(out)
     })
-    .map_err(String::from)
-    .and_then(|r| r.map_err(|e| e.to_string()))
 }
 
 /// Tries the insert a send would do, under the subscriber's role.

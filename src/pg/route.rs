@@ -10,7 +10,8 @@ use super::rls::{act_for_clients, assume, assume_claims};
 use super::subxact::rolled_back;
 use crate::bridge::{AuthContext, Delivery};
 use crate::changes::RowChange;
-use crate::changes::filter::{Filter, Op};
+use crate::changes::condition;
+use crate::changes::filter::Filter;
 use crate::changes::payload::{self, TableMeta};
 use crate::changes::registry::{Binding, Registry};
 use pgrx::datum::DatumWithOid;
@@ -22,18 +23,6 @@ use std::sync::Arc;
 /// `"name"` with inner quotes doubled: identifiers reach SQL only this way.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The SQL for a filter's value as the column's type (`$n` is its text) and
-/// that text. `type_sql` comes from `format_type`, never from a client.
-pub fn filter_operand(f: &Filter, type_sql: &str) -> (String, String) {
-    if f.op == Op::In {
-        let elements: Vec<String> =
-            f.values.iter().map(|v| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
-        (format!("$1::{type_sql}[]"), format!("{{{}}}", elements.join(",")))
-    } else {
-        (format!("$1::{type_sql}"), f.values[0].clone())
-    }
 }
 
 /// For each change, the deliveries it makes, in the changes' order.
@@ -296,51 +285,49 @@ impl KeyLookup {
     }
 }
 
-/// Changes of the batch that pass `f`, compared as the column's type.
-/// Inserts and updates are compared on the new row; deletes on the old one
-/// when its replica identity carries the column, and pass otherwise.
+/// Changes of the batch that pass `f`, compared as the column's type, as
+/// the worker acts for clients. Inserts and updates are compared on the new
+/// row, deletes on the old one; a column the row does not carry (a delete's
+/// column outside its replica identity) passes no filter, as in Supabase.
 fn evaluate_filter(meta: &TableMeta, f: &Filter, changes: &[RowChange], indexes: &[usize]) -> HashSet<usize> {
     let Some((_, _, type_sql)) = meta.columns.iter().find(|(n, _, _)| *n == f.column) else {
         return HashSet::new(); // the column is gone: nothing passes
     };
-    // Outside the replica identity an old row's columns are null, not known.
-    let in_identity = meta.identity_full || meta.primary_key.contains(&f.column);
-    let mut passing = HashSet::new();
     let mut rows = Vec::new();
     for &i in indexes {
         let c = &changes[i];
-        let source = match c.op.as_str() {
-            "DELETE" if in_identity => c.old.as_ref(),
-            "DELETE" => None,
-            _ => c.new.as_ref().or(c.old.as_ref()),
-        };
-        match source.and_then(|r| r.get(&f.column)) {
-            Some(value) => rows.push(json!({"i": i, "v": value})),
-            None => {
-                passing.insert(i);
-            }
+        let source = if c.op == "DELETE" { c.old.as_ref() } else { c.new.as_ref().or(c.old.as_ref()) };
+        if let Some(value) = source.and_then(|r| r.get(&f.column)) {
+            rows.push(json!({"i": i, "v": value}));
         }
     }
     if rows.is_empty() {
-        return passing;
+        return HashSet::new();
     }
-    let (operand, value) = filter_operand(f, type_sql);
-    let operand = operand.replace("$1", "$2");
-    let comparison =
-        if f.op == Op::In { format!("v.v = ANY({operand})") } else { format!("v.v {} {operand}", f.op.sql()) };
-    let sql = format!("SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, v {type_sql}) WHERE {comparison}");
+    let (condition, value) = condition::condition(f, "v.v", type_sql, 2);
+    let sql = format!("SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, v {type_sql}) WHERE {condition}");
     let result = rolled_back(|| {
+        act_for_clients();
         Spi::connect(|client| -> Result<Vec<i32>, pgrx::spi::Error> {
-            let args: [DatumWithOid; 2] = [pgrx::JsonB(Value::Array(rows)).into(), value.as_str().into()];
-            client.select(&sql, None, &args)?.map(|row| row.get::<i32>(1).map(Option::unwrap_or_default)).collect()
+            let rows = pgrx::JsonB(Value::Array(rows));
+            let selected = match &value {
+                Some(value) => client.select(&sql, None, &[rows.into(), value.as_str().into()])?,
+                None => client.select(&sql, None, &[rows.into()])?,
+            };
+            selected.map(|row| row.get::<i32>(1).map(Option::unwrap_or_default)).collect()
         })
     });
     match result {
-        Ok(Ok(ids)) => passing.extend(ids.into_iter().map(|i| i as usize)),
-        Ok(Err(e)) => warning!("realtime: filter {f} on {}.{} failed: {e}", meta.schema, meta.table),
-        Err(e) => warning!("realtime: filter {f} on {}.{} failed: {e}", meta.schema, meta.table),
+        Ok(Ok(ids)) => ids.into_iter().map(|i| i as usize).collect(),
+        Ok(Err(e)) => {
+            warning!("realtime: filter {f} on {}.{} failed: {e}", meta.schema, meta.table);
+            HashSet::new()
+        }
+        Err(e) => {
+            warning!("realtime: filter {f} on {}.{} failed: {e}", meta.schema, meta.table);
+            HashSet::new()
+        }
     }
-    passing
 }
 
 /// Names, types, key, RLS and replica identity of a table, or None if gone.
@@ -389,13 +376,5 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("todos"), "\"todos\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-    }
-
-    #[test]
-    fn filter_operands_bind_values() {
-        let eq = Filter { column: "id".into(), op: Op::Eq, values: vec!["5".into()] };
-        assert_eq!(filter_operand(&eq, "bigint"), ("$1::bigint".into(), "5".into()));
-        let within = Filter { column: "name".into(), op: Op::In, values: vec!["a\"b".into(), "c,d".into()] };
-        assert_eq!(filter_operand(&within, "text"), ("$1::text[]".into(), r#"{"a\"b","c,d"}"#.into()));
     }
 }

@@ -17,6 +17,8 @@ pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// In ms.
 pub static JOIN_ERROR_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// In ms.
+pub static AUTHORIZATION_CACHE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// In kB.
 pub static MAX_RECORD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// In ms.
@@ -120,6 +122,17 @@ pub fn define() {
         &JOIN_ERROR_DELAY,
         0,
         5000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.authorization_cache",
+        c"How long a private join's read check is remembered.",
+        c"Joins with the same role, claims and topic within this time reuse the answer instead of probing \
+          realtime.messages again. 0 probes every join.",
+        &AUTHORIZATION_CACHE,
+        0,
+        60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -288,6 +301,7 @@ pub fn read() -> Settings {
         max_payload_bytes: MAX_PAYLOAD_SIZE.get() as usize * 1024,
         max_channels_per_client: MAX_CHANNELS_PER_CLIENT.get() as usize,
         join_error_delay: Duration::from_millis(JOIN_ERROR_DELAY.get() as u64),
+        authorization_cache: Duration::from_millis(AUTHORIZATION_CACHE.get() as u64),
         restart_grace: Duration::from_millis(RESTART_GRACE.get() as u64),
         max_memory_bytes: MAX_MEMORY.get() as usize * 1024,
         allowed_roles: allowed_roles(),

@@ -1,14 +1,18 @@
 //! Validates a join's `postgres_changes` bindings on the main thread: each is
-//! resolved against the `supabase_realtime` publication, and its filters
-//! against the columns the subscriber's role may read and their types.
-//! Errors read like Supabase's, because clients show them.
+//! resolved against the `supabase_realtime` publication, and its filters and
+//! column list against the columns the subscriber's role may read and their
+//! types, as Supabase's `subscription_check_filters` trigger does. Errors
+//! read like Supabase's, because clients show them.
 
+use super::rls::act_for_clients;
 use super::subxact::rolled_back;
 use crate::bridge::AuthContext;
-use crate::changes::filter::{self, Filter, MAX_IN_VALUES};
+use crate::changes::condition;
+use crate::changes::filter::{self, Filter, MAX_IN_VALUES, Op};
 use crate::changes::registry::{Binding, Event};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, ereport};
 use serde_json::Value;
 
 /// One requested binding, with the id the join reply gave it.
@@ -22,9 +26,30 @@ fn text<'a>(binding: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// `[event: INSERT, schema: public, table: t, filters: [...], select: nil]`.
-fn describe(event: &str, schema: &str, table: &str, filters: &[Filter]) -> String {
+fn describe(event: &str, schema: &str, table: &str, filters: &[Filter], select: Option<&[String]>) -> String {
     let filters: Vec<String> = filters.iter().map(Filter::to_string).collect();
-    format!("[event: {event}, schema: {schema}, table: {table}, filters: [{}], select: nil]", filters.join(", "))
+    let select = match select {
+        None => "nil".to_owned(),
+        Some(columns) => format!("[{}]", columns.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")),
+    };
+    format!("[event: {event}, schema: {schema}, table: {table}, filters: [{}], select: {select}]", filters.join(", "))
+}
+
+/// `select`: a list of column names (other entries ignored, none means all);
+/// anything else is an error, as in Supabase.
+fn parse_select(binding: &Value) -> Result<Option<Vec<String>>, String> {
+    match binding.get("select") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => {
+            let mut names: Vec<String> = items.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+            names.sort();
+            names.dedup();
+            Ok((!names.is_empty()).then_some(names))
+        }
+        Some(_) => Err("Error parsing `select` params: expected a list of column name strings, e.g. select: \
+                        [\"col1\", \"col2\"]"
+            .into()),
+    }
 }
 
 /// Resolves and checks every binding, or says why the subscription fails.
@@ -42,12 +67,26 @@ pub fn validate(ctx: &AuthContext, requested: &[Requested]) -> Result<Vec<Bindin
                 ));
             }
         };
-        let filters = filter::parse(text(b, "filter").unwrap_or_default())?;
+        let filters = match b.get("filter") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(f)) => filter::parse(f)?,
+            Some(_) => {
+                return Err(format!(
+                    "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {b}"
+                ));
+            }
+        };
+        let select = parse_select(b)?;
+        if select.is_some() && (schema == "*" || table == "*") {
+            return Err("Column selection is not supported for wildcard subscriptions. Provide an explicit schema \
+                        and table name."
+                .into());
+        }
         let event = Event::parse(text(b, "event"));
         let event_name = text(b, "event").unwrap_or("*");
-        let params = describe(event_name, schema, table, &filters);
-        let relids = rolled_back(|| resolve(ctx, schema, table, &filters))
-            .map_err(String::from)
+        let params = describe(event_name, schema, table, &filters, select.as_deref());
+        let relids = rolled_back(|| resolve(ctx, schema, table, &filters, select.as_deref()))
+            .map_err(|e| e.with_code())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| {
                 format!(
@@ -61,15 +100,26 @@ pub fn validate(ctx: &AuthContext, requested: &[Requested]) -> Result<Vec<Bindin
                  connect parameters: {params}"
             ));
         }
-        out.push(Binding { id: r.id, event, relids, filters, select: None });
+        out.push(Binding { id: r.id, event, relids, filters, select });
     }
     Ok(out)
 }
 
-/// Tables of the publication matching schema and table (`*` for any); every
-/// filter column must be readable by the role and every value must cast to
-/// the column's type. A failed check raises, with its reason.
-fn resolve(ctx: &AuthContext, schema: &str, table: &str, filters: &[Filter]) -> Result<Vec<u32>, pgrx::spi::Error> {
+/// Raises like Supabase's trigger (`raise exception`: P0001).
+fn raise(message: String) -> ! {
+    ereport!(ERROR, PgSqlErrorCode::ERRCODE_RAISE_EXCEPTION, message);
+}
+
+/// Tables of the publication matching schema and table (`*` for any); on
+/// each, every filter and selected column must be one the role may read,
+/// and every filter's value must suit the column. A failed check raises.
+fn resolve(
+    ctx: &AuthContext,
+    schema: &str,
+    table: &str,
+    filters: &[Filter],
+    select: Option<&[String]>,
+) -> Result<Vec<u32>, pgrx::spi::Error> {
     Spi::connect(|client| {
         let args: [DatumWithOid; 2] = [schema.into(), table.into()];
         let relids: Vec<u32> = client
@@ -82,29 +132,140 @@ fn resolve(ctx: &AuthContext, schema: &str, table: &str, filters: &[Filter]) -> 
             )?
             .map(|row| row.get::<pg_sys::Oid>(1).map(|o| o.map(|o| o.to_u32()).unwrap_or_default()))
             .collect::<Result<_, _>>()?;
-        for f in filters {
-            if f.op == filter::Op::In && f.values.len() > MAX_IN_VALUES {
-                pgrx::error!("too many values for `in` filter. Maximum {MAX_IN_VALUES}");
-            }
-            for relid in &relids {
-                let args: [DatumWithOid; 3] =
-                    [pg_sys::Oid::from(*relid).into(), f.column.as_str().into(), ctx.role.as_str().into()];
-                let found = client.select(
-                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-                     WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped
-                       AND has_column_privilege($3, attrelid, attnum, 'SELECT')",
-                    None,
-                    &args,
-                )?;
-                let column_type = if found.is_empty() { None } else { found.first().get_one::<String>()? };
-                let Some(column_type) = column_type else {
-                    pgrx::error!("invalid column for filter {}", f.column);
+        // Values are checked as the worker acts for clients, not as the superuser.
+        act_for_clients();
+        for relid in &relids {
+            for f in filters {
+                let Some((type_oid, type_sql, type_name)) = readable_column(client, *relid, &f.column, &ctx.role)?
+                else {
+                    raise(format!("invalid column for filter {}", f.column));
                 };
-                // The cast raises for a value the column's type cannot hold.
-                let (sql, value) = super::route::filter_operand(f, &column_type);
-                client.select(&format!("SELECT {sql}"), None, &[value.as_str().into()])?;
+                check_filter(client, f, type_oid, &type_sql, &type_name)?;
+            }
+            for column in select.unwrap_or_default() {
+                if readable_column(client, *relid, column, &ctx.role)?.is_none() {
+                    raise(format!("invalid column for select {column}"));
+                }
             }
         }
         Ok(relids)
     })
+}
+
+/// A column of the table the role may select: its type's oid, its
+/// `format_type` (for casts) and its `regtype` text (for messages).
+fn readable_column(
+    client: &pgrx::spi::SpiClient,
+    relid: u32,
+    column: &str,
+    role: &str,
+) -> Result<Option<(pg_sys::Oid, String, String)>, pgrx::spi::Error> {
+    let args: [DatumWithOid; 3] = [pg_sys::Oid::from(relid).into(), column.into(), role.into()];
+    let found = client.select(
+        "SELECT atttypid, format_type(atttypid, atttypmod), atttypid::regtype::text FROM pg_attribute
+         WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped
+           AND has_column_privilege($3, attrelid, attnum, 'SELECT')",
+        None,
+        &args,
+    )?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let row = found.first();
+    Ok(Some((
+        row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+        row.get::<String>(2)?.unwrap_or_default(),
+        row.get::<String>(3)?.unwrap_or_default(),
+    )))
+}
+
+/// Supabase's per-operator checks; a cast that fails raises Postgres's own error.
+fn check_filter(
+    client: &pgrx::spi::SpiClient,
+    f: &Filter,
+    type_oid: pg_sys::Oid,
+    type_sql: &str,
+    type_name: &str,
+) -> Result<(), pgrx::spi::Error> {
+    let op = f.op.name();
+    let has_operator = |name: &str, same_types: bool| -> Result<bool, pgrx::spi::Error> {
+        let args: [DatumWithOid; 2] = [name.into(), type_oid.into()];
+        let sql = if same_types {
+            "SELECT EXISTS (SELECT 1 FROM pg_operator WHERE oprname = $1 AND oprleft = $2 AND oprright = $2
+                            AND oprresult = 'boolean'::regtype)"
+        } else {
+            "SELECT EXISTS (SELECT 1 FROM pg_operator WHERE oprname = $1 AND oprleft = $2)"
+        };
+        Ok(client.select(sql, None, &args)?.first().get_one::<bool>()?.unwrap_or(false))
+    };
+    match f.op {
+        Op::In => {
+            if f.in_len() > MAX_IN_VALUES {
+                raise(format!("too many values for `in` filter. Maximum {MAX_IN_VALUES}"));
+            }
+            client.select(&format!("SELECT $1::{type_sql}[]"), None, &[f.value.as_str().into()])?;
+        }
+        Op::Is => {
+            if !condition::is_value(&f.value) {
+                raise("invalid value for is filter: must be null, true, false, or unknown".into());
+            }
+            if f.value != "null" && type_oid != pg_sys::BOOLOID {
+                raise(format!("is {} filter requires a boolean column, got {type_name}", f.value));
+            }
+        }
+        Op::Like | Op::Ilike => {
+            if !has_operator("~~", false)? {
+                raise(format!("operator {op} requires a text-compatible column type, got {type_name}"));
+            }
+        }
+        Op::Match | Op::Imatch => {
+            let symbol = if f.op == Op::Imatch { "~*" } else { "~" };
+            if !has_operator(symbol, true)? {
+                raise(format!("operator {op} requires a text-compatible column type, got {type_name}"));
+            }
+            let compiled =
+                rolled_back(|| client.select("SELECT '' ~ $1", None, &[f.value.as_str().into()]).map(|_| ()));
+            match compiled {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => raise(format!("invalid regular expression for {op} filter: {}", e.message)),
+            }
+        }
+        Op::Eq | Op::Neq | Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::IsDistinct => {
+            client.select(&format!("SELECT $1::{type_sql}"), None, &[f.value.as_str().into()])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn select_is_a_list_of_names_or_an_error() {
+        assert_eq!(parse_select(&json!({})), Ok(None));
+        assert_eq!(parse_select(&json!({"select": null})), Ok(None));
+        assert_eq!(parse_select(&json!({"select": []})), Ok(None));
+        assert_eq!(
+            parse_select(&json!({"select": ["id", 123, "details", null, "id"]})),
+            Ok(Some(vec!["details".into(), "id".into()]))
+        );
+        assert!(parse_select(&json!({"select": ""})).unwrap_err().starts_with("Error parsing `select` params"));
+        assert!(parse_select(&json!({"select": "id"})).is_err());
+    }
+
+    #[test]
+    fn params_are_described_as_supabase_does() {
+        let filters = filter::parse("id=eq.1").unwrap();
+        assert_eq!(
+            describe("*", "public", "t", &filters, Some(&["a".into(), "b".into()])),
+            r#"[event: *, schema: public, table: t, filters: [{"id", "eq", "1", false}], select: ["a", "b"]]"#
+        );
+        assert_eq!(
+            describe("INSERT", "public", "t", &[], None),
+            "[event: INSERT, schema: public, table: t, filters: [], select: nil]"
+        );
+    }
 }

@@ -28,6 +28,18 @@ impl SqlError {
     }
 }
 
+impl SqlError {
+    /// As Supabase's clients read a database error (Postgrex's form):
+    /// `ERROR 22P02 (invalid_text_representation) invalid input syntax ...`.
+    pub fn with_code(&self) -> String {
+        let packed = self.code as isize;
+        let sqlstate: String = (0..5).map(|i| char::from(((packed >> (6 * i)) & 0x3F) as u8 + b'0')).collect();
+        let name = format!("{:?}", self.code);
+        let name = name.strip_prefix("ERRCODE_").unwrap_or(&name).to_ascii_lowercase();
+        format!("ERROR {sqlstate} ({name}) {}", self.message)
+    }
+}
+
 impl std::fmt::Display for SqlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

@@ -400,12 +400,10 @@ impl Worker {
         let registry = &mut self.registry;
         self.caches.before_query();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            for request in requests {
-                if shutdown_requested() {
-                    break; // the askers see the worker go away
-                }
-                requests::answer(request.take(), registry);
+            if shutdown_requested() {
+                return; // the askers see the worker go away
             }
+            requests::answer_all(requests.into_iter().map(Queued::take).collect(), registry);
         }));
         plugin::set_watched(self.registry.watched());
         wake::watch_writes(!self.registry.is_empty());
