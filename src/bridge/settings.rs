@@ -9,6 +9,8 @@ pub struct Settings {
     pub port: u16,
     pub jwt_secret: Option<String>,
     pub jwt_jwks: Option<String>,
+    /// `realtime.jwt_claim_validators`: a JSON object of claims tokens must carry.
+    pub jwt_claim_validators: Option<String>,
     pub private_only: bool,
     pub max_payload_bytes: usize,
     pub max_channels_per_client: usize,
@@ -68,7 +70,8 @@ impl Settings {
 
     /// A change that invalidates every token already accepted.
     pub fn jwt_changed(&self, other: &Settings) -> bool {
-        (&self.jwt_secret, &self.jwt_jwks) != (&other.jwt_secret, &other.jwt_jwks)
+        (&self.jwt_secret, &self.jwt_jwks, &self.jwt_claim_validators, &self.allowed_roles)
+            != (&other.jwt_secret, &other.jwt_jwks, &other.jwt_claim_validators, &other.allowed_roles)
     }
 }
 
@@ -79,6 +82,7 @@ impl Default for Settings {
             port: 4000,
             jwt_secret: None,
             jwt_jwks: None,
+            jwt_claim_validators: None,
             private_only: false,
             max_payload_bytes: 3000 * 1024,
             max_channels_per_client: 100,

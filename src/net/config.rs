@@ -2,7 +2,7 @@
 //! on the main thread and handed over whole.
 
 use crate::bridge::{Limits, Settings};
-use crate::jwt::Verifier;
+use crate::jwt::{ClaimValidators, Verifier};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,18 @@ impl ServerConfig {
             warnings.push(format!("realtime.jwt_jwks is ignored: {e}"));
             Verifier::new(secret, None).expect("a secret alone always makes a verifier")
         });
+        // A token is checked for the claims the settings name, and for a role
+        // realtime_worker may assume; settings that cannot be read refuse every token.
+        let validators = ClaimValidators::parse(settings.jwt_claim_validators.as_deref().unwrap_or_default());
+        let verifier = match validators {
+            Ok(validators) => {
+                verifier.with_claim_validators(validators).with_allowed_roles(settings.allowed_roles.clone())
+            }
+            Err(e) => {
+                warnings.push(format!("realtime.jwt_claim_validators: {e}; every token is refused until it is fixed"));
+                verifier.with_allowed_roles(Vec::new())
+            }
+        };
         if secret.is_none() && jwks.is_none() {
             warnings.push("neither realtime.jwt_secret nor realtime.jwt_jwks is set: every token is refused".into());
         }

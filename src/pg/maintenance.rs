@@ -83,8 +83,12 @@ pub fn allow_output_plugin() {
     }
 }
 
+/// The roles a client may always name, as the extension grants them.
+const DEFAULT_CLIENT_ROLES: [&str; 3] = ["anon", "authenticated", "service_role"];
+
 /// Makes `realtime_worker` a member of exactly the roles clients may assume;
-/// returns them (the defaults and the named roles that exist).
+/// returns them (the defaults and the named roles that exist; the defaults
+/// alone if that fails).
 pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
     let synced = BackgroundWorker::transaction(|| {
         subxact::committed(|| {
@@ -99,11 +103,11 @@ pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
         Ok(Ok(roles)) => roles,
         Ok(Err(e)) => {
             warning!("realtime: cannot set the roles realtime_worker may assume: {e}");
-            Vec::new()
+            DEFAULT_CLIENT_ROLES.map(String::from).into()
         }
         Err(e) => {
             warning!("realtime: cannot set the roles realtime_worker may assume: {e}");
-            Vec::new()
+            DEFAULT_CLIENT_ROLES.map(String::from).into()
         }
     }
 }

@@ -11,6 +11,7 @@ pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<C
 pub static PORT: GucSetting<i32> = GucSetting::<i32>::new(4000);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// In kB.
 pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
@@ -86,6 +87,15 @@ pub fn define() {
         &JWT_JWKS,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.jwt_claim_validators",
+        c"Claims every token must carry, as a JSON object, e.g. {\"iss\": \"https://example.supabase.co/auth/v1\"}.",
+        c"Like Supabase's JWT_CLAIM_VALIDATORS: each claim must equal its value (an aud list must contain it). \
+          A token without one of them is refused. Changing it disconnects every socket.",
+        &JWT_CLAIM_VALIDATORS,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"realtime.private_only",
@@ -297,6 +307,7 @@ pub fn read() -> Settings {
         port: PORT.get() as u16,
         jwt_secret: text(&JWT_SECRET),
         jwt_jwks: text(&JWT_JWKS),
+        jwt_claim_validators: text(&JWT_CLAIM_VALIDATORS),
         private_only: PRIVATE_ONLY.get(),
         max_payload_bytes: MAX_PAYLOAD_SIZE.get() as usize * 1024,
         max_channels_per_client: MAX_CHANNELS_PER_CLIENT.get() as usize,

@@ -364,13 +364,28 @@ async fn subscription_errors_keep_the_channel_open() {
         let mut binding = json!({"event": "*", "schema": "public", "table": t});
         binding.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let (_, _, system) = subscribe(&mut c, &format!("realtime:{}", unique("err")), json!([binding])).await;
-        assert!(system["message"].as_str().unwrap().ends_with(&format!("ERROR P0001 (raise_exception) {message}")), "{system}");
+        assert!(
+            system["message"].as_str().unwrap().ends_with(&format!("ERROR P0001 (raise_exception) {message}")),
+            "{system}"
+        );
     }
     let malformed = [
-        (json!({"schema": "*", "select": ["id"]}), "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."),
-        (json!({"schema": "public", "table": t, "select": "id"}), "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]"),
-        (json!({"schema": "public", "table": t, "filter": "id=eq.1,"}), "Error parsing `filter` params: filter must not contain empty segments (check for extra commas)"),
-        (json!({"schema": "public", "table": t, "filter": "id=in.1"}), "Error parsing `filter` params: `in` filter value must be wrapped by parentheses"),
+        (
+            json!({"schema": "*", "select": ["id"]}),
+            "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.",
+        ),
+        (
+            json!({"schema": "public", "table": t, "select": "id"}),
+            "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]",
+        ),
+        (
+            json!({"schema": "public", "table": t, "filter": "id=eq.1,"}),
+            "Error parsing `filter` params: filter must not contain empty segments (check for extra commas)",
+        ),
+        (
+            json!({"schema": "public", "table": t, "filter": "id=in.1"}),
+            "Error parsing `filter` params: `in` filter value must be wrapped by parentheses",
+        ),
     ];
     for (binding, message) in malformed {
         let (_, _, system) = subscribe(&mut c, &format!("realtime:{}", unique("err")), json!([binding])).await;
@@ -435,19 +450,53 @@ async fn every_filter_operator_as_supabase_evaluates_it() {
     let expect = |fs: &[&'static str]| fs.to_vec();
     assert_eq!(
         matched[0],
-        expect(&["id=eq.1", "id=lt.2", "id=lte.2", "name=in.(\"a,b\",c)", "name=match.^[a-c]", "name=imatch.^A", "flag=is.true", "flag=not.is.null", "score=not.isdistinct.1.5", "name=not.eq.c"])
+        expect(&[
+            "id=eq.1",
+            "id=lt.2",
+            "id=lte.2",
+            "name=in.(\"a,b\",c)",
+            "name=match.^[a-c]",
+            "name=imatch.^A",
+            "flag=is.true",
+            "flag=not.is.null",
+            "score=not.isdistinct.1.5",
+            "name=not.eq.c"
+        ])
     );
     assert_eq!(
         matched[1],
-        expect(&["id=neq.1", "id=lte.2", "id=gte.2", "name=in.(\"a,b\",c)", "name=like.c%", "name=ilike.C%", "name=match.^[a-c]", "flag=is.null", "score=isdistinct.1.5", "id=gt.1,score=lt.3"])
+        expect(&[
+            "id=neq.1",
+            "id=lte.2",
+            "id=gte.2",
+            "name=in.(\"a,b\",c)",
+            "name=like.c%",
+            "name=ilike.C%",
+            "name=match.^[a-c]",
+            "flag=is.null",
+            "score=isdistinct.1.5",
+            "id=gt.1,score=lt.3"
+        ])
     );
     // A NULL score is distinct from 1.5 and fails `lt`; `not.in` and `not.eq` pass 'Ab'.
     assert_eq!(
         matched[2],
-        expect(&["id=neq.1", "id=gt.2", "id=gte.2", "name=not.in.(\"a,b\",c)", "name=imatch.^A", "flag=not.is.null", "score=isdistinct.1.5", "name=not.eq.c"])
+        expect(&[
+            "id=neq.1",
+            "id=gt.2",
+            "id=gte.2",
+            "name=not.in.(\"a,b\",c)",
+            "name=imatch.^A",
+            "flag=not.is.null",
+            "score=isdistinct.1.5",
+            "name=not.eq.c"
+        ])
     );
     // `select` keeps the listed columns and the key.
-    assert!(selected.iter().all(|r| r.as_object().unwrap().keys().collect::<Vec<_>>() == ["id", "name"]), "{selected:?}");
+    assert!(
+        selected.iter().all(|r| r.as_object().unwrap().keys().collect::<Vec<_>>() == ["id", "name"]),
+        "{selected:?}"
+    );
     assert_eq!(selected.len(), 3);
 }
 
