@@ -16,7 +16,7 @@ else
 endif
 PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
 
-.PHONY: run stop test setup install lint bench bench-quick
+.PHONY: run stop test setup install lint bench bench-quick fuzz
 
 setup:
 	@scripts/setup.sh
@@ -43,3 +43,7 @@ bench: setup
 
 bench-quick: setup
 	@scripts/bench.sh --quick $(BENCH_ARGS)
+
+# Millions of cases of the property tests over untrusted input (not in CI).
+fuzz: setup
+	@scripts/fuzz.sh

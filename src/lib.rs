@@ -5,6 +5,8 @@
 
 use pgrx::prelude::*;
 
+#[cfg(test)]
+mod arbitrary_json;
 mod bridge;
 mod changes;
 mod decoded;

@@ -166,3 +166,31 @@ mod tests {
         assert_ne!(out[0]["id"], out[1]["id"]);
     }
 }
+
+/// Properties over untrusted join payloads (`make fuzz` runs them for millions of cases).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::arbitrary_json::json_value;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_join_payload_parses_or_is_refused_with_a_reason(payload in json_value()) {
+            match JoinConfig::parse(&payload) {
+                Ok(join) => {
+                    let bindings = bindings_with_ids(&join.postgres_changes);
+                    prop_assert_eq!(bindings.len(), join.postgres_changes.len());
+                    for (b, again) in bindings.iter().zip(bindings_with_ids(&join.postgres_changes)) {
+                        prop_assert!(b.as_object().is_none_or(|o| o["id"].as_u64().is_some_and(|id| id > 0)));
+                        prop_assert_eq!(b, &again, "ids depend only on the binding");
+                    }
+                    if let Some(replay) = join.replay {
+                        prop_assert!((1..=25).contains(&replay.limit));
+                    }
+                }
+                Err(reason) => prop_assert!(reason.starts_with("UnableToReplayMessages: "), "{reason}"),
+            }
+        }
+    }
+}

@@ -277,3 +277,33 @@ mod tests {
         assert_eq!(topic_and_event("/api/broadcast/room"), None);
     }
 }
+
+/// Properties over untrusted REST bodies (`make fuzz` runs them for millions of cases).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::arbitrary_json::json_value;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_body_is_accepted_whole_or_refused_with_errors(
+            body in prop_oneof![
+                json_value().prop_map(|v| v.to_string().into_bytes()),
+                json_value().prop_map(|v| serde_json::to_vec(&json!({"messages": [v]})).unwrap()),
+                prop::collection::vec(any::<u8>(), 0..200),
+            ],
+            max in 0usize..200,
+        ) {
+            match parse_batch(&body, max) {
+                Ok(messages) => {
+                    for m in messages {
+                        prop_assert!(!m.topic.is_empty() && !m.broadcast.event.is_empty());
+                        prop_assert!(m.broadcast.payload.wire_len() <= max);
+                    }
+                }
+                Err(errors) => prop_assert!(errors.get("errors").is_some(), "{errors}"),
+            }
+        }
+    }
+}

@@ -519,3 +519,83 @@ mod tests {
         assert_eq!(encode_broadcast(Vsn::V2, &long_topic, &bin, None), None);
     }
 }
+
+/// Properties over untrusted frames (`make fuzz` runs them for millions of cases).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vsn() -> impl Strategy<Value = Vsn> {
+        prop_oneof![Just(Vsn::V1), Just(Vsn::V2)]
+    }
+
+    /// JSON-ish text: arrays and objects of the shapes frames have, broken at random.
+    fn frameish() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            r#"\[("[a-z0-9:]{0,6}"|null|[0-9]{1,3}|\{\}|\[\]|"broadcast"|"phx_join"),{0,5}(\{"(event|payload|type)":("x"|\{\}|null|\[1\])\})?\]?"#,
+            r#"\{("(topic|event|payload|ref|join_ref)":("[a-z]{0,4}"|null|[0-9]{1,3}|\{\}),?){0,6}\}?"#,
+        ]
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9:_ é-]{0,20}"
+    }
+
+    proptest! {
+        #[test]
+        fn text_frames_decode_or_fail_cleanly(vsn in vsn(), text in frameish()) {
+            if let Err(e) = decode_text(vsn, &text) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn binary_frames_decode_or_fail_cleanly(vsn in vsn(), bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_binary(vsn, &bytes);
+            // With the kind of a client push, the lengths get exercised.
+            let mut pushed = bytes;
+            if let Some(first) = pushed.first_mut() {
+                *first = KIND_USER_BROADCAST_PUSH;
+            }
+            let _ = decode_binary(Vsn::V2, &pushed);
+        }
+
+        #[test]
+        fn v2_text_pushes_round_trip(
+            join_ref in prop::option::of(field()), msg_ref in prop::option::of(field()),
+            topic in field(), event in field(), n in any::<i64>(), s in any::<String>(),
+        ) {
+            let payload = json!({"n": n, "s": s});
+            let text = json!([join_ref, msg_ref, topic, event, payload]).to_string();
+            let inbound = decode_text(Vsn::V2, &text).unwrap();
+            prop_assert_eq!((inbound.join_ref, inbound.msg_ref), (join_ref, msg_ref));
+            prop_assert_eq!((inbound.topic, inbound.event.clone()), (topic, event.clone()));
+            if event != "broadcast" {
+                prop_assert_eq!(inbound.payload, InboundPayload::Json(payload));
+            }
+        }
+
+        #[test]
+        fn binary_pushes_round_trip(
+            join_ref in field(), msg_ref in field(), topic in field(), event in field(),
+            body in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut frame = vec![KIND_USER_BROADCAST_PUSH];
+            for f in [&join_ref, &msg_ref, &topic, &event] {
+                frame.push(f.len() as u8);
+            }
+            frame.extend([0, ENCODING_BINARY]);
+            for f in [&join_ref, &msg_ref, &topic, &event] {
+                frame.extend_from_slice(f.as_bytes());
+            }
+            frame.extend_from_slice(&body);
+            let inbound = decode_binary(Vsn::V2, &frame).unwrap();
+            prop_assert_eq!(inbound.topic, topic);
+            prop_assert_eq!(inbound.join_ref, (!join_ref.is_empty()).then_some(join_ref));
+            prop_assert_eq!(inbound.msg_ref, (!msg_ref.is_empty()).then_some(msg_ref));
+            prop_assert_eq!(inbound.payload, InboundPayload::Broadcast(Broadcast { event, payload: Body::Binary(body) }));
+        }
+    }
+}
