@@ -45,6 +45,9 @@ pub struct Binding {
     pub filters: Vec<Filter>,
     /// The columns the payload keeps (the key always), sorted; None: all.
     pub select: Option<Vec<String>>,
+    /// `(schema, table)` as asked when either is `*`: the tables it covers
+    /// follow the publication.
+    pub wildcard: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +87,18 @@ impl Registry {
         self.channels.is_empty()
     }
 
+    /// Bindings whose tables follow the publication, with their channel's claims.
+    pub fn wildcards_mut(&mut self) -> impl Iterator<Item = (&AuthContext, &mut Binding)> {
+        self.channels.values_mut().flat_map(|ChannelBindings { ctx, bindings }| {
+            let ctx: &AuthContext = ctx;
+            bindings.iter_mut().filter(|b| b.wildcard.is_some()).map(move |b| (ctx, b))
+        })
+    }
+
+    pub fn has_wildcards(&self) -> bool {
+        self.channels.values().any(|c| c.bindings.iter().any(|b| b.wildcard.is_some()))
+    }
+
     /// Every table some binding watches.
     pub fn watched(&self) -> HashSet<u32> {
         self.channels.values().flat_map(|c| c.bindings.iter().flat_map(|b| b.relids.iter().copied())).collect()
@@ -110,7 +125,7 @@ mod tests {
     }
 
     fn binding(id: u32, relids: &[u32]) -> Binding {
-        Binding { id, event: Event::All, relids: relids.to_vec(), filters: vec![], select: None }
+        Binding { id, event: Event::All, relids: relids.to_vec(), filters: vec![], select: None, wildcard: None }
     }
 
     #[test]

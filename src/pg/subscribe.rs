@@ -9,7 +9,7 @@ use super::subxact::rolled_back;
 use crate::bridge::AuthContext;
 use crate::changes::condition;
 use crate::changes::filter::{self, Filter, MAX_IN_VALUES, Op};
-use crate::changes::registry::{Binding, Event};
+use crate::changes::registry::{Binding, Event, Registry};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, ereport};
@@ -100,7 +100,8 @@ pub fn validate(ctx: &AuthContext, requested: &[Requested]) -> Result<Vec<Bindin
                  connect parameters: {params}"
             ));
         }
-        out.push(Binding { id: r.id, event, relids, filters, select });
+        let wildcard = (schema == "*" || table == "*").then(|| (schema.to_owned(), table.to_owned()));
+        out.push(Binding { id: r.id, event, relids, filters, select, wildcard });
     }
     Ok(out)
 }
@@ -121,35 +122,76 @@ fn resolve(
     select: Option<&[String]>,
 ) -> Result<Vec<u32>, pgrx::spi::Error> {
     Spi::connect(|client| {
-        let args: [DatumWithOid; 2] = [schema.into(), table.into()];
-        let relids: Vec<u32> = client
-            .select(
-                "SELECT format('%I.%I', schemaname, tablename)::regclass::oid
-                 FROM pg_publication_tables
-                 WHERE pubname = 'supabase_realtime' AND ($1 = '*' OR schemaname = $1) AND ($2 = '*' OR tablename = $2)",
-                None,
-                &args,
-            )?
-            .map(|row| row.get::<pg_sys::Oid>(1).map(|o| o.map(|o| o.to_u32()).unwrap_or_default()))
-            .collect::<Result<_, _>>()?;
-        // Values are checked as the worker acts for clients, not as the superuser.
-        act_for_clients();
+        let relids = publication_tables(client, schema, table)?;
         for relid in &relids {
-            for f in filters {
-                let Some((type_oid, type_sql, type_name)) = readable_column(client, *relid, &f.column, &ctx.role)?
-                else {
-                    raise(format!("invalid column for filter {}", f.column));
-                };
-                check_filter(client, f, type_oid, &type_sql, &type_name)?;
-            }
-            for column in select.unwrap_or_default() {
-                if readable_column(client, *relid, column, &ctx.role)?.is_none() {
-                    raise(format!("invalid column for select {column}"));
-                }
-            }
+            check_table(client, ctx, *relid, filters, select)?;
         }
         Ok(relids)
     })
+}
+
+fn publication_tables(client: &pgrx::spi::SpiClient, schema: &str, table: &str) -> Result<Vec<u32>, pgrx::spi::Error> {
+    let args: [DatumWithOid; 2] = [schema.into(), table.into()];
+    client
+        .select(
+            "SELECT format('%I.%I', schemaname, tablename)::regclass::oid
+             FROM pg_publication_tables
+             WHERE pubname = 'supabase_realtime' AND ($1 = '*' OR schemaname = $1) AND ($2 = '*' OR tablename = $2)",
+            None,
+            &args,
+        )?
+        .map(|row| row.get::<pg_sys::Oid>(1).map(|o| o.map(|o| o.to_u32()).unwrap_or_default()))
+        .collect()
+}
+
+/// Raises unless every filter and selected column suits the table, checked
+/// as the worker acts for clients, not as the superuser.
+fn check_table(
+    client: &pgrx::spi::SpiClient,
+    ctx: &AuthContext,
+    relid: u32,
+    filters: &[Filter],
+    select: Option<&[String]>,
+) -> Result<(), pgrx::spi::Error> {
+    act_for_clients();
+    for f in filters {
+        let Some((type_oid, type_sql, type_name)) = readable_column(client, relid, &f.column, &ctx.role)? else {
+            raise(format!("invalid column for filter {}", f.column));
+        };
+        check_filter(client, f, type_oid, &type_sql, &type_name)?;
+    }
+    for column in select.unwrap_or_default() {
+        if readable_column(client, relid, column, &ctx.role)?.is_none() {
+            raise(format!("invalid column for select {column}"));
+        }
+    }
+    Ok(())
+}
+
+/// Wildcard bindings follow the publication: tables added to it since are
+/// watched (when the binding's filters suit them), tables gone are not.
+/// Returns whether any binding changed.
+pub fn refresh_wildcards(registry: &mut Registry) -> bool {
+    let mut changed = false;
+    for (ctx, binding) in registry.wildcards_mut() {
+        let Some((schema, table)) = binding.wildcard.clone() else { continue };
+        let listed = rolled_back(|| Spi::connect(|client| publication_tables(client, &schema, &table)));
+        let Ok(Ok(listed)) = listed else { continue };
+        let mut relids: Vec<u32> = binding.relids.iter().copied().filter(|r| listed.contains(r)).collect();
+        for relid in listed.iter().copied().filter(|r| !binding.relids.contains(r)) {
+            let suits = rolled_back(|| {
+                Spi::connect(|client| check_table(client, ctx, relid, &binding.filters, binding.select.as_deref()))
+            });
+            if matches!(suits, Ok(Ok(()))) {
+                relids.push(relid);
+            }
+        }
+        if relids != binding.relids {
+            binding.relids = relids;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// A column of the table the role may select: its type's oid, its

@@ -8,7 +8,7 @@
 use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
-use super::{maintenance, plugin, requests, route, settings, slot, subxact, wake};
+use super::{maintenance, plugin, requests, route, settings, slot, subscribe, subxact, wake};
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
 use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, queue};
@@ -27,6 +27,8 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 /// flushed when they woke it (`synchronous_commit = off`).
 const DECODE_FALLBACK: Duration = Duration::from_millis(200);
 const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often `table: '*'` bindings look at the publication again.
+const WILDCARD_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// A decoding step yields to requests after this long.
 const STEP_TIME: Duration = Duration::from_millis(20);
 /// The slot's confirmed position reaches disk about this often, so a crash
@@ -125,6 +127,7 @@ struct Worker {
     last_decode: Instant,
     next_maintenance: Instant,
     next_slot_check: Instant,
+    next_wildcard_check: Instant,
     held_back_reported: Option<Instant>,
     /// The most of the budget used since memory was last given back, and when.
     peak_used: usize,
@@ -150,6 +153,7 @@ impl Worker {
             last_decode: now,
             next_maintenance: now,
             next_slot_check: now,
+            next_wildcard_check: now,
             held_back_reported: None,
             peak_used: 0,
             last_trim: now,
@@ -187,6 +191,9 @@ impl Worker {
             if now >= self.next_slot_check {
                 self.check_slot();
             }
+            if now >= self.next_wildcard_check {
+                self.refresh_wildcards();
+            }
             if self.decoder.is_none() && now >= self.next_open {
                 self.open();
             }
@@ -210,7 +217,11 @@ impl Worker {
             } else {
                 DECODE_FALLBACK.saturating_sub(self.last_decode.elapsed())
             };
-            let until_timer = self.next_maintenance.min(self.next_slot_check).saturating_duration_since(Instant::now());
+            let mut next_timer = self.next_maintenance.min(self.next_slot_check);
+            if self.registry.has_wildcards() {
+                next_timer = next_timer.min(self.next_wildcard_check);
+            }
+            let until_timer = next_timer.saturating_duration_since(Instant::now());
             let latch = wait_set.wait(timeout.min(until_timer));
             interrupts::process_pending();
             self.decode_due = latch || more;
@@ -407,6 +418,20 @@ impl Worker {
         }));
         plugin::set_watched(self.registry.watched());
         wake::watch_writes(!self.registry.is_empty());
+    }
+
+    /// `table: '*'` bindings see tables added to the publication since.
+    fn refresh_wildcards(&mut self) {
+        self.next_wildcard_check = Instant::now() + WILDCARD_CHECK_EVERY;
+        if !self.registry.has_wildcards() {
+            return;
+        }
+        let registry = &mut self.registry;
+        self.caches.before_query();
+        let changed = BackgroundWorker::transaction(AssertUnwindSafe(|| subscribe::refresh_wildcards(registry)));
+        if changed {
+            plugin::set_watched(self.registry.watched());
+        }
     }
 
     /// Creates the slot when missing and keeps the WAL it holds bounded.

@@ -1,5 +1,6 @@
 """The Python `realtime` client (V1 JSON) against the live worker."""
 import asyncio
+import json
 
 import pytest
 from realtime import AsyncRealtimeClient
@@ -174,4 +175,51 @@ async def test_postgres_changes_with_a_filter():
     only = await next_item(filtered)
     assert only["data"]["record"]["id"] == 2
     assert filtered.empty()
+    await client.close()
+
+
+async def test_filters_beyond_eq_and_a_malformed_filter():
+    table = unique("py_ops").replace("-", "_")
+    psql(f"""CREATE TABLE {table} (id int PRIMARY KEY, name text, flag boolean);
+             ALTER PUBLICATION supabase_realtime ADD TABLE {table};
+             GRANT SELECT ON {table} TO service_role;""")
+    client = await connected(jwt("service_role"))
+    ilike, both, selected, errors = asyncio.Queue(), asyncio.Queue(), asyncio.Queue(), asyncio.Queue()
+    ch = client.channel(table)
+    ch.on_postgres_changes("INSERT", lambda p: ilike.put_nowait(p), table=table, schema="public", filter="name=ilike.A%")
+    ch.on_postgres_changes("INSERT", lambda p: both.put_nowait(p), table=table, schema="public",
+                           filter="id=gt.1,flag=not.is.null")
+    ch.on_postgres_changes("INSERT", lambda p: selected.put_nowait(p), table=table, schema="public",
+                           filter="id=eq.1", select=["name"])
+    assert "SUBSCRIBED" in str(await subscribed(ch))
+    psql(f"INSERT INTO {table} VALUES (1, 'apple', true), (2, 'b', null), (3, 'Ant', false)")
+    assert [(await next_item(ilike, 10))["data"]["record"]["id"] for _ in range(2)] == [1, 3]
+    assert (await next_item(both))["data"]["record"]["id"] == 3
+    assert (await next_item(selected))["data"]["record"] == {"id": 1, "name": "apple"}
+    assert ilike.empty() and both.empty()
+
+    # supabase-py reports a system error as CHANNEL_ERROR, carrying Supabase's text.
+    bad = client.channel(unique("py_bad"))
+    bad.on_postgres_changes("*", lambda p: None, table=table, schema="public", filter="id=eq")
+    await bad.subscribe(lambda state, err: errors.put_nowait((str(state), str(err))))
+    while True:
+        state, err = await next_item(errors)
+        if "CHANNEL_ERROR" in state:
+            break
+    assert json.loads(err)["message"] == 'Error parsing `filter` params: ["eq"]'
+    await client.close()
+
+
+async def test_a_binary_database_broadcast_is_not_sent_to_v1_clients():
+    # V1 frames are JSON and cannot carry bytes; as in Supabase, V1 sockets skip them.
+    topic = unique("py_bin")
+    client = await connected(jwt("service_role"))
+    got = asyncio.Queue()
+    ch = client.channel(topic)
+    ch.on_broadcast("e", lambda m: got.put_nowait(m))
+    assert "SUBSCRIBED" in str(await subscribed(ch))
+    psql(f"SELECT realtime.send_binary('\\x0102'::bytea, 'e', '{topic}', false)")
+    psql(f"""SELECT realtime.send('{{"after": 1}}', 'e', '{topic}', false)""")
+    first = await next_item(got, 10)
+    assert first["payload"]["after"] == 1
     await client.close()

@@ -532,3 +532,38 @@ async fn delivered_changes_per_second_with_100_subscribers() {
         delivered as f64 / seconds
     );
 }
+
+/// `table: '*'` follows the publication: a table added after the join is
+/// watched within a few seconds, without a rejoin.
+#[tokio::test]
+async fn a_wildcard_binding_sees_tables_added_later() {
+    let schema = unique("wc").replace('-', "_");
+    psql(&format!(
+        "CREATE SCHEMA {schema}; GRANT USAGE ON SCHEMA {schema} TO service_role;
+         CREATE TABLE {schema}.first (id int PRIMARY KEY); GRANT SELECT ON {schema}.first TO service_role;
+         ALTER PUBLICATION supabase_realtime ADD TABLE {schema}.first;"
+    ));
+    let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
+    subscribed(&mut c, &format!("realtime:{schema}"), json!([{"event": "INSERT", "schema": schema, "table": "*"}]))
+        .await;
+    psql(&format!(
+        "CREATE TABLE {schema}.later (id int PRIMARY KEY); GRANT SELECT ON {schema}.later TO service_role;
+         ALTER PUBLICATION supabase_realtime ADD TABLE {schema}.later;"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        assert!(Instant::now() < deadline, "no change from the later table within 10 s");
+        n += 1;
+        psql(&format!("INSERT INTO {schema}.later VALUES ({n})"));
+        if let Some(m) = c.try_recv(Duration::from_secs(1)).await
+            && m.event == "postgres_changes"
+        {
+            assert_eq!(m.payload["data"]["table"], "later");
+            break;
+        }
+    }
+    // And the first table still.
+    psql(&format!("INSERT INTO {schema}.first VALUES (1)"));
+    assert_eq!(next_change(&mut c).await["data"]["table"], "first");
+}
