@@ -327,18 +327,10 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     }
 }
 
+/// The query string's parameters; a malformed one yields none (the request
+/// is then refused for what it lacks, e.g. `API key is missing`).
 fn query_params(request: &Request) -> HashMap<String, String> {
-    let query = request.uri().query().unwrap_or_default();
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let decode =
-                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-            (decode(k), decode(v))
-        })
-        .collect()
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(request.uri()).map(|q| q.0).unwrap_or_default()
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {

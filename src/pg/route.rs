@@ -16,14 +16,10 @@ use crate::changes::payload::{self, TableMeta};
 use crate::changes::registry::{Binding, Registry};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-
-/// `"name"` with inner quotes doubled: identifiers reach SQL only this way.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// For each change, the deliveries it makes, in the changes' order.
 pub fn route(registry: &Registry, changes: &[RowChange], max_record_bytes: usize) -> Vec<Vec<Delivery>> {
@@ -241,15 +237,16 @@ impl KeyLookup {
         let record_columns: Vec<String> = meta
             .primary_key
             .iter()
-            .map(|k| format!("{} {}", quote_ident(k), types.get(k.as_str()).unwrap_or(&"text")))
+            .map(|k| format!("{} {}", quote_identifier(k), types.get(k.as_str()).unwrap_or(&"text")))
             .collect();
         // Key columns are never null: `=` keeps the primary key index usable.
-        let join: Vec<String> = meta.primary_key.iter().map(|k| format!("t.{q} = v.{q}", q = quote_ident(k))).collect();
+        let join: Vec<String> =
+            meta.primary_key.iter().map(|k| format!("t.{q} = v.{q}", q = quote_identifier(k))).collect();
         let sql = format!(
             "SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, {}) WHERE EXISTS (SELECT 1 FROM {}.{} t WHERE {})",
             record_columns.join(", "),
-            quote_ident(&meta.schema),
-            quote_ident(&meta.table),
+            quote_identifier(&meta.schema),
+            quote_identifier(&meta.table),
             join.join(" AND ")
         );
         KeyLookup { sql, keys: Value::Array(keys) }
@@ -366,15 +363,4 @@ fn table_meta(relid: u32) -> Result<Option<TableMeta>, pgrx::spi::Error> {
             primary_key: key.as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
         }))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("todos"), "\"todos\"");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-    }
 }
