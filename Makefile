@@ -4,8 +4,6 @@ PG_VERSION ?= 15
 PG_CONFIG := /usr/lib/postgresql/$(PG_VERSION)/bin/pg_config
 # release for `make run` and benchmarks; the tests install the debug build they already compiled.
 PROFILE ?= release
-# The cluster `make test` starts, kept apart from the one `make run` starts.
-TEST_ENV := RUN_DIR=$(CURDIR)/target/test-cluster PG_PORT=54399 WS_PORT=4099
 
 ifeq ($(shell id -u),0)
   RUNAS := --runas postgres

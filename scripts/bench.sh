@@ -3,9 +3,12 @@
 # peer beside it, the load generator against both; writes BENCHMARKS.md.
 source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
-export RUN_DIR=$REPO_ROOT/target/bench-cluster PG_PORT=54398 WS_PORT=4098
+export RUN_DIR=$REPO_ROOT/target/bench-cluster
 export EXTRA_CONF=$LOAD_TEST_LIMITS
-PEER_PORT=4097
+PG_PORT=${PG_PORT:-54398} scripts/cluster.sh stop || true
+pick_port PG_PORT 54398
+pick_port WS_PORT 4098
+pick_port PEER_PORT 4097
 peer_pid=
 cleanup() {
   [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null

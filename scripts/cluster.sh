@@ -16,6 +16,14 @@ PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d po
 running() { [ -f "$DATA/PG_VERSION" ] && as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
 
 start() {
+  if ! running; then
+    for var in PG_PORT WS_PORT; do
+      if port_busy "${!var}"; then
+        echo "port ${!var} is taken by another program: set $var to a free port (e.g. $var=$(free_port "${!var}"))" >&2
+        exit 1
+      fi
+    done
+  fi
   mkdir -p "$RUN_DIR"
   [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$RUN_DIR"
   if ! as_pg_user test -w "$RUN_DIR"; then

@@ -29,3 +29,25 @@ as_pg_user() {
 }
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# Does something accept connections on 127.0.0.1:$1?
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The first port from $1 up that nothing listens on.
+free_port() {
+  local port=$1
+  while port_busy "$port"; do port=$((port + 1)); done
+  echo "$port"
+}
+
+# Sets the variable named $1 to a free port from $2 up, unless the caller set
+# it; says so when the default was taken.
+pick_port() {
+  local name=$1 default=$2
+  if [ -n "${!name:-}" ]; then return; fi
+  local port
+  port=$(free_port "$default")
+  [ "$port" = "$default" ] || log "port $default is taken: using $name=$port"
+  printf -v "$name" '%s' "$port"
+  export "${name?}"
+}

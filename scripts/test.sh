@@ -5,8 +5,13 @@
 source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
 
-export RUN_DIR=$REPO_ROOT/target/test-cluster PG_PORT=54399 WS_PORT=4099
+export RUN_DIR=$REPO_ROOT/target/test-cluster
 export EXTRA_CONF=$LOAD_TEST_LIMITS
+# A test cluster left running by an interrupted run is stopped first; then
+# the default ports, or the next free ones (PG_PORT and WS_PORT override).
+PG_PORT=${PG_PORT:-54399} scripts/cluster.sh stop || true
+pick_port PG_PORT 54399
+pick_port WS_PORT 4099
 cleanup() { scripts/cluster.sh stop || true; }
 trap cleanup EXIT
 
