@@ -84,6 +84,21 @@ impl RateAverage {
         self.triggered
     }
 
+    /// A raised limit lets go at once when the average is already under it
+    /// (a DBA raising a limit should not wait for a tick); a lowered one
+    /// trips from the next tick on.
+    pub fn set_limit(&mut self, limit: Option<f64>) -> Option<Change> {
+        if self.limit == limit {
+            return None;
+        }
+        self.limit = limit;
+        if self.triggered && limit.is_none_or(|l| self.avg < l) {
+            self.triggered = false;
+            return Some(Change::Untripped);
+        }
+        None
+    }
+
     /// All buckets empty: nothing to remember.
     pub fn idle(&self) -> bool {
         self.buckets.iter().all(|&b| b == 0)
@@ -108,9 +123,9 @@ impl RateCounter {
         RateCounter { average: RateAverage::new(tick, max_buckets, limit), current: 0, next_tick: now + tick }
     }
 
-    /// A new limit applies from the next tick on.
+    /// See `RateAverage::set_limit`.
     pub fn set_limit(&mut self, limit: Option<f64>) {
-        self.average.limit = limit;
+        self.average.set_limit(limit);
     }
 
     /// The ticks due by `now`; the last change among them.
@@ -170,8 +185,11 @@ impl SharedRate {
         self.current.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// See `RateAverage::set_limit`.
     pub fn set_limit(&self, limit: Option<f64>) {
-        self.average.lock().unwrap_or_else(|e| e.into_inner()).limit = limit;
+        let mut average = self.average.lock().unwrap_or_else(|e| e.into_inner());
+        average.set_limit(limit);
+        self.triggered.store(average.triggered(), Ordering::Relaxed);
     }
 
     pub fn tick(&self) -> Option<Change> {
@@ -304,6 +322,26 @@ mod tests {
         assert_eq!(avg.push(0), None); // 1.0/s: not below the limit
         assert_eq!(avg.push(0), Some(Change::Untripped)); // the 15 left the window
         assert_eq!(avg.avg(), 0.0);
+    }
+
+    #[test]
+    fn a_raised_limit_lets_go_at_once_a_lowered_one_at_the_next_tick() {
+        let mut avg = RateAverage::new(TICK, BUCKETS, Some(1.0));
+        assert_eq!(avg.push(50), Some(Change::Tripped)); // 10/s
+        assert_eq!(avg.set_limit(Some(5.0)), None); // still over
+        assert!(avg.triggered());
+        assert_eq!(avg.set_limit(Some(1e9)), Some(Change::Untripped));
+        assert!(!avg.triggered());
+        assert_eq!(avg.set_limit(Some(1.0)), None);
+        assert!(!avg.triggered());
+        assert_eq!(avg.push(0), Some(Change::Tripped)); // 5/s
+
+        let shared = SharedRate::new(TICK, BUCKETS, Some(1.0));
+        shared.add(50);
+        assert_eq!(shared.tick(), Some(Change::Tripped));
+        assert!(shared.triggered());
+        shared.set_limit(None);
+        assert!(!shared.triggered());
     }
 
     #[test]
