@@ -4,7 +4,7 @@
 
 use super::Shared;
 use super::auth::Auth;
-use super::hub::{CloseReason, ConnHandle, QueueMemory};
+use super::hub::{ConnHandle, QueueMemory};
 use super::session::Session;
 use crate::protocol::{self, Vsn};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -13,7 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Clients heartbeat every 25 s; a silent socket is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,14 +23,9 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Writes what is queued for the connection, several frames per flush; on a
 /// close, what is still queued (but for a slow consumer, who is cut off),
 /// then the close frame.
-async fn write_queued(
-    conn: Arc<ConnHandle>,
-    mut sink: SplitSink<WebSocket, Message>,
-    mut close: watch::Receiver<Option<CloseReason>>,
-) {
+async fn write_queued(conn: Arc<ConnHandle>, mut sink: SplitSink<WebSocket, Message>) {
     loop {
-        let closing = close.borrow_and_update().clone();
-        if let Some(c) = closing {
+        if let Some(c) = conn.close_reason() {
             if c.code != 1008 {
                 let drain = async {
                     loop {
@@ -55,10 +49,8 @@ async fn write_queued(
         }
         let batch = conn.take(WRITE_BATCH);
         if batch.is_empty() {
-            tokio::select! {
-                _ = conn.queued() => {}
-                changed = close.changed() => if changed.is_err() { break },
-            }
+            // `close` wakes this too.
+            conn.queued().await;
             continue;
         }
         let mut written = true;
@@ -79,10 +71,10 @@ async fn write_queued(
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<Auth>) {
     shared.open_sockets.fetch_add(1, Ordering::Relaxed);
     let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
-    let (conn, mut close_rx) = ConnHandle::new(shared.hub.next_id(), vsn, memory);
+    let conn = ConnHandle::new(shared.hub.next_id(), vsn, memory);
     shared.hub.add_connection(conn.clone());
     let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_queued(conn.clone(), sink, close_rx.clone()));
+    let writer = tokio::spawn(write_queued(conn.clone(), sink));
 
     let mut session = Session::new(shared.clone(), conn.clone(), auth);
     loop {
@@ -108,7 +100,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<A
                 }
                 Ok(Some(Ok(_))) => {} // ping/pong: answered by the library
             },
-            _ = close_rx.changed() => break,
+            _ = conn.closed() => break,
             _ = tokio::time::sleep_until(expiry.into()) => session.expire_tokens(),
         }
     }
@@ -118,7 +110,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<A
     // (a first reason, given earlier, stands).
     conn.close(1000, "");
     drop(session);
-    let cut_off = close_rx.borrow().as_ref().is_some_and(|c| c.code == 1008);
+    let cut_off = conn.close_reason().is_some_and(|c| c.code == 1008);
     drop(conn);
     // A slow consumer is cut off at once: its writer may be stuck on a full
     // socket, holding frames. Anyone else's writer gets to finish its queue.

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 /// One joined channel instance; also its presence owner id.
 pub type SubId = u64;
@@ -90,7 +90,8 @@ pub struct ConnHandle {
     queue: Mutex<Outbox>,
     /// Frames were queued (or the connection is closing).
     ready: Notify,
-    close: watch::Sender<Option<CloseReason>>,
+    /// A close was asked for (see `close_reason`); the reader waits on it.
+    closing: Notify,
     memory: QueueMemory,
     /// What this connection's queue holds (shared frames in full).
     held: Arc<Budget>,
@@ -139,23 +140,21 @@ impl Wakeups {
 #[derive(Default)]
 struct Outbox {
     frames: VecDeque<Queued>,
+    /// Why the connection is to close; the first reason given stands.
+    close: Option<CloseReason>,
     /// The writer is gone: nothing more is queued.
-    closed: bool,
+    writer_gone: bool,
 }
-
-/// Capacity an emptied queue keeps; a burst's larger deque is given back.
-const KEPT_CAPACITY: usize = 16;
 
 impl ConnHandle {
     /// The queue is bounded in bytes, not entries (see [`ConnHandle::send_shared`]).
-    pub fn new(id: u64, vsn: Vsn, memory: QueueMemory) -> (Arc<ConnHandle>, watch::Receiver<Option<CloseReason>>) {
-        let (close, close_rx) = watch::channel(None);
+    pub fn new(id: u64, vsn: Vsn, memory: QueueMemory) -> Arc<ConnHandle> {
         let held = Budget::new(usize::MAX);
         let written = AtomicU64::new(0);
         let queue = Mutex::default();
         let wake_pending = AtomicBool::new(false);
-        let conn = ConnHandle { id, vsn, queue, ready: Notify::new(), close, memory, held, written, wake_pending };
-        (Arc::new(conn), close_rx)
+        let (ready, closing) = (Notify::new(), Notify::new());
+        Arc::new(ConnHandle { id, vsn, queue, ready, closing, memory, held, written, wake_pending })
     }
 
     /// Up to `max` queued frames, oldest first, for the writer.
@@ -163,8 +162,8 @@ impl ConnHandle {
         let mut outbox = lock(&self.queue);
         let n = outbox.frames.len().min(max);
         let taken: Vec<Queued> = outbox.frames.drain(..n).collect();
-        if outbox.frames.is_empty() && outbox.frames.capacity() > KEPT_CAPACITY {
-            outbox.frames.shrink_to(KEPT_CAPACITY);
+        if outbox.frames.is_empty() {
+            outbox.frames = VecDeque::new();
         }
         taken
     }
@@ -178,7 +177,7 @@ impl ConnHandle {
     /// those still queued are let go.
     pub fn stop_queueing(&self) {
         let mut outbox = lock(&self.queue);
-        outbox.closed = true;
+        outbox.writer_gone = true;
         outbox.frames = VecDeque::new();
     }
 
@@ -233,7 +232,7 @@ impl ConnHandle {
             return false;
         }
         let mut outbox = lock(&self.queue);
-        if outbox.closed {
+        if outbox.writer_gone {
             return false;
         }
         outbox.frames.push_back(Queued {
@@ -250,17 +249,28 @@ impl ConnHandle {
 
     /// Asks the connection to close; the first reason wins.
     pub fn close(&self, code: u16, reason: &str) {
-        self.close.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
+        {
+            let mut outbox = lock(&self.queue);
+            if outbox.close.is_some() {
+                return;
             }
-            if code == 1008 {
-                eprintln!("realtime: closing connection {}: {reason}", self.id);
-            }
-            *current = Some(CloseReason { code, reason: reason.to_owned() });
-            true
-        });
+            outbox.close = Some(CloseReason { code, reason: reason.to_owned() });
+        }
+        if code == 1008 {
+            eprintln!("realtime: closing connection {}: {reason}", self.id);
+        }
         self.ready.notify_one();
+        self.closing.notify_one();
+    }
+
+    /// Why the connection is to close, once `close` was called.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.queue).close.clone()
+    }
+
+    /// Waits until `close` is called (for the reader: one waiter).
+    pub async fn closed(&self) {
+        self.closing.notified().await;
     }
 }
 
@@ -566,9 +576,9 @@ mod tests {
     #[test]
     fn broadcasts_reach_subscribers_of_the_same_key_only() {
         let hub = Hub::default();
-        let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        let (b, _) = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
-        let (p, _) = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
+        let a = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let b = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
+        let p = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber::new(a.clone(), true, false));
         hub.subscribe(&key(false), 11, Subscriber::new(b.clone(), true, false));
         hub.subscribe(&key(true), 12, Subscriber::new(p.clone(), true, false));
@@ -587,7 +597,7 @@ mod tests {
     #[test]
     fn subscribers_without_read_get_nothing() {
         let hub = Hub::default();
-        let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let a = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
         hub.subscribe(&key(true), 10, Subscriber::new(a.clone(), false, false));
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
         hub.update(&key(true), 10, true, false);
@@ -598,8 +608,8 @@ mod tests {
     #[test]
     fn queued_frames_count_against_the_budget_once_until_written() {
         let memory = QueueMemory { budget: Budget::new(1 << 20), sockets: Arc::new(AtomicUsize::new(2)) };
-        let (a, close_rx) = ConnHandle::new(1, Vsn::V1, memory.clone());
-        let (b, _) = ConnHandle::new(2, Vsn::V1, memory.clone());
+        let a = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let b = ConnHandle::new(2, Vsn::V1, memory.clone());
         let frame = SharedFrame::new(Message::Text("x".repeat(1000).into()), &memory.budget);
         assert!(a.send_shared(&frame) && b.send_shared(&frame));
         drop(frame);
@@ -609,35 +619,35 @@ mod tests {
         assert_eq!(memory.budget.used(), 1000 + ENTRY_BYTES, "b still holds the frame");
         drop(b.take(1));
         assert_eq!((memory.budget.used(), a.queued_bytes()), (0, 0), "written frames give their bytes back");
-        assert!(close_rx.borrow().is_none());
+        assert!(a.close_reason().is_none());
     }
 
     #[test]
     fn a_socket_over_half_the_budget_is_closed() {
         let memory = QueueMemory { budget: Budget::new(2 * 4096), sockets: Arc::new(AtomicUsize::new(1)) };
-        let (a, close_rx) = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let a = ConnHandle::new(1, Vsn::V1, memory.clone());
         let frame = || Message::Text("x".repeat(1000).into());
         assert!(a.send(frame()) && a.send(frame()) && a.send(frame()));
         assert!(!a.send(frame()), "the fourth frame passes 4096 bytes");
-        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
+        assert_eq!(a.close_reason().map(|c| c.code), Some(1008));
     }
 
     #[test]
     fn with_the_budget_spent_a_socket_over_an_equal_share_is_closed() {
         let memory = QueueMemory { budget: Budget::new(64 * 1024), sockets: Arc::new(AtomicUsize::new(64)) };
         let _elsewhere = memory.budget.charge(64 * 1024);
-        let (a, close_rx) = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let a = ConnHandle::new(1, Vsn::V1, memory.clone());
         assert!(!a.send(Message::Text("x".repeat(2000).into())), "an equal share is 1 KB");
-        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1008));
-        let (b, _) = ConnHandle::new(2, Vsn::V1, memory.clone());
+        assert_eq!(a.close_reason().map(|c| c.code), Some(1008));
+        let b = ConnHandle::new(2, Vsn::V1, memory.clone());
         assert!(b.send(Message::Text("x".repeat(100).into())), "a small frame still goes out");
     }
 
     #[test]
     fn presence_diffs_go_to_presence_subscribers_and_leaves_follow_unsubscribe() {
         let hub = Hub::default();
-        let (a, _) = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        let (b, _) = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
+        let a = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let b = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber::new(a.clone(), true, true));
         hub.subscribe(&key(false), 11, Subscriber::new(b.clone(), true, false));
         let Value::Object(payload) = json!({"name": "a"}) else { panic!() };

@@ -197,7 +197,8 @@ impl Session {
         if self.joining.get(topic) != Some(&generation) {
             return;
         }
-        self.joining.remove(&topic.clone());
+        let topic = topic.clone();
+        self.forget_join(&topic);
         match outcome {
             Outcome::Refused { msg, reason } => self.reply(&msg, "error", json!({"reason": reason})),
             Outcome::Allowed(prepared, read) => self.enter(*prepared, read),
@@ -261,7 +262,7 @@ impl Session {
             self.announce_replication(&channel);
         }
         let topic = msg.topic;
-        self.channels.insert(topic.clone(), channel);
+        self.channels.insert(topic.clone(), Box::new(channel));
         if presence_over {
             self.system_error_and_close(&topic, "Too many presence messages per second");
         }

@@ -45,7 +45,8 @@ impl RateAverage {
         RateAverage {
             tick,
             max_buckets: max_buckets.max(1),
-            buckets: VecDeque::with_capacity(max_buckets),
+            // Allocated at the first tick: most sockets' counters never tick.
+            buckets: VecDeque::new(),
             limit,
             avg: 0.0,
             triggered: false,

@@ -62,7 +62,9 @@ pub struct Session {
     pub auth: Arc<Auth>,
     /// This socket's share of the worker's request queue.
     pub share: Share,
-    pub channels: HashMap<String, Channel>,
+    /// Boxed: a map's buckets hold a few entries' room, and most sockets
+    /// join one channel.
+    pub channels: HashMap<String, Box<Channel>>,
     /// Topics with a join under way, and the number of the latest.
     pub joining: HashMap<String, u64>,
     pub generation: u64,
@@ -90,6 +92,15 @@ impl Session {
             events: RateCounter::new(None, Instant::now()),
             bytes: RateCounter::new(None, Instant::now()),
             counted_user: false,
+        }
+    }
+
+    /// The join under way on `topic` is over. An empty map gives its room
+    /// back: idle sockets are most sockets.
+    pub fn forget_join(&mut self, topic: &str) {
+        self.joining.remove(topic);
+        if self.joining.is_empty() {
+            self.joining = HashMap::new();
         }
     }
 
@@ -178,7 +189,7 @@ impl Session {
         }
         if msg.event == "phx_leave" {
             // A join under way is dropped with it.
-            self.joining.remove(&msg.topic);
+            self.forget_join(&msg.topic);
         }
         if !self.channels.contains_key(&msg.topic) {
             return self.reply(&msg, "error", json!({"reason": "unmatched topic"}));
@@ -221,7 +232,7 @@ impl Session {
             self.shared.rates.users.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.joining.clear();
-        let channels: Vec<Channel> = self.channels.drain().map(|(_, c)| c).collect();
+        let channels: Vec<Channel> = self.channels.drain().map(|(_, c)| *c).collect();
         for channel in &channels {
             self.end(channel);
         }
