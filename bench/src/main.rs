@@ -664,7 +664,7 @@ impl Bench {
         // (the hard limit cannot be raised here), the server keeps some for
         // Postgres, and the load generator needs one per socket too.
         let steps: &[usize] = if self.quick { &[2000] } else { &[10_000, 18_000] };
-        for &n in steps {
+        for (step, &n) in steps.iter().enumerate() {
             let mut row = Vec::new();
             for t in [self.realtime.clone(), self.peer.clone()] {
                 let before = rss_kb(t.pid);
@@ -678,7 +678,11 @@ impl Bench {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             self.report.add(Figure::bytes(
-                &format!("7. memory per idle joined connection at {n} connections (RSS delta)"),
+                &format!(
+                    "7. memory per idle joined connection at {n} connections (RSS delta{})",
+                    // Later steps reuse what the allocator kept from the step before.
+                    if step == 0 { ", fresh process" } else { ", after the step before" }
+                ),
                 row[0].0,
                 Some(row[1].0),
                 "—",
