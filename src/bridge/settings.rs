@@ -25,6 +25,8 @@ pub struct Settings {
     /// existing roles of `realtime.allowed_roles` (as the worker made them).
     pub allowed_roles: Vec<String>,
     pub limits: Limits,
+    /// `realtime.metrics_token`: the bearer token `/metrics` asks for (unset: no `/metrics`).
+    pub metrics_token: Option<String>,
 }
 
 /// Supabase's tenant limits, named and defaulted as there.
@@ -92,6 +94,7 @@ impl Default for Settings {
             max_memory_bytes: 256 * 1024 * 1024,
             allowed_roles: ["anon", "authenticated", "service_role"].map(String::from).into(),
             limits: Limits::default(),
+            metrics_token: None,
         }
     }
 }

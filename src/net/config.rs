@@ -19,6 +19,7 @@ pub struct ServerConfig {
     /// How long a starting worker holds database broadcasts (see `realtime.restart_grace`).
     pub restart_grace: Duration,
     pub limits: Limits,
+    pub metrics_token: Option<String>,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
 }
@@ -58,6 +59,7 @@ impl ServerConfig {
             authorization_cache: settings.authorization_cache,
             restart_grace: settings.restart_grace,
             limits: settings.limits.clone(),
+            metrics_token: settings.metrics_token.clone(),
             warnings,
         }
     }

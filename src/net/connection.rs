@@ -23,7 +23,7 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Writes what is queued for the connection, several frames per flush; on a
 /// close, what is still queued (but for a slow consumer, who is cut off),
 /// then the close frame.
-async fn write_queued(conn: Arc<ConnHandle>, mut sink: SplitSink<WebSocket, Message>) {
+async fn write_queued(shared: Arc<Shared>, conn: Arc<ConnHandle>, mut sink: SplitSink<WebSocket, Message>) {
     loop {
         if let Some(c) = conn.close_reason() {
             if c.code != 1008 {
@@ -63,6 +63,7 @@ async fn write_queued(conn: Arc<ConnHandle>, mut sink: SplitSink<WebSocket, Mess
             break;
         }
         conn.wrote(bytes);
+        shared.metrics.bytes_out.inc_by(bytes as u64);
     }
     conn.stop_queueing();
     let _ = sink.close().await;
@@ -74,7 +75,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<A
     let conn = ConnHandle::new(shared.hub.next_id(), vsn, memory);
     shared.hub.add_connection(conn.clone());
     let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_queued(conn.clone(), sink));
+    let writer = tokio::spawn(write_queued(shared.clone(), conn.clone(), sink));
 
     let mut session = Session::new(shared.clone(), conn.clone(), auth);
     loop {

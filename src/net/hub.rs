@@ -375,6 +375,11 @@ impl Hub {
         lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
     }
 
+    /// Topics with at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
     pub fn add_connection(&self, conn: Arc<ConnHandle>) {
         lock(&self.connections).insert(conn.id, conn);
     }

@@ -40,6 +40,7 @@ impl Session {
     /// delay) is done.
     pub fn join(&mut self, msg: Inbound) {
         let Some(sub_topic) = msg.topic.strip_prefix("realtime:").map(str::to_owned) else {
+            self.shared.metrics.refused("unmatched topic");
             return self.reply(&msg, "error", json!({"reason": "unmatched topic"}));
         };
         self.generation += 1;
@@ -48,6 +49,7 @@ impl Session {
         if let Err(reason) = self.admit() {
             if reason.starts_with("ClientJoinRateLimitReached") {
                 // Supabase disconnects the socket after this reply.
+                self.shared.metrics.refused(&reason);
                 self.reply(&msg, "error", json!({"reason": reason}));
                 return self.conn.close(1000, "");
             }
@@ -72,10 +74,12 @@ impl Session {
         let (now, limits) = (std::time::Instant::now(), self.shared.config().limits.clone());
         let users = self.shared.rates.users.load(std::sync::atomic::Ordering::Relaxed);
         if !self.counted_user && users >= limits.max_concurrent_users {
+            self.shared.metrics.tripped("ConnectionRateLimitReached");
             return Err("ConnectionRateLimitReached: Too many connected users".into());
         }
         self.joins.set_limit(Some(f64::from(limits.max_joins_per_second)));
         if self.joins.triggered(now) {
+            self.shared.metrics.tripped("ClientJoinRateLimitReached");
             eprintln!(
                 "realtime: ClientJoinRateLimitReached: a socket joins more than realtime.max_joins_per_second ({}) \
                  channels per second; it is disconnected",
@@ -200,8 +204,14 @@ impl Session {
         let topic = topic.clone();
         self.forget_join(&topic);
         match outcome {
-            Outcome::Refused { msg, reason } => self.reply(&msg, "error", json!({"reason": reason})),
-            Outcome::Allowed(prepared, read) => self.enter(*prepared, read),
+            Outcome::Refused { msg, reason } => {
+                self.shared.metrics.refused(&reason);
+                self.reply(&msg, "error", json!({"reason": reason}))
+            }
+            Outcome::Allowed(prepared, read) => {
+                self.shared.metrics.joined();
+                self.enter(*prepared, read)
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 //! Governor's GCRA refuses single events as they come; it is used where that
 //! is the rule (`ClientPresence`), not for these averages.
 
+use super::metrics::Metrics;
 use crate::bridge::Limits;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::VecDeque;
@@ -242,8 +243,8 @@ impl ServerRates {
     }
 
     /// Ticks the counters for as long as the server runs; a limit tripping
-    /// is logged once, when it trips.
-    pub async fn run(&self) {
+    /// is logged and counted once, when it trips.
+    pub async fn run(&self, metrics: &Metrics) {
         let mut second = tokio::time::interval(Duration::from_secs(1));
         let mut seconds = 0u64;
         loop {
@@ -254,6 +255,7 @@ impl ServerRates {
                 continue;
             }
             if self.events.tick() == Some(Change::Tripped) {
+                metrics.tripped("MessagePerSecondRateLimitReached");
                 eprintln!(
                     "realtime: MessagePerSecondRateLimitReached: Too many messages per second \
                      ({:.0}/s over the last minute; realtime.max_events_per_second)",
@@ -261,6 +263,7 @@ impl ServerRates {
                 );
             }
             if self.presence.tick() == Some(Change::Tripped) {
+                metrics.tripped("PresenceRateLimitReached");
                 eprintln!(
                     "realtime: PresenceRateLimitReached: Too many presence events per second \
                      ({:.0}/s over the last minute; realtime.max_presence_events_per_second)",

@@ -10,6 +10,7 @@ pub mod hub;
 mod join;
 pub mod limits;
 mod listen;
+mod metrics;
 pub mod presence;
 mod pressure;
 mod read_cache;
@@ -30,7 +31,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Largest frame a client may send (Supabase allows 5 MB).
@@ -67,6 +68,8 @@ pub struct Shared {
     pub rates: limits::ServerRates,
     /// Recent private joins' read checks.
     pub read_cache: read_cache::ReadCache,
+    /// What `/metrics` tells.
+    pub metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -78,7 +81,7 @@ impl Shared {
 /// The main thread's handle on the network side.
 pub struct ServerHandle {
     shared: Arc<Shared>,
-    decoded: mpsc::UnboundedSender<Batch>,
+    decoded: mpsc::UnboundedSender<(Batch, Instant)>,
     stop: watch::Sender<bool>,
     stopped: std::sync::mpsc::Receiver<()>,
 }
@@ -88,7 +91,7 @@ impl Network for ServerHandle {
         self.shared.pending_batches.fetch_add(1, Ordering::Relaxed);
         // Unbounded in items, bounded in bytes: every batch carries its charge
         // and the main thread stops decoding when the budget is spent.
-        let _ = self.decoded.send(batch);
+        let _ = self.decoded.send((batch, Instant::now()));
     }
 
     fn delivered_lsn(&self) -> u64 {
@@ -150,6 +153,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         replication_ready: AtomicBool::new(false),
         rates: limits::ServerRates::new(&settings.limits),
         read_cache: read_cache::ReadCache::default(),
+        metrics: metrics::Metrics::default(),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -169,7 +173,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                         tokio::spawn(deliver_decoded(thread_shared.clone(), decoded_rx, grace));
                         tokio::spawn(pressure::watch(thread_shared.clone()));
                         let rates = thread_shared.clone();
-                        tokio::spawn(async move { rates.rates.run().await });
+                        tokio::spawn(async move { rates.rates.run(&rates.metrics).await });
                         serve(thread_shared, stop_rx).await
                     }),
                     Err(e) => eprintln!("realtime: cannot start the network runtime: {e}"),
@@ -184,7 +188,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
 /// Sends what was decoded from the database, in commit order. A starting
 /// worker first waits `grace`, so clients that were connected before a restart
 /// have rejoined and receive what was committed while it was down.
-async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiver<Batch>, grace: Duration) {
+async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiver<(Batch, Instant)>, grace: Duration) {
     tokio::time::sleep(grace).await;
     while let Some(first) = decoded.recv().await {
         // The batches waiting now go out together: each socket's writer is
@@ -207,8 +211,9 @@ async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiv
 /// Batches fanned out before the writers are woken.
 const COALESCED_BATCHES: usize = 64;
 
-fn fan_out(shared: &Shared, batch: Batch, frames: &mut ChangeFrames, wakeups: &mut Wakeups) {
+fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut ChangeFrames, wakeups: &mut Wakeups) {
     let Batch { items, end_lsn, mut charge } = batch;
+    shared.metrics.database_messages.inc_by(items.len() as u64);
     for item in items {
         match &item {
             Decoded::Broadcast(row) => deliver_row(shared, row, wakeups),
@@ -221,6 +226,7 @@ fn fan_out(shared: &Shared, batch: Batch, frames: &mut ChangeFrames, wakeups: &m
         shared.delivered_lsn.fetch_max(end_lsn, Ordering::Release);
     }
     shared.pending_batches.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.fan_out_seconds.observe(handed_over.elapsed().as_secs_f64());
 }
 
 fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
@@ -315,6 +321,7 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "stopping"}))).into_response()
         }
         (Method::GET, Some("/health")) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
+        (Method::GET, Some("/metrics")) => metrics_page(&shared, request.headers()),
         (Method::POST, Some("/api/broadcast")) => {
             rest::rate_limited(shared.clone(), rest::batch(shared, request)).await
         }
@@ -325,6 +332,23 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response(),
     }
+}
+
+/// `/metrics`: 404 unless `realtime.metrics_token` is set, 401 without it
+/// as a bearer token.
+fn metrics_page(shared: &Shared, headers: &HeaderMap) -> Response {
+    let Some(token) = shared.config().metrics_token.clone() else {
+        return json_error(StatusCode::NOT_FOUND, "not found");
+    };
+    if !metrics::authorized(header(headers, "authorization").as_deref(), &token) {
+        return json_error(StatusCode::UNAUTHORIZED, "/metrics needs Authorization: Bearer <realtime.metrics_token>");
+    }
+    let m = &shared.metrics;
+    m.sockets.set(shared.open_sockets.load(Ordering::Relaxed) as i64);
+    m.channels.set(shared.hub.topic_count() as i64);
+    m.queued_bytes.set(shared.budget.used() as i64);
+    m.max_memory_bytes.set(shared.budget.limit() as i64);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }
 
 /// The query string's parameters; a malformed one yields none (the request
@@ -351,6 +375,7 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "RealtimeRestarting: Realtime is restarting");
     }
     if shared.open_sockets.load(Ordering::Relaxed) >= shared.max_sockets {
+        shared.metrics.tripped("ConnectionRateLimitReached");
         eprintln!(
             "realtime: refusing a connection: {} sockets open, the most the open-file limit allows",
             shared.max_sockets
@@ -359,6 +384,7 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
     }
     let users = shared.rates.users.load(Ordering::Relaxed);
     if users >= shared.config().limits.max_concurrent_users {
+        shared.metrics.tripped("ConnectionRateLimitReached");
         return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     }
     let headers = request.headers();

@@ -107,6 +107,8 @@ impl Session {
     /// A frame of `len` bytes came in.
     pub fn received(&mut self, len: usize) {
         self.bytes.add(Instant::now(), len as u64);
+        self.shared.metrics.frames_in.inc();
+        self.shared.metrics.bytes_in.inc_by(len as u64);
     }
 
     /// A client's message on a channel, counted for this socket and in
@@ -117,6 +119,7 @@ impl Session {
         self.events.set_limit(Some(f64::from(limits.max_events_per_second)));
         self.bytes.set_limit(Some(f64::from(limits.max_bytes_per_second)));
         if self.events.add(now, 1) == Some(Change::Tripped) {
+            self.shared.metrics.tripped("MessagePerSecondRateLimitReached");
             eprintln!(
                 "realtime: MessagePerSecondRateLimitReached: a socket sends more than \
                  realtime.max_events_per_second ({}) messages per second",
@@ -352,6 +355,7 @@ impl Session {
             return;
         };
         if !channel.presence_calls.allow() {
+            self.shared.metrics.tripped("ClientPresenceRateLimitReached");
             eprintln!("realtime: ClientPresenceRateLimitReached: a channel sent more presence messages than allowed");
             return self.system_error_and_close(&msg.topic, "Client presence rate limit exceeded");
         }

@@ -10,6 +10,7 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1"));
 pub static PORT: GucSetting<i32> = GucSetting::<i32>::new(4000);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static METRICS_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -77,6 +78,14 @@ pub fn define() {
         c"Secret that signs the HS256 JWTs clients present.",
         c"Changing it disconnects every socket. Readable by superusers only.",
         &JWT_SECRET,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.metrics_token",
+        c"Bearer token that /metrics asks for; unset, /metrics answers 404.",
+        c"Prometheus scrapes with `Authorization: Bearer <token>`. Readable by superusers only.",
+        &METRICS_TOKEN,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
@@ -326,6 +335,7 @@ pub fn read() -> Settings {
             client_presence_window: Duration::from_millis(CLIENT_PRESENCE_WINDOW.get() as u64),
             max_postgres_changes_per_join: MAX_POSTGRES_CHANGES_PER_JOIN.get() as usize,
         },
+        metrics_token: text(&METRICS_TOKEN),
     }
 }
 
