@@ -13,6 +13,8 @@ PG_PORT=${PG_PORT:-54399} scripts/cluster.sh stop || true
 pick_port PG_PORT 54399
 pick_port WS_PORT 4099
 cleanup() { scripts/cluster.sh stop || true; }
+# The end-to-end tests hold a thousand sockets at once.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 trap cleanup EXIT
 
 runas=$([ "$(id -u)" = 0 ] && echo postgres || id -un)

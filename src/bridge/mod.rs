@@ -9,9 +9,11 @@ pub mod outbound;
 pub mod queue;
 pub mod request;
 pub mod settings;
+pub mod stats;
 
 pub use budget::{Budget, Charge};
 pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network};
 pub use queue::{Bridge, Inbox, Share};
 pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};
 pub use settings::{Limits, Settings};
+pub use stats::Stats;

@@ -5,6 +5,7 @@
 use super::budget::{Budget, Charge};
 use super::queue::Bridge;
 use super::settings::Settings;
+use super::stats::Stats;
 use std::sync::Arc;
 
 /// One `postgres_changes` message for one channel: the ids of its matching
@@ -106,6 +107,8 @@ pub trait Network {
     fn disconnect_all(&self, code: u16, reason: &str);
     /// Whether database messages flow: the decoder holds the slot.
     fn set_replication_ready(&self, ready: bool);
+    /// The network side's figures and rows for `realtime.stats` and its views.
+    fn stats(&self) -> Stats;
     /// Fans out what was handed over, closes every socket with `code` once its
     /// queue is written (each step bounded in time), and stops.
     fn shutdown(&self, code: u16, reason: &str);

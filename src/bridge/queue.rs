@@ -29,6 +29,11 @@ impl Queued {
     pub fn take(self) -> Request {
         self.request
     }
+
+    /// A read or write permission check (for `realtime.stats`).
+    pub fn is_permission_check(&self) -> bool {
+        matches!(self.request, Request::ReadPermissions { .. } | Request::WritePermission { .. })
+    }
 }
 
 /// One unit of an in-flight count.

@@ -4,15 +4,16 @@
 
 use super::Shared;
 use super::auth::Auth;
-use super::hub::{ConnHandle, QueueMemory};
+use super::hub::{ConnHandle, Peer, QueueMemory};
 use super::session::Session;
 use crate::protocol::{self, Vsn};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Clients heartbeat every 25 s; a silent socket is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +56,7 @@ async fn write_queued(shared: Arc<Shared>, conn: Arc<ConnHandle>, mut sink: Spli
         }
         let mut written = true;
         let mut bytes = 0;
+        shared.metrics.frames_out.inc_by(batch.len() as u64);
         for q in batch {
             bytes += q.bytes();
             written = written && sink.feed(q.message).await.is_ok();
@@ -69,10 +71,11 @@ async fn write_queued(shared: Arc<Shared>, conn: Arc<ConnHandle>, mut sink: Spli
     let _ = sink.close().await;
 }
 
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<Auth>) {
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<Auth>, remote: Option<SocketAddr>) {
     shared.open_sockets.fetch_add(1, Ordering::Relaxed);
     let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
-    let conn = ConnHandle::new(shared.hub.next_id(), vsn, memory);
+    let peer = Peer { auth: Some(auth.clone()), remote, connected_at: SystemTime::now() };
+    let conn = ConnHandle::new(shared.hub.next_id(), vsn, peer, memory);
     shared.hub.add_connection(conn.clone());
     let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_queued(shared.clone(), conn.clone(), sink));

@@ -3,15 +3,19 @@
 //! shared by every subscriber's queue. Public and private topics are different
 //! keys, so they never see each other's messages.
 
+use super::auth::Auth;
 use super::presence::TopicPresence;
+use crate::bridge::stats::ChannelRow;
 use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
 use axum::extract::ws::Message;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 use tokio::sync::Notify;
 
 /// One joined channel instance; also its presence owner id.
@@ -28,6 +32,21 @@ pub struct TopicKey {
 pub struct CloseReason {
     pub code: u16,
     pub reason: String,
+}
+
+/// Who is on the other end of a connection.
+pub struct Peer {
+    /// The token it connected with (`None` in unit tests).
+    pub auth: Option<Arc<Auth>>,
+    pub remote: Option<SocketAddr>,
+    pub connected_at: SystemTime,
+}
+
+impl Peer {
+    #[cfg(test)]
+    pub fn unknown() -> Peer {
+        Peer { auth: None, remote: None, connected_at: SystemTime::now() }
+    }
 }
 
 /// What queued frames may hold: the worker's budget, shared by every socket.
@@ -87,6 +106,8 @@ impl Queued {
 pub struct ConnHandle {
     pub id: u64,
     pub vsn: Vsn,
+    /// Who connected, from where, when (for `realtime.connections`).
+    pub peer: Peer,
     queue: Mutex<Outbox>,
     /// Frames were queued (or the connection is closing).
     ready: Notify,
@@ -148,13 +169,13 @@ struct Outbox {
 
 impl ConnHandle {
     /// The queue is bounded in bytes, not entries (see [`ConnHandle::send_shared`]).
-    pub fn new(id: u64, vsn: Vsn, memory: QueueMemory) -> Arc<ConnHandle> {
+    pub fn new(id: u64, vsn: Vsn, peer: Peer, memory: QueueMemory) -> Arc<ConnHandle> {
         let held = Budget::new(usize::MAX);
         let written = AtomicU64::new(0);
         let queue = Mutex::default();
         let wake_pending = AtomicBool::new(false);
         let (ready, closing) = (Notify::new(), Notify::new());
-        Arc::new(ConnHandle { id, vsn, queue, ready, closing, memory, held, written, wake_pending })
+        Arc::new(ConnHandle { id, vsn, peer, queue, ready, closing, memory, held, written, wake_pending })
     }
 
     /// Up to `max` queued frames, oldest first, for the writer.
@@ -380,6 +401,32 @@ impl Hub {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
+    /// A row per topic, and how many channels each connection has joined.
+    /// Each shard is locked in turn, briefly.
+    pub fn channel_rows(&self) -> (Vec<ChannelRow>, HashMap<u64, u32>) {
+        let mut bindings: HashMap<Arc<str>, u32> = HashMap::new();
+        for (_, topic) in lock(&self.changes).values() {
+            *bindings.entry(topic.clone()).or_default() += 1;
+        }
+        let (mut rows, mut per_conn) = (Vec::new(), HashMap::<u64, u32>::new());
+        for shard in self.shards.iter() {
+            for (key, topic) in lock(shard).iter() {
+                for s in topic.subscribers.values() {
+                    *per_conn.entry(s.conn.id).or_default() += 1;
+                }
+                rows.push(ChannelRow {
+                    topic: key.topic.clone(),
+                    private: key.private,
+                    subscribers: topic.subscribers.len() as u32,
+                    presence_members: topic.presence.members() as u32,
+                    postgres_changes_subscribers: bindings.get(key.topic.as_str()).copied().unwrap_or(0),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.topic, a.private).cmp(&(&b.topic, b.private)));
+        (rows, per_conn)
+    }
+
     pub fn add_connection(&self, conn: Arc<ConnHandle>) {
         lock(&self.connections).insert(conn.id, conn);
     }
@@ -581,9 +628,9 @@ mod tests {
     #[test]
     fn broadcasts_reach_subscribers_of_the_same_key_only() {
         let hub = Hub::default();
-        let a = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        let b = ConnHandle::new(2, Vsn::V2, QueueMemory::unbounded());
-        let p = ConnHandle::new(3, Vsn::V1, QueueMemory::unbounded());
+        let a = ConnHandle::new(1, Vsn::V1, Peer::unknown(), QueueMemory::unbounded());
+        let b = ConnHandle::new(2, Vsn::V2, Peer::unknown(), QueueMemory::unbounded());
+        let p = ConnHandle::new(3, Vsn::V1, Peer::unknown(), QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber::new(a.clone(), true, false));
         hub.subscribe(&key(false), 11, Subscriber::new(b.clone(), true, false));
         hub.subscribe(&key(true), 12, Subscriber::new(p.clone(), true, false));
@@ -602,7 +649,7 @@ mod tests {
     #[test]
     fn subscribers_without_read_get_nothing() {
         let hub = Hub::default();
-        let a = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
+        let a = ConnHandle::new(1, Vsn::V1, Peer::unknown(), QueueMemory::unbounded());
         hub.subscribe(&key(true), 10, Subscriber::new(a.clone(), false, false));
         assert_eq!(hub.broadcast(&key(true), &ping(), None, None), 0);
         hub.update(&key(true), 10, true, false);
@@ -613,8 +660,8 @@ mod tests {
     #[test]
     fn queued_frames_count_against_the_budget_once_until_written() {
         let memory = QueueMemory { budget: Budget::new(1 << 20), sockets: Arc::new(AtomicUsize::new(2)) };
-        let a = ConnHandle::new(1, Vsn::V1, memory.clone());
-        let b = ConnHandle::new(2, Vsn::V1, memory.clone());
+        let a = ConnHandle::new(1, Vsn::V1, Peer::unknown(), memory.clone());
+        let b = ConnHandle::new(2, Vsn::V1, Peer::unknown(), memory.clone());
         let frame = SharedFrame::new(Message::Text("x".repeat(1000).into()), &memory.budget);
         assert!(a.send_shared(&frame) && b.send_shared(&frame));
         drop(frame);
@@ -630,7 +677,7 @@ mod tests {
     #[test]
     fn a_socket_over_half_the_budget_is_closed() {
         let memory = QueueMemory { budget: Budget::new(2 * 4096), sockets: Arc::new(AtomicUsize::new(1)) };
-        let a = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let a = ConnHandle::new(1, Vsn::V1, Peer::unknown(), memory.clone());
         let frame = || Message::Text("x".repeat(1000).into());
         assert!(a.send(frame()) && a.send(frame()) && a.send(frame()));
         assert!(!a.send(frame()), "the fourth frame passes 4096 bytes");
@@ -641,18 +688,18 @@ mod tests {
     fn with_the_budget_spent_a_socket_over_an_equal_share_is_closed() {
         let memory = QueueMemory { budget: Budget::new(64 * 1024), sockets: Arc::new(AtomicUsize::new(64)) };
         let _elsewhere = memory.budget.charge(64 * 1024);
-        let a = ConnHandle::new(1, Vsn::V1, memory.clone());
+        let a = ConnHandle::new(1, Vsn::V1, Peer::unknown(), memory.clone());
         assert!(!a.send(Message::Text("x".repeat(2000).into())), "an equal share is 1 KB");
         assert_eq!(a.close_reason().map(|c| c.code), Some(1008));
-        let b = ConnHandle::new(2, Vsn::V1, memory.clone());
+        let b = ConnHandle::new(2, Vsn::V1, Peer::unknown(), memory.clone());
         assert!(b.send(Message::Text("x".repeat(100).into())), "a small frame still goes out");
     }
 
     #[test]
     fn presence_diffs_go_to_presence_subscribers_and_leaves_follow_unsubscribe() {
         let hub = Hub::default();
-        let a = ConnHandle::new(1, Vsn::V1, QueueMemory::unbounded());
-        let b = ConnHandle::new(2, Vsn::V1, QueueMemory::unbounded());
+        let a = ConnHandle::new(1, Vsn::V1, Peer::unknown(), QueueMemory::unbounded());
+        let b = ConnHandle::new(2, Vsn::V1, Peer::unknown(), QueueMemory::unbounded());
         hub.subscribe(&key(false), 10, Subscriber::new(a.clone(), true, true));
         hub.subscribe(&key(false), 11, Subscriber::new(b.clone(), true, false));
         let Value::Object(payload) = json!({"name": "a"}) else { panic!() };

@@ -5,6 +5,7 @@
 
 use super::Shared;
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
@@ -64,7 +65,7 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, remote)) = accepted else {
             // Out of descriptors, most likely: give them a moment back.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -76,12 +77,14 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
         {
             continue; // dropped: closed at once
         }
-        tokio::spawn(serve_http(stream, app.clone(), guard));
+        tokio::spawn(serve_http(stream, remote, app.clone(), guard));
     }
 }
 
-async fn serve_http(stream: TcpStream, app: Router, _pending: Pending) {
+async fn serve_http(stream: TcpStream, remote: SocketAddr, app: Router, _pending: Pending) {
     let _ = stream.set_nodelay(true);
+    // Requests know where they came from (`realtime.connections`).
+    let app = app.layer(axum::Extension(ConnectInfo(remote)));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

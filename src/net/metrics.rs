@@ -4,6 +4,7 @@
 //! the port is public.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
 /// Join refusal reasons counted by their code; any other reason is `other`,
@@ -40,6 +41,7 @@ pub struct Metrics {
     limit_trips: IntCounterVec,
     pub frames_in: IntCounter,
     pub bytes_in: IntCounter,
+    pub frames_out: IntCounter,
     pub bytes_out: IntCounter,
     pub database_messages: IntCounter,
     /// From a decoded batch's hand-over to its frames in every queue.
@@ -87,6 +89,7 @@ impl Default for Metrics {
             limit_trips: counters("realtime_limit_trips_total", "Rate limits tripped, by Supabase's code.", "code"),
             frames_in: counter("realtime_frames_in_total", "Frames received from clients."),
             bytes_in: counter("realtime_bytes_in_total", "Bytes of frames received from clients."),
+            frames_out: counter("realtime_frames_out_total", "Frames written to clients."),
             bytes_out: counter("realtime_bytes_out_total", "Bytes of frames written to clients."),
             database_messages: counter(
                 "realtime_database_messages_total",
@@ -126,6 +129,22 @@ impl Metrics {
     pub fn tripped(&self, code: &str) {
         debug_assert!(LIMIT_CODES.contains(&code), "{code}");
         self.limit_trips.with_label_values(&[code]).inc();
+    }
+
+    pub fn joins_total(&self) -> u64 {
+        ["ok", "refused"].iter().map(|r| self.joins.with_label_values(&[r]).get()).sum()
+    }
+
+    pub fn refused_by_code(&self) -> BTreeMap<String, u64> {
+        JOIN_CODES
+            .iter()
+            .chain(&["other"])
+            .map(|c| (c.to_string(), self.refused_joins.with_label_values(&[c]).get()))
+            .collect()
+    }
+
+    pub fn trips_by_code(&self) -> BTreeMap<String, u64> {
+        LIMIT_CODES.iter().map(|c| (c.to_string(), self.limit_trips.with_label_values(&[c]).get())).collect()
     }
 
     /// The text exposition of every metric.

@@ -16,13 +16,14 @@ mod pressure;
 mod read_cache;
 mod rest;
 mod session;
+mod stats;
 
 pub use config::ServerConfig;
 
-use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings};
+use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings, Stats};
 use crate::protocol::{Body, Broadcast, Vsn};
 use axum::Router;
-use axum::extract::{FromRequest, Request, State, ws::WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -70,6 +71,7 @@ pub struct Shared {
     pub read_cache: read_cache::ReadCache,
     /// What `/metrics` tells.
     pub metrics: metrics::Metrics,
+    stats_previous: std::sync::Mutex<stats::Previous>,
 }
 
 impl Shared {
@@ -121,6 +123,10 @@ impl Network for ServerHandle {
         self.shared.replication_ready.store(ready, Ordering::Relaxed);
     }
 
+    fn stats(&self) -> Stats {
+        stats::take(&self.shared)
+    }
+
     fn shutdown(&self, code: u16, reason: &str) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN;
@@ -154,6 +160,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         rates: limits::ServerRates::new(&settings.limits),
         read_cache: read_cache::ReadCache::default(),
         metrics: metrics::Metrics::default(),
+        stats_previous: Default::default(),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -404,6 +411,7 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.message()),
     };
     let auth = auth::Auth::new(apikey, claims);
+    let remote = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let upgrade = match WebSocketUpgrade::from_request(request, &()).await {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -415,5 +423,5 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection::serve(socket, shared, vsn, auth))
+        .on_upgrade(move |socket| connection::serve(socket, shared, vsn, auth, remote))
 }

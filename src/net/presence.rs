@@ -53,6 +53,11 @@ impl Tracked {
 impl TopicPresence {
     /// Tracks `owner` under `key` with `payload`. Returns the diff to
     /// broadcast, or `None` when the owner already tracks exactly this.
+    /// Tracked members (one per tracking channel).
+    pub fn members(&self) -> usize {
+        self.owners.len()
+    }
+
     pub fn track(&mut self, owner: Owner, key: &str, payload: Map<String, Value>) -> Option<Diff> {
         if let Some(old) = self.owners.get(&owner)
             && old.key == key

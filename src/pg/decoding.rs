@@ -102,6 +102,12 @@ impl Decoder {
         unsafe { (*pg_sys::MyReplicationSlot).data.confirmed_flush }
     }
 
+    /// The end of the last WAL record read.
+    pub fn read_position(&self) -> u64 {
+        // SAFETY: main thread; the context and its reader live as long as the decoder.
+        unsafe { (*(*self.ctx).reader).EndRecPtr }
+    }
+
     pub fn caught_up_at(&self) -> u64 {
         self.caught_up_at
     }

@@ -145,6 +145,14 @@ pub fn tune_allocator() {
     }
 }
 
+/// The worker's resident memory, from /proc (0 when it cannot be read).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64
+}
+
 pub fn trim_memory() {
     // SAFETY: releases free pages of every arena; safe at any time.
     unsafe { libc::malloc_trim(0) };

@@ -12,6 +12,7 @@ mod rls;
 mod route;
 pub mod settings;
 mod slot;
+pub mod stats;
 mod subscribe;
 mod subxact;
 mod wait;

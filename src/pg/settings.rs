@@ -29,6 +29,8 @@ pub static RESTART_GRACE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 pub static MAX_SLOT_WAL: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// In kB.
 pub static MAX_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
+/// In kB.
+pub static STATS_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// In ms.
 pub static STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// In ms.
@@ -195,6 +197,17 @@ pub fn define() {
         16 * 1024,
         i32::MAX,
         GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.stats_memory",
+        c"Shared memory for realtime.stats, realtime.connections and realtime.channels.",
+        c"Rows that do not fit are left out and counted (connections_left_out, channels_left_out). \
+          About 200 bytes per connection row. Needs a restart.",
+        &STATS_MEMORY,
+        64,
+        1024 * 1024,
+        GucContext::Postmaster,
         GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(

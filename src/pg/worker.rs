@@ -8,7 +8,7 @@
 use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
-use super::{maintenance, plugin, requests, route, settings, slot, subscribe, subxact, wake};
+use super::{maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake};
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
 use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, queue};
@@ -29,6 +29,8 @@ const DECODE_FALLBACK: Duration = Duration::from_millis(200);
 const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How often `table: '*'` bindings look at the publication again.
 const WILDCARD_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often `realtime.stats` is refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 /// A decoding step yields to requests after this long.
 const STEP_TIME: Duration = Duration::from_millis(20);
 /// The slot's confirmed position reaches disk about this often, so a crash
@@ -129,6 +131,12 @@ struct Worker {
     next_slot_check: Instant,
     next_wildcard_check: Instant,
     held_back_reported: Option<Instant>,
+    next_stats: Instant,
+    /// Read and write checks answered, and the slowest batch of requests,
+    /// since the last snapshot.
+    checks: u64,
+    slowest_batch: Duration,
+    last_stats: Instant,
     /// The most of the budget used since memory was last given back, and when.
     peak_used: usize,
     last_trim: Instant,
@@ -155,6 +163,10 @@ impl Worker {
             next_slot_check: now,
             next_wildcard_check: now,
             held_back_reported: None,
+            next_stats: now,
+            checks: 0,
+            slowest_batch: Duration::ZERO,
+            last_stats: now,
             peak_used: 0,
             last_trim: now,
         }
@@ -194,6 +206,9 @@ impl Worker {
             if now >= self.next_wildcard_check {
                 self.refresh_wildcards();
             }
+            if now >= self.next_stats {
+                self.publish_stats();
+            }
             if self.decoder.is_none() && now >= self.next_open {
                 self.open();
             }
@@ -217,7 +232,7 @@ impl Worker {
             } else {
                 DECODE_FALLBACK.saturating_sub(self.last_decode.elapsed())
             };
-            let mut next_timer = self.next_maintenance.min(self.next_slot_check);
+            let mut next_timer = self.next_maintenance.min(self.next_slot_check).min(self.next_stats);
             if self.registry.has_wildcards() {
                 next_timer = next_timer.min(self.next_wildcard_check);
             }
@@ -408,6 +423,8 @@ impl Worker {
     }
 
     fn answer(&mut self, requests: Vec<Queued>) {
+        let started = Instant::now();
+        self.checks += requests.iter().filter(|q| q.is_permission_check()).count() as u64;
         let registry = &mut self.registry;
         self.caches.before_query();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
@@ -418,6 +435,29 @@ impl Worker {
         }));
         plugin::set_watched(self.registry.watched());
         wake::watch_writes(!self.registry.is_empty());
+        self.slowest_batch = self.slowest_batch.max(started.elapsed());
+    }
+
+    /// The snapshot `realtime.stats` and its views read: the network side's
+    /// figures and rows, and this thread's own.
+    fn publish_stats(&mut self) {
+        self.next_stats = Instant::now() + STATS_EVERY;
+        let capacity = stats::capacity();
+        if capacity == 0 {
+            return;
+        }
+        let mut snapshot = self.network.stats();
+        // SAFETY: main thread; reads the flush position from shared memory.
+        let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        snapshot.decode_lag_bytes =
+            self.decoder.as_ref().map_or(-1, |d| flushed.saturating_sub(d.read_position()) as i64);
+        snapshot.decode_idle_ms = self.last_decode.elapsed().as_millis() as i64;
+        let secs = self.last_stats.elapsed().as_secs_f64().max(0.001);
+        snapshot.rls_checks_per_second = self.checks as f64 / secs;
+        snapshot.rls_batch_max_ms = self.slowest_batch.as_secs_f64() * 1000.0;
+        snapshot.worker_rss_bytes = maintenance::rss_bytes();
+        (self.checks, self.slowest_batch, self.last_stats) = (0, Duration::ZERO, Instant::now());
+        stats::publish(&snapshot.into_json_within(capacity));
     }
 
     /// `table: '*'` bindings see tables added to the publication since.

@@ -43,6 +43,14 @@ SELECT has_function_privilege('anon', 'realtime.create_partitions(timestamptz)',
        has_function_privilege('anon', 'realtime.drop_old_partitions(timestamptz)', 'EXECUTE') AS anon_drops,
        has_function_privilege('anon', 'realtime.send(jsonb, text, text, boolean)', 'EXECUTE') AS anon_sends;
 
+-- The worker's statistics views: their columns, readable by pg_read_all_stats only.
+SELECT c.relname, string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum) AS columns
+FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+WHERE c.relnamespace = 'realtime'::regnamespace AND c.relkind = 'v' GROUP BY 1 ORDER BY 1;
+SELECT v, has_table_privilege('anon', v, 'SELECT') AS anon, has_table_privilege('pg_read_all_stats', v, 'SELECT') AS monitor
+FROM unnest(ARRAY['realtime.stats', 'realtime.connections', 'realtime.channels']) v ORDER BY 1;
+SELECT has_function_privilege('anon', 'realtime.stats_json()', 'EXECUTE') AS anon_reads_stats;
+
 -- Settings and their defaults.
 SELECT name, boot_val, unit, context FROM pg_settings WHERE name LIKE 'realtime.%' ORDER BY name;
 SHOW realtime.retention;

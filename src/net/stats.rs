@@ -1,0 +1,74 @@
+//! The network side's part of `realtime.stats`, `realtime.connections` and
+//! `realtime.channels`: figures from the metrics, rows from the hub. Rates
+//! are per second since the previous call (the main thread calls once a second).
+
+use super::Shared;
+use crate::bridge::stats::{ConnectionRow, Stats};
+use crate::protocol::Vsn;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Totals at the previous call: joins, frames in, frames out, bytes out.
+pub type Previous = Option<(Instant, [u64; 4])>;
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn take(shared: &Shared) -> Stats {
+    let m = &shared.metrics;
+    let (channel_rows, per_conn) = shared.hub.channel_rows();
+    let mut connections: Vec<ConnectionRow> = shared
+        .hub
+        .connections()
+        .iter()
+        .map(|c| {
+            let ctx = c.peer.auth.as_ref().map(|a| &a.ctx);
+            ConnectionRow {
+                id: c.id,
+                role: ctx.map(|x| x.role.clone()).unwrap_or_default(),
+                sub: ctx.and_then(|x| x.sub.clone()),
+                remote_address: c.peer.remote.map(|a| a.ip().to_string()).unwrap_or_default(),
+                remote_port: c.peer.remote.map_or(0, |a| a.port()),
+                protocol_version: match c.vsn {
+                    Vsn::V1 => "1.0.0",
+                    Vsn::V2 => "2.0.0",
+                }
+                .into(),
+                connected_at_ms: unix_ms(c.peer.connected_at),
+                channels: per_conn.get(&c.id).copied().unwrap_or(0),
+                queued_bytes: c.queued_bytes() as u64,
+            }
+        })
+        .collect();
+    connections.sort_by_key(|c| c.id);
+
+    let totals = [m.joins_total(), m.frames_in.get(), m.frames_out.get(), m.bytes_out.get()];
+    let now = Instant::now();
+    let mut previous = shared.stats_previous.lock().unwrap_or_else(|p| p.into_inner());
+    let rates = match *previous {
+        Some((then, before)) if now > then => {
+            let secs = now.duration_since(then).as_secs_f64();
+            std::array::from_fn(|i| totals[i].saturating_sub(before[i]) as f64 / secs)
+        }
+        _ => [0.0; 4],
+    };
+    *previous = Some((now, totals));
+
+    Stats {
+        taken_at_ms: unix_ms(SystemTime::now()),
+        sockets: shared.open_sockets.load(Ordering::Relaxed) as u64,
+        channels: channel_rows.len() as u64,
+        joins_per_second: rates[0],
+        messages_in_per_second: rates[1],
+        messages_out_per_second: rates[2],
+        bytes_out_per_second: rates[3],
+        queued_bytes: shared.budget.used() as u64,
+        max_memory_bytes: shared.budget.limit() as u64,
+        refused_joins: m.refused_by_code(),
+        limit_trips: m.trips_by_code(),
+        connections,
+        channel_rows,
+        ..Stats::default()
+    }
+}
