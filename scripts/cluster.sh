@@ -4,6 +4,8 @@
 #   cluster.sh stop
 # RUN_DIR (default .run in the repo), PG_PORT and WS_PORT pick where it lives;
 # EXTRA_CONF adds settings (the test and bench clusters raise the limits).
+# TLS=1 serves wss:// and https:// (and Postgres's own SSL) with a
+# self-signed certificate made for localhost and 127.0.0.1: $RUN_DIR/pgdata/server.crt.
 source "$(dirname "$0")/common.sh"
 
 RUN_DIR=${RUN_DIR:-$REPO_ROOT/.run}
@@ -50,6 +52,16 @@ realtime.port = $WS_PORT
 realtime.jwt_secret = '$DEV_JWT_SECRET'
 ${EXTRA_CONF:-}
 CONF
+  if [ "${TLS:-0}" = 1 ]; then
+    if [ ! -f "$DATA/server.crt" ]; then
+      log "making a self-signed certificate for localhost and 127.0.0.1 ($DATA/server.crt)"
+      as_pg_user openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$DATA/server.key" -out "$DATA/server.crt" 2>/dev/null
+      as_pg_user chmod 600 "$DATA/server.key"
+    fi
+    printf "ssl = on\nrealtime.ssl = on\n" | as_pg_user tee -a "$DATA/realtime.conf" >/dev/null
+  fi
   # Every WebSocket is a descriptor of the worker: it inherits this limit.
   if [ "$(id -u)" = 0 ]; then ulimit -Hn 200000 2>/dev/null || true; fi
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -81,14 +93,16 @@ stop() {
 }
 
 info() {
-  local jwt="python3 $REPO_ROOT/scripts/dev_jwt.py"
+  local jwt="python3 $REPO_ROOT/scripts/dev_jwt.py" s=
+  [ "${TLS:-0}" = 1 ] && s=s
   cat <<INFO
 
 realtime is running.
   psql       psql postgresql://postgres@127.0.0.1:$PG_PORT/postgres
-  WebSocket  ws://127.0.0.1:$WS_PORT/realtime/v1/websocket?apikey=<anon key>&vsn=2.0.0
-  Supabase   createClient('http://127.0.0.1:$WS_PORT', '<anon key>')
-  log        $PG_LOG
+  WebSocket  ws$s://127.0.0.1:$WS_PORT/realtime/v1/websocket?apikey=<anon key>&vsn=2.0.0
+  Supabase   createClient('http$s://127.0.0.1:$WS_PORT', '<anon key>')
+  log        $PG_LOG${s:+
+  TLS        self-signed: trust $DATA/server.crt (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE, curl --cacert)}
 
 JWTs signed with the development secret (realtime.jwt_secret), valid one year:
   anon           $($jwt anon "$DEV_JWT_SECRET")

@@ -1,6 +1,7 @@
 //! The `realtime.*` settings as plain values, read on the main thread (at
 //! start and on SIGHUP) and handed to the network side whole.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +28,14 @@ pub struct Settings {
     pub limits: Limits,
     /// `realtime.metrics_token`: the bearer token `/metrics` asks for (unset: no `/metrics`).
     pub metrics_token: Option<String>,
+    /// With `realtime.ssl` on: Postgres's own certificate and key files.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Supabase's tenant limits, named and defaulted as there.
@@ -95,6 +104,7 @@ impl Default for Settings {
             allowed_roles: ["anon", "authenticated", "service_role"].map(String::from).into(),
             limits: Limits::default(),
             metrics_token: None,
+            tls: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the network side needs to know, built from the `realtime.*` settings
 //! on the main thread and handed over whole.
 
+use super::tls::{self, Tls};
 use crate::bridge::{Limits, Settings};
 use crate::jwt::{ClaimValidators, Verifier};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -20,6 +21,7 @@ pub struct ServerConfig {
     pub restart_grace: Duration,
     pub limits: Limits,
     pub metrics_token: Option<String>,
+    pub tls: Tls,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
 }
@@ -46,6 +48,13 @@ impl ServerConfig {
                 verifier.with_allowed_roles(Vec::new())
             }
         };
+        let tls = match &settings.tls {
+            None => Tls::Off,
+            Some(files) => tls::server_config(files).map(Tls::On).unwrap_or_else(|e| {
+                warnings.push(format!("realtime.ssl is on but {e}"));
+                Tls::Unavailable
+            }),
+        };
         if secret.is_none() && jwks.is_none() {
             warnings.push("neither realtime.jwt_secret nor realtime.jwt_jwks is set: every token is refused".into());
         }
@@ -60,13 +69,19 @@ impl ServerConfig {
             restart_grace: settings.restart_grace,
             limits: settings.limits.clone(),
             metrics_token: settings.metrics_token.clone(),
+            tls,
             warnings,
         }
     }
 
     pub fn listen_description(&self) -> String {
         let addrs: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
-        addrs.join(", ")
+        let scheme = match self.tls {
+            Tls::Off => "ws://",
+            Tls::On(_) => "wss://",
+            Tls::Unavailable => "wss:// (no usable certificate: refusing connections)",
+        };
+        format!("{} ({scheme})", addrs.join(", "))
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`IPV6_V6ONLY`), so both binds succeed.
 
 use super::Shared;
+use super::tls::Tls;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -12,8 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,12 +80,26 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
         {
             continue; // dropped: closed at once
         }
-        tokio::spawn(serve_http(stream, remote, app.clone(), guard));
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        match shared.config().tls.clone() {
+            Tls::Off => tokio::spawn(serve_http(stream, remote, app, guard)),
+            Tls::On(config) => tokio::spawn(async move {
+                // The handshake counts against the time to send headers.
+                let handshake = TlsAcceptor::from(config).accept(stream);
+                if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                    serve_http(stream, remote, app, guard).await;
+                }
+            }),
+            Tls::Unavailable => continue, // refused: closed at once, never in the clear
+        };
     }
 }
 
-async fn serve_http(stream: TcpStream, remote: SocketAddr, app: Router, _pending: Pending) {
-    let _ = stream.set_nodelay(true);
+async fn serve_http<S>(stream: S, remote: SocketAddr, app: Router, _pending: Pending)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Requests know where they came from (`realtime.connections`).
     let app = app.layer(axum::Extension(ConnectInfo(remote)));
     let connection = hyper::server::conn::http1::Builder::new()

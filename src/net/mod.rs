@@ -17,6 +17,7 @@ mod read_cache;
 mod rest;
 mod session;
 mod stats;
+mod tls;
 
 pub use config::ServerConfig;
 
@@ -105,8 +106,13 @@ impl Network for ServerHandle {
     }
 
     fn reconfigure(&self, settings: &Settings) -> Vec<String> {
-        let config = ServerConfig::new(settings);
-        let warnings = config.warnings.clone();
+        let mut config = ServerConfig::new(settings);
+        let mut warnings = config.warnings.clone();
+        // A certificate that cannot be loaded on reload leaves the one in use.
+        if let (tls::Tls::Unavailable, tls::Tls::On(previous)) = (&config.tls, &self.shared.config().tls) {
+            config.tls = tls::Tls::On(previous.clone());
+            warnings.push("realtime.ssl: serving with the certificate loaded before".into());
+        }
         self.shared.budget.set_limit(settings.max_memory_bytes);
         self.shared.rates.set_limits(&settings.limits);
         // A reload may come with changed policies: probe afresh.

@@ -1,9 +1,11 @@
 //! The `realtime.*` settings. Defined when the library loads, which with
 //! `shared_preload_libraries = 'realtime'` is in every backend and the worker.
 
+use crate::bridge::settings::TlsFiles;
 use crate::bridge::{Limits, Settings};
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
 use std::ffi::{CStr, CString};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -14,6 +16,7 @@ static METRICS_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
+static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// In kB.
 pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -105,6 +108,14 @@ pub fn define() {
         c"Like Supabase's JWT_CLAIM_VALIDATORS: each claim must equal its value (an aud list must contain it). \
           A token without one of them is refused. Changing it disconnects every socket.",
         &JWT_CLAIM_VALIDATORS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"realtime.ssl",
+        c"Serve wss:// and https:// with Postgres's own certificate (ssl_cert_file, ssl_key_file).",
+        c"The files are read again on reload. Without a usable certificate, connections are refused, not served in the clear.",
+        &SSL,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -349,7 +360,23 @@ pub fn read() -> Settings {
             max_postgres_changes_per_join: MAX_POSTGRES_CHANGES_PER_JOIN.get() as usize,
         },
         metrics_token: text(&METRICS_TOKEN),
+        tls: SSL
+            .get()
+            .then(|| TlsFiles { cert_file: postgres_file("ssl_cert_file"), key_file: postgres_file("ssl_key_file") }),
     }
+}
+
+/// A file setting of Postgres itself, relative to the data directory unless absolute.
+fn postgres_file(name: &str) -> PathBuf {
+    let name = CString::new(name).expect("a setting name");
+    // SAFETY: main thread; GetConfigOption returns the setting's current
+    // value (or NULL), and DataDir is set for the life of the process.
+    let (value, data_dir) = unsafe {
+        let value = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        let value = if value.is_null() { String::new() } else { CStr::from_ptr(value).to_string_lossy().into_owned() };
+        (value, CStr::from_ptr(pg_sys::DataDir).to_string_lossy().into_owned())
+    };
+    PathBuf::from(data_dir).join(value)
 }
 
 /// `realtime.allowed_roles` as names; the defaults are added where they are used.

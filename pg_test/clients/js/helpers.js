@@ -8,7 +8,8 @@ import { RealtimeClient } from '@supabase/realtime-js'
 export const SECRET = 'super-secret-jwt-token-with-at-least-32-characters-long'
 export const PG_PORT = process.env.PG_PORT ?? '54399'
 export const WS_PORT = process.env.WS_PORT ?? '4099'
-export const BASE = `http://127.0.0.1:${WS_PORT}`
+// REALTIME_URL: https://… when the cluster serves TLS (pg_test/tls/run.sh).
+export const BASE = process.env.REALTIME_URL ?? `http://127.0.0.1:${WS_PORT}`
 
 const b64 = (x) => Buffer.from(x).toString('base64url')
 
@@ -39,7 +40,7 @@ export function supabase(key = jwt('anon'), realtime = {}) {
 
 /** A bare RealtimeClient, optionally with the V1 serializer. */
 export function realtimeClient(key = jwt('anon'), options = {}) {
-  return new RealtimeClient(`ws://127.0.0.1:${WS_PORT}/realtime/v1`, {
+  return new RealtimeClient(`${BASE.replace(/^http/, 'ws')}/realtime/v1`, {
     params: { apikey: key }, transport: WebSocket, ...options,
   })
 }

@@ -14,7 +14,8 @@ SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 PG_PORT = os.environ.get("PG_PORT", "54399")
 WS_PORT = os.environ.get("WS_PORT", "4099")
 # supabase-py hands the client <project>/realtime/v1; the client adds /websocket.
-URL = f"http://127.0.0.1:{WS_PORT}/realtime/v1"
+# REALTIME_URL: https://… when the cluster serves TLS (pg_test/tls/run.sh).
+URL = os.environ.get("REALTIME_URL", f"http://127.0.0.1:{WS_PORT}") + "/realtime/v1"
 
 
 def _b64(data: bytes) -> str:
