@@ -315,7 +315,11 @@ impl Answer {
 
 pub async fn http(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(reqwest::Client::new);
+    // A fresh connection per request: a pooled one the server is closing
+    // (after answering a request early, without reading its body) would be
+    // reused by a concurrent test and fail it with no answer.
+    let client =
+        CLIENT.get_or_init(|| reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client"));
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
     let mut request = client.request(method, format!("{}{path}", http_base())).body(body.to_vec());
     for (k, v) in headers {
