@@ -6,6 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The smallest hand-over of database messages, in bytes.
+pub const MIN_HANDOFF: usize = 16 * 1024;
+
 #[derive(Debug)]
 pub struct Budget {
     limit: AtomicUsize,
@@ -39,6 +42,14 @@ impl Budget {
     /// (at most half) clear of them while it keeps reading.
     pub fn handoff_room(&self) -> usize {
         (self.limit() / 4).saturating_sub(self.used())
+    }
+
+    /// Is there room for the smallest hand-over? The decoder waits until
+    /// there is, and the network side cuts off slow consumers until there
+    /// is: both must use this one test, or a budget just short of a chunk
+    /// would leave the decoder waiting and nobody cut off.
+    pub fn can_hand_off(&self) -> bool {
+        self.handoff_room() >= MIN_HANDOFF
     }
 
     /// Counts `bytes` until the returned charge is dropped. Always succeeds:
@@ -87,6 +98,16 @@ impl Drop for Charge {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn just_short_of_a_hand_over_counts_as_full() {
+        // The decoder and the slow-consumer cut-off must agree: a quarter of
+        // the budget minus a few bytes is no room for either.
+        let budget = Budget::new(4 * 1024 * 1024);
+        let _held = budget.charge(1024 * 1024 - MIN_HANDOFF + 1);
+        assert!(budget.handoff_room() > 0);
+        assert!(!budget.can_hand_off());
+    }
     use super::*;
 
     #[test]

@@ -22,7 +22,7 @@ pub async fn watch(shared: Arc<Shared>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if shared.budget.handoff_room() > 0 {
+        if shared.budget.can_hand_off() {
             written_before.clear();
             continue;
         }

@@ -9,6 +9,7 @@ use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
 use super::{maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake};
+use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
 use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, queue};
@@ -36,8 +37,8 @@ const STEP_TIME: Duration = Duration::from_millis(20);
 /// The slot's confirmed position reaches disk about this often, so a crash
 /// repeats at most about this much traffic.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
-/// Bounds on the decoded bytes routed and handed over as one batch.
-const MIN_CHUNK: usize = 16 * 1024;
+/// The most decoded bytes routed and handed over as one batch (the least
+/// is `MIN_HANDOFF`).
 const MAX_CHUNK: usize = 1024 * 1024;
 /// While decoded messages wait for memory, look again this often.
 const BUDGET_POLL: Duration = Duration::from_millis(5);
@@ -246,7 +247,7 @@ impl Worker {
     /// Decoding runs when its output has been handed over and the network
     /// side has room for more; otherwise the slot keeps the WAL.
     fn may_decode(&mut self) -> bool {
-        let room = self.budget.handoff_room() >= MIN_CHUNK;
+        let room = self.budget.can_hand_off();
         self.decoder.as_mut().is_some_and(|d| d.output().is_empty()) && room
     }
 
@@ -341,12 +342,12 @@ impl Worker {
             if decoder.output().is_empty() {
                 return false;
             }
-            if room < MIN_CHUNK {
+            if !self.budget.can_hand_off() {
                 return false;
             }
             // A change can become one message per watching channel.
             let fan_out = self.registry.len() + 1;
-            let max = (room / fan_out).clamp(MIN_CHUNK, MAX_CHUNK);
+            let max = (room / fan_out).clamp(MIN_HANDOFF, MAX_CHUNK);
             let chunk = match decoder.output().take_chunk(max) {
                 Ok(chunk) => chunk,
                 Err(e) => {
