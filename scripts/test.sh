@@ -42,6 +42,9 @@ cargo test -p realtime-e2e
 log "official clients"
 scripts/clients.sh
 
+log "inspector (headless Chromium)"
+pg_test/inspector/run.sh
+
 log "TLS (realtime.ssl, a self-signed certificate)"
 TLS=1 make --no-print-directory run PROFILE=debug >/dev/null
 pg_test/tls/run.sh

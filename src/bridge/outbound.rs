@@ -109,6 +109,8 @@ pub trait Network {
     fn set_replication_ready(&self, ready: bool);
     /// The network side's figures and rows for `realtime.stats` and its views.
     fn stats(&self) -> Stats;
+    /// The whole snapshot as published, for `/api/stats`.
+    fn published(&self, json: &str);
     /// Fans out what was handed over, closes every socket with `code` once its
     /// queue is written (each step bounded in time), and stops.
     fn shutdown(&self, code: u16, reason: &str);

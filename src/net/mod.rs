@@ -7,6 +7,7 @@ mod channel;
 mod config;
 mod connection;
 pub mod hub;
+mod inspector;
 mod join;
 pub mod limits;
 mod listen;
@@ -73,6 +74,8 @@ pub struct Shared {
     /// What `/metrics` tells.
     pub metrics: metrics::Metrics,
     stats_previous: std::sync::Mutex<stats::Previous>,
+    /// The latest snapshot the main thread published (`/api/stats`).
+    published_stats: RwLock<Option<Arc<str>>>,
 }
 
 impl Shared {
@@ -133,6 +136,10 @@ impl Network for ServerHandle {
         stats::take(&self.shared)
     }
 
+    fn published(&self, json: &str) {
+        *self.shared.published_stats.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(json));
+    }
+
     fn shutdown(&self, code: u16, reason: &str) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN;
@@ -167,6 +174,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         read_cache: read_cache::ReadCache::default(),
         metrics: metrics::Metrics::default(),
         stats_previous: Default::default(),
+        published_stats: RwLock::new(None),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
@@ -335,6 +343,8 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         }
         (Method::GET, Some("/health")) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
         (Method::GET, Some("/metrics")) => metrics_page(&shared, request.headers()),
+        (Method::GET, Some("/inspector")) => inspector::page(),
+        (Method::GET, Some("/api/stats")) => inspector::stats(&shared, request.headers()),
         (Method::POST, Some("/api/broadcast")) => {
             rest::rate_limited(shared.clone(), rest::batch(shared, request)).await
         }

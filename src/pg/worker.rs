@@ -458,7 +458,9 @@ impl Worker {
         snapshot.rls_batch_max_ms = self.slowest_batch.as_secs_f64() * 1000.0;
         snapshot.worker_rss_bytes = maintenance::rss_bytes();
         (self.checks, self.slowest_batch, self.last_stats) = (0, Duration::ZERO, Instant::now());
-        stats::publish(&snapshot.into_json_within(capacity));
+        let json = snapshot.into_json_within(capacity);
+        stats::publish(&json);
+        self.network.published(&json);
     }
 
     /// `table: '*'` bindings see tables added to the publication since.
