@@ -1,6 +1,7 @@
 //! The `realtime.*` settings as plain values, read on the main thread (at
 //! start and on SIGHUP) and handed to the network side whole.
 
+use super::log::Level;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// With `realtime.ssl` on: Postgres's own certificate and key files.
     pub tls: Option<TlsFiles>,
+    /// `realtime.log_level`: the network side's lines kept.
+    pub log_level: Level,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +108,7 @@ impl Default for Settings {
             limits: Limits::default(),
             metrics_token: None,
             tls: None,
+            log_level: Level::Info,
         }
     }
 }

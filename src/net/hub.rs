@@ -278,7 +278,7 @@ impl ConnHandle {
             outbox.close = Some(CloseReason { code, reason: reason.to_owned() });
         }
         if code == 1008 {
-            eprintln!("realtime: closing connection {}: {reason}", self.id);
+            crate::log_info!("realtime: closing connection {}: {reason}", self.id);
         }
         self.ready.notify_one();
         self.closing.notify_one();

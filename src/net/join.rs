@@ -80,7 +80,7 @@ impl Session {
         self.joins.set_limit(Some(f64::from(limits.max_joins_per_second)));
         if self.joins.triggered(now) {
             self.shared.metrics.tripped("ClientJoinRateLimitReached");
-            eprintln!(
+            crate::log_warning!(
                 "realtime: ClientJoinRateLimitReached: a socket joins more than realtime.max_joins_per_second ({}) \
                  channels per second; it is disconnected",
                 limits.max_joins_per_second
@@ -179,7 +179,10 @@ impl Session {
                 Ok(Ok(_)) => Outcome::Refused { reason: unauthorized(&prepared.sub_topic), msg: prepared.msg },
                 Ok(Err(e)) => {
                     // A broken policy denies this join only.
-                    eprintln!("realtime: RlsPolicyError: read check for topic {:?} failed: {e}", prepared.sub_topic);
+                    crate::log_warning!(
+                        "realtime: RlsPolicyError: read check for topic {:?} failed: {e}",
+                        prepared.sub_topic
+                    );
                     Outcome::Refused { reason: unauthorized(&prepared.sub_topic), msg: prepared.msg }
                 }
                 Err(reason) => Outcome::Refused { msg: prepared.msg, reason },
@@ -366,7 +369,7 @@ impl Session {
                         }
                     }
                 }
-                Err(e) => eprintln!("realtime: replay of {sub_topic:?} failed: {e}"),
+                Err(e) => crate::log_warning!("realtime: replay of {sub_topic:?} failed: {e}"),
             }
             shared.hub.release(&key, id, &replayed);
             Done::Nothing

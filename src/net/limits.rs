@@ -256,7 +256,7 @@ impl ServerRates {
             }
             if self.events.tick() == Some(Change::Tripped) {
                 metrics.tripped("MessagePerSecondRateLimitReached");
-                eprintln!(
+                crate::log_warning!(
                     "realtime: MessagePerSecondRateLimitReached: Too many messages per second \
                      ({:.0}/s over the last minute; realtime.max_events_per_second)",
                     self.events.avg()
@@ -264,7 +264,7 @@ impl ServerRates {
             }
             if self.presence.tick() == Some(Change::Tripped) {
                 metrics.tripped("PresenceRateLimitReached");
-                eprintln!(
+                crate::log_warning!(
                     "realtime: PresenceRateLimitReached: Too many presence events per second \
                      ({:.0}/s over the last minute; realtime.max_presence_events_per_second)",
                     self.presence.avg()

@@ -55,7 +55,7 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
         match bind(addr) {
             Ok(l) => break l,
             Err(e) => {
-                eprintln!("realtime: cannot listen on {addr}: {e}; retrying in 5 s");
+                crate::log_warning!("realtime: cannot listen on {addr}: {e}; retrying in 5 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     _ = stop.changed() => return,

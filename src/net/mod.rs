@@ -109,6 +109,7 @@ impl Network for ServerHandle {
     }
 
     fn reconfigure(&self, settings: &Settings) -> Vec<String> {
+        crate::bridge::log::set_level(settings.log_level);
         let mut config = ServerConfig::new(settings);
         let mut warnings = config.warnings.clone();
         // A certificate that cannot be loaded on reload leaves the one in use.
@@ -156,7 +157,7 @@ impl Network for ServerHandle {
 pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<dyn Network>, Vec<String>) {
     let config = ServerConfig::new(settings);
     let warnings = config.warnings.clone();
-    eprintln!("realtime: listening on {}", config.listen_description());
+    crate::log_info!("realtime: listening on {}", config.listen_description());
     let grace = config.restart_grace;
     let shared = Arc::new(Shared {
         hub: Hub::default(),
@@ -197,7 +198,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                         tokio::spawn(async move { rates.rates.run(&rates.metrics).await });
                         serve(thread_shared, stop_rx).await
                     }),
-                    Err(e) => eprintln!("realtime: cannot start the network runtime: {e}"),
+                    Err(e) => crate::log_warning!("realtime: cannot start the network runtime: {e}"),
                 }
                 let _ = stopped_tx.send(());
             })
@@ -254,16 +255,23 @@ fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     let (message, payload) = match DbBroadcast::parse(row) {
         Ok((m, p)) if m.binary => match base64::engine::general_purpose::STANDARD.decode(p) {
             Ok(bytes) => (m, Body::Binary(bytes)),
-            Err(e) => return eprintln!("realtime: skipping database broadcast {}: payload is not base64: {e}", m.id),
+            Err(e) => {
+                return crate::log_warning!(
+                    "realtime: skipping database broadcast {}: payload is not base64: {e}",
+                    m.id
+                );
+            }
         },
         Ok((m, p)) => match Body::json_text(p.to_owned()) {
             Ok(payload) => (m, payload),
-            Err(e) => return eprintln!("realtime: skipping database broadcast {}: payload is not JSON: {e}", m.id),
+            Err(e) => {
+                return crate::log_warning!("realtime: skipping database broadcast {}: payload is not JSON: {e}", m.id);
+            }
         },
-        Err(e) => return eprintln!("realtime: skipping an undecodable database broadcast: {e}"),
+        Err(e) => return crate::log_warning!("realtime: skipping an undecodable database broadcast: {e}"),
     };
     if payload.wire_len() > shared.config().max_payload_bytes {
-        return eprintln!(
+        return crate::log_warning!(
             "realtime: skipping database broadcast {}: payload larger than realtime.max_payload_size",
             message.id
         );
@@ -399,7 +407,7 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
     }
     if shared.open_sockets.load(Ordering::Relaxed) >= shared.max_sockets {
         shared.metrics.tripped("ConnectionRateLimitReached");
-        eprintln!(
+        crate::log_warning!(
             "realtime: refusing a connection: {} sockets open, the most the open-file limit allows",
             shared.max_sockets
         );

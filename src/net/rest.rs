@@ -94,11 +94,11 @@ async fn writable(shared: &Shared, auth: &Auth, topics: impl Iterator<Item = Str
         let ok = match answer {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => {
-                eprintln!("realtime: RlsPolicyError: write check for topic {topic:?} failed: {e}");
+                crate::log_warning!("realtime: RlsPolicyError: write check for topic {topic:?} failed: {e}");
                 false
             }
             Err(e) => {
-                eprintln!("realtime: write check for topic {topic:?} not run: {e}");
+                crate::log_warning!("realtime: write check for topic {topic:?} not run: {e}");
                 false
             }
         };

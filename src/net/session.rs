@@ -120,7 +120,7 @@ impl Session {
         self.bytes.set_limit(Some(f64::from(limits.max_bytes_per_second)));
         if self.events.add(now, 1) == Some(Change::Tripped) {
             self.shared.metrics.tripped("MessagePerSecondRateLimitReached");
-            eprintln!(
+            crate::log_warning!(
                 "realtime: MessagePerSecondRateLimitReached: a socket sends more than \
                  realtime.max_events_per_second ({}) messages per second",
                 limits.max_events_per_second
@@ -250,7 +250,7 @@ impl Session {
         match bridge.call(share, request).await {
             Ok(Ok(allowed)) => Some(allowed),
             Ok(Err(e)) => {
-                eprintln!("realtime: RlsPolicyError: a permission check failed: {e}");
+                crate::log_warning!("realtime: RlsPolicyError: a permission check failed: {e}");
                 Some(false)
             }
             // Busy or shutting down: deny this once, ask again next time.
@@ -356,7 +356,9 @@ impl Session {
         };
         if !channel.presence_calls.allow() {
             self.shared.metrics.tripped("ClientPresenceRateLimitReached");
-            eprintln!("realtime: ClientPresenceRateLimitReached: a channel sent more presence messages than allowed");
+            crate::log_warning!(
+                "realtime: ClientPresenceRateLimitReached: a channel sent more presence messages than allowed"
+            );
             return self.system_error_and_close(&msg.topic, "Client presence rate limit exceeded");
         }
         let InboundPayload::Json(payload) = &msg.payload else {

@@ -1,6 +1,7 @@
 //! The `realtime.*` settings. Defined when the library loads, which with
 //! `shared_preload_libraries = 'realtime'` is in every backend and the worker.
 
+use crate::bridge::log::Level;
 use crate::bridge::settings::TlsFiles;
 use crate::bridge::{Limits, Settings};
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
@@ -17,6 +18,7 @@ pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
 static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
+static LOG_LEVEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"info"));
 /// In kB.
 pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -108,6 +110,15 @@ pub fn define() {
         c"Like Supabase's JWT_CLAIM_VALIDATORS: each claim must equal its value (an aud list must contain it). \
           A token without one of them is refused. Changing it disconnects every socket.",
         &JWT_CLAIM_VALIDATORS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.log_level",
+        c"Which of the realtime worker's own lines reach the log: warning or info.",
+        c"warning: limits tripped, refused sockets, failed checks; info adds what the worker does \
+          (listening, slow consumers cut off). Nothing is logged per message at either.",
+        &LOG_LEVEL,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -360,10 +371,19 @@ pub fn read() -> Settings {
             max_postgres_changes_per_join: MAX_POSTGRES_CHANGES_PER_JOIN.get() as usize,
         },
         metrics_token: text(&METRICS_TOKEN),
+        log_level: log_level(),
         tls: SSL
             .get()
             .then(|| TlsFiles { cert_file: postgres_file("ssl_cert_file"), key_file: postgres_file("ssl_key_file") }),
     }
+}
+
+fn log_level() -> Level {
+    let value = text(&LOG_LEVEL).unwrap_or_default();
+    Level::parse(&value).unwrap_or_else(|| {
+        pgrx::warning!("realtime: realtime.log_level \"{value}\" is neither warning nor info; using info");
+        Level::Info
+    })
 }
 
 /// A file setting of Postgres itself, relative to the data directory unless absolute.

@@ -12,7 +12,7 @@ use super::{maintenance, plugin, requests, route, settings, slot, stats, subscri
 use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
-use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, queue};
+use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, log, queue};
 use crate::changes::RowChange;
 use crate::changes::registry::Registry;
 use crate::decoded::Row;
@@ -20,7 +20,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
@@ -89,6 +89,8 @@ pub fn main(spawn: SpawnNetwork) {
         Ok(pair) => pair,
         Err(e) => error!("realtime: cannot create the worker's eventfd: {e}"),
     };
+    log::set_level(settings.log_level);
+    let log_lines = log::install();
     let (network, warnings) = spawn(&settings, bridge, budget.clone());
     warn_all(&warnings);
     log!("realtime: serving database \"{database}\" on port {}", settings.port);
@@ -96,7 +98,7 @@ pub fn main(spawn: SpawnNetwork) {
     // SAFETY: MyProc is this process's PGPROC.
     wake::set_worker(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
     let wait_set = WaitSet::new(inbox.fd());
-    let mut worker = Worker::new(network, budget, settings);
+    let mut worker = Worker::new(network, budget, settings, log_lines);
     let stop = worker.run(&inbox, &wait_set);
     worker.stop(stop);
     exit_for_restart();
@@ -112,6 +114,8 @@ enum Stop {
 
 struct Worker {
     network: Box<dyn Network>,
+    /// The network side's log lines, written here with ereport.
+    log_lines: mpsc::Receiver<(log::Level, String)>,
     budget: Arc<Budget>,
     settings: Settings,
     registry: Registry,
@@ -144,10 +148,16 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(network: Box<dyn Network>, budget: Arc<Budget>, settings: Settings) -> Worker {
+    fn new(
+        network: Box<dyn Network>,
+        budget: Arc<Budget>,
+        settings: Settings,
+        log_lines: mpsc::Receiver<(log::Level, String)>,
+    ) -> Worker {
         let now = Instant::now();
         Worker {
             network,
+            log_lines,
             budget,
             settings,
             registry: Registry::default(),
@@ -220,6 +230,7 @@ impl Worker {
             more |= self.hand_off();
             self.confirm();
             self.trim_after_burst();
+            self.write_log_lines();
             let requests = inbox.drain();
             if !requests.is_empty() {
                 self.answer(requests);
@@ -439,6 +450,20 @@ impl Worker {
         self.slowest_batch = self.slowest_batch.max(started.elapsed());
     }
 
+    /// The network side's lines, with Postgres's timestamps and levels.
+    fn write_log_lines(&mut self) {
+        for (level, line) in self.log_lines.try_iter() {
+            match level {
+                log::Level::Warning => warning!("{line}"),
+                log::Level::Info => log!("{line}"),
+            }
+        }
+        let dropped = log::take_dropped();
+        if dropped > 0 {
+            warning!("realtime: {dropped} log lines of the network side were dropped (more than 1024 at once)");
+        }
+    }
+
     /// The snapshot `realtime.stats` and its views read: the network side's
     /// figures and rows, and this thread's own.
     fn publish_stats(&mut self) {
@@ -578,6 +603,7 @@ impl Worker {
             Stop::Restart => (1012, "server restarting"),
         };
         self.network.shutdown(code, reason);
+        self.write_log_lines();
         self.confirm();
         if let Some(decoder) = self.decoder.take() {
             decoder.save();
