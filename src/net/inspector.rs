@@ -2,7 +2,7 @@
 //! from the browser (join, watch, send, track), and `/api/stats`, the worker's
 //! latest `realtime.stats` snapshot for a service_role key.
 
-use super::{Shared, auth, header, json_error};
+use super::{Shared, auth, bearer, json_error};
 use axum::http::{HeaderMap, StatusCode, header as h};
 use axum::response::{IntoResponse, Response};
 
@@ -21,8 +21,7 @@ pub fn page() -> Response {
 }
 
 pub fn stats(shared: &Shared, headers: &HeaderMap) -> Response {
-    let token = header(headers, "authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
-    let Some(token) = token else {
+    let Some(token) = bearer(headers) else {
         return json_error(StatusCode::UNAUTHORIZED, "/api/stats needs Authorization: Bearer <service_role key>");
     };
     match shared.config().verifier.verify(&token, auth::unix_now()) {

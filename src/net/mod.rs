@@ -392,6 +392,12 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// The token of `Authorization: Bearer <token>` (either case of "bearer").
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let h = header(headers, "authorization")?;
+    h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).map(str::to_owned)
+}
+
 fn json_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }

@@ -6,7 +6,7 @@
 use super::Shared;
 use super::auth::{Auth, unix_now};
 use super::hub::TopicKey;
-use super::{header, query_params};
+use super::{bearer, header, query_params};
 use crate::bridge::{Extension, Request as BridgeRequest, Share};
 use crate::protocol::{Body, Broadcast};
 use axum::extract::Request;
@@ -64,9 +64,7 @@ fn unprocessable(body: Value) -> Response {
 /// `Authorization: Bearer` wins, else the `apikey` header. None: answer 401.
 fn authenticate(shared: &Shared, request: &Request) -> Option<Arc<Auth>> {
     let headers = request.headers();
-    let bearer = header(headers, "authorization")
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).map(str::to_owned));
-    let token = bearer.or_else(|| header(headers, "apikey"))?;
+    let token = bearer(headers).or_else(|| header(headers, "apikey"))?;
     let claims = shared.config().verifier.verify(&token, unix_now()).ok()?;
     Some(Auth::new(token, claims))
 }
