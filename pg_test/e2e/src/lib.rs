@@ -64,6 +64,31 @@ pub fn psql(sql: &str) -> String {
 }
 
 /// A unique topic name per call, so tests never share channels.
+/// Runs `sql` (an `ALTER SYSTEM`), reloads the configuration and gives the
+/// worker time to take it.
+pub fn reload(sql: &str) {
+    psql(sql);
+    psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(700));
+}
+
+/// A setting changed with `ALTER SYSTEM` for one test, reset when dropped
+/// (a failing test leaves none behind).
+pub struct SystemSetting(&'static str);
+
+impl SystemSetting {
+    pub fn set(name: &'static str, value: &str) -> SystemSetting {
+        reload(&format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''")));
+        SystemSetting(name)
+    }
+}
+
+impl Drop for SystemSetting {
+    fn drop(&mut self) {
+        reload(&format!("ALTER SYSTEM RESET {}", self.0));
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))

@@ -13,12 +13,6 @@ use std::time::{Duration, Instant};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn reload(sql: &str) {
-    psql(sql);
-    psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
-}
-
 fn worker_pid() -> String {
     for _ in 0..300 {
         if let Ok(pid) = try_psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'")

@@ -20,12 +20,6 @@ async fn wait_for_health() {
     panic!("the worker did not come back within 10 s");
 }
 
-fn reload(sql: &str) {
-    psql(sql);
-    psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
-}
-
 async fn expect_close(c: &mut Client, code: u16) {
     loop {
         let m = c.try_recv(Duration::from_secs(5)).await.expect("the socket is closed");

@@ -10,29 +10,6 @@ use std::time::{Duration, Instant};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TICK: Duration = Duration::from_secs(5);
 
-/// A lowered setting, reset when dropped (a failing test leaves none behind).
-struct Lowered(&'static str);
-
-impl Lowered {
-    fn set(name: &'static str, value: &str) -> Lowered {
-        psql(&format!("ALTER SYSTEM SET {name} = '{value}'"));
-        reload();
-        Lowered(name)
-    }
-}
-
-impl Drop for Lowered {
-    fn drop(&mut self) {
-        psql(&format!("ALTER SYSTEM RESET {}", self.0));
-        reload();
-    }
-}
-
-fn reload() {
-    psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
-}
-
 fn topic(prefix: &str) -> String {
     format!("realtime:{}", unique(prefix))
 }
@@ -55,7 +32,7 @@ async fn expect_closed_with(c: &mut Client, topic: &str, message: &str) {
 #[tokio::test]
 async fn joins_per_second_disconnect_the_socket() {
     let _turn = SERIAL.lock().await;
-    let _limit = Lowered::set("realtime.max_joins_per_second", "2");
+    let _limit = SystemSetting::set("realtime.max_joins_per_second", "2");
     let mut c = Client::connect(Vsn::V2, &jwt("anon")).await;
     let started = Instant::now();
     // 12 joins in the first 5 s: 2.4 joins/s, at or over the limit at the tick.
@@ -77,7 +54,7 @@ async fn joins_per_second_disconnect_the_socket() {
 #[tokio::test]
 async fn messages_per_second_close_the_channel_and_then_let_go() {
     let _turn = SERIAL.lock().await;
-    let _limit = Lowered::set("realtime.max_events_per_second", "3");
+    let _limit = SystemSetting::set("realtime.max_events_per_second", "3");
     let room = topic("events");
     let mut c = Client::connect(Vsn::V2, &jwt("anon")).await;
     let started = Instant::now();
@@ -112,7 +89,7 @@ async fn messages_per_second_close_the_channel_and_then_let_go() {
 #[tokio::test]
 async fn bytes_per_second_close_the_channel() {
     let _turn = SERIAL.lock().await;
-    let _limit = Lowered::set("realtime.max_bytes_per_second", "1000");
+    let _limit = SystemSetting::set("realtime.max_bytes_per_second", "1000");
     let room = topic("bytes");
     let mut c = Client::connect(Vsn::V2, &jwt("anon")).await;
     let started = Instant::now();
@@ -129,7 +106,7 @@ async fn bytes_per_second_close_the_channel() {
 #[tokio::test]
 async fn presence_events_per_second_close_joining_channels() {
     let _turn = SERIAL.lock().await;
-    let _limit = Lowered::set("realtime.max_presence_events_per_second", "1");
+    let _limit = SystemSetting::set("realtime.max_presence_events_per_second", "1");
     // The server's average spans a minute: 15 channels x (a state, 4 tracks
     // and their diffs) is 135 events, over 2 a second.
     let mut tracker = Client::connect(Vsn::V2, &jwt("anon")).await;
@@ -156,7 +133,7 @@ async fn concurrent_users_are_counted_from_their_first_join() {
     let _turn = SERIAL.lock().await;
     // Sockets of other tests may still be closing.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _limit = Lowered::set("realtime.max_concurrent_users", "1");
+    let _limit = SystemSetting::set("realtime.max_concurrent_users", "1");
     let mut idle = Client::connect(Vsn::V2, &jwt("anon")).await; // not counted: no channel
     let mut first = Client::connect(Vsn::V2, &jwt("anon")).await;
     first.join_ok(&topic("users"), json!({})).await;
@@ -182,7 +159,7 @@ async fn concurrent_users_are_counted_from_their_first_join() {
 #[tokio::test]
 async fn postgres_changes_bindings_per_join_are_limited() {
     let _turn = SERIAL.lock().await;
-    let _limit = Lowered::set("realtime.max_postgres_changes_per_join", "2");
+    let _limit = SystemSetting::set("realtime.max_postgres_changes_per_join", "2");
     let binding = json!({"event": "*", "schema": "public", "table": "limits_nothing"});
     let mut c = Client::connect(Vsn::V2, &jwt("anon")).await;
     let (_, reply) = c.join(&topic("pc"), json!({"config": {"postgres_changes": [binding, binding, binding]}})).await;
@@ -203,7 +180,7 @@ fn service() -> String {
 async fn rest_broadcasts_are_limited_with_supabases_headers_and_texts() {
     let _turn = SERIAL.lock().await;
     // Averages span a minute: at 1 message/s, 60 in a minute reach the limit.
-    let _limit = Lowered::set("realtime.max_events_per_second", "1");
+    let _limit = SystemSetting::set("realtime.max_events_per_second", "1");
     let auth = service();
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let name = unique("rest");

@@ -8,24 +8,6 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "scrape-me-e2e";
 
-/// The token set for the test, reset when dropped (also on failure).
-struct MetricsOn;
-
-impl MetricsOn {
-    fn set() -> MetricsOn {
-        psql(&format!("ALTER SYSTEM SET realtime.metrics_token = '{TOKEN}'"));
-        psql("SELECT pg_reload_conf()");
-        MetricsOn
-    }
-}
-
-impl Drop for MetricsOn {
-    fn drop(&mut self) {
-        psql("ALTER SYSTEM RESET realtime.metrics_token");
-        psql("SELECT pg_reload_conf()");
-    }
-}
-
 async fn scrape() -> prometheus_parse::Scrape {
     let bearer = format!("Bearer {TOKEN}");
     let a = http("GET", "/metrics", &[("Authorization", &bearer)], b"").await;
@@ -61,7 +43,7 @@ async fn until<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
 #[tokio::test]
 async fn metrics_are_off_then_behind_a_token_and_follow_the_traffic() {
     assert_eq!(get("/metrics").await.0, 404, "off by default");
-    let _on = MetricsOn::set();
+    let _on = SystemSetting::set("realtime.metrics_token", TOKEN);
     let bearer = format!("Bearer {TOKEN}");
     until("the token to take effect", async || {
         http("GET", "/metrics", &[("Authorization", &bearer)], b"").await.status == 200

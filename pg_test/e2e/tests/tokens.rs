@@ -9,32 +9,8 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use realtime_e2e::*;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A token setting, reset when dropped.
-struct Setting(&'static str);
-
-impl Setting {
-    fn set(name: &'static str, value: &str) -> Setting {
-        psql(&format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''")));
-        reload();
-        Setting(name)
-    }
-}
-
-impl Drop for Setting {
-    fn drop(&mut self) {
-        psql(&format!("ALTER SYSTEM RESET {}", self.0));
-        reload();
-    }
-}
-
-fn reload() {
-    psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(700));
-}
 
 /// The connect refusal: (status, `error` text).
 async fn refused_at_connect(token: &str) -> (u16, String) {
@@ -88,7 +64,7 @@ async fn a_token_not_valid_yet_is_refused() {
 async fn claims_the_settings_require_are_checked() {
     let _turn = SERIAL.lock().await;
     let _validators =
-        Setting::set("realtime.jwt_claim_validators", r#"{"iss": "https://issuer.example", "aud": "realtime"}"#);
+        SystemSetting::set("realtime.jwt_claim_validators", r#"{"iss": "https://issuer.example", "aud": "realtime"}"#);
     let good = jwt_with("anon", json!({"iss": "https://issuer.example", "aud": ["realtime", "other"]}));
     let mut c = Client::connect(Vsn::V2, &good).await;
     c.join_ok(&format!("realtime:{}", unique("claims")), json!({})).await;
@@ -105,7 +81,7 @@ async fn claims_the_settings_require_are_checked() {
 #[tokio::test]
 async fn a_bad_validator_setting_refuses_every_token() {
     let _turn = SERIAL.lock().await;
-    let _validators = Setting::set("realtime.jwt_claim_validators", "[1, 2]");
+    let _validators = SystemSetting::set("realtime.jwt_claim_validators", "[1, 2]");
     assert_eq!(
         refused_at_connect(&jwt("anon")).await,
         (401, "The role \"anon\" is not one this server lets clients assume".into())
@@ -162,7 +138,7 @@ async fn jwks_tokens_are_accepted_and_picked_by_kid() {
         })
         .collect();
     let set = serde_json::to_string(&JwkSet { keys: public }).unwrap();
-    let _jwks = Setting::set("realtime.jwt_jwks", &set);
+    let _jwks = SystemSetting::set("realtime.jwt_jwks", &set);
 
     for key in &keys {
         let token = sign(key, key.kid, "authenticated");
