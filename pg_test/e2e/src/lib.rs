@@ -13,6 +13,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 pub const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a database message may take to arrive.
+pub const DB_WAIT: Duration = Duration::from_secs(10);
 
 pub fn pg_port() -> String {
     std::env::var("PG_PORT").unwrap_or_else(|_| "54399".into())
@@ -367,4 +369,44 @@ pub async fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, St
 pub async fn get(path: &str) -> (u16, String) {
     let a = http("GET", path, &[], b"").await;
     (a.status, a.body)
+}
+
+/// A fresh table in the publication, readable by service_role (as Supabase's
+/// default privileges would make it); returns its name.
+pub fn published_table(columns: &str) -> String {
+    let name = unique("pc").replace('-', "_");
+    psql(&format!(
+        "CREATE TABLE {name} ({columns}); ALTER PUBLICATION supabase_realtime ADD TABLE {name};
+         GRANT SELECT ON {name} TO service_role;"
+    ));
+    name
+}
+
+/// Joins with these `postgres_changes` bindings; returns (join_ref, ids in order, system payload).
+pub async fn subscribe_changes(c: &mut Client, topic: &str, bindings: Value) -> (String, Vec<u64>, Value) {
+    let (jr, reply) = c.join(topic, json!({"config": {"postgres_changes": bindings}})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let ids =
+        reply["response"]["postgres_changes"].as_array().unwrap().iter().map(|b| b["id"].as_u64().unwrap()).collect();
+    let system = c.recv_event("system").await;
+    assert_eq!(system.payload["extension"], "postgres_changes");
+    assert_eq!(system.payload["channel"], topic.trim_start_matches("realtime:"));
+    (jr, ids, system.payload)
+}
+
+pub async fn subscribed_changes(c: &mut Client, topic: &str, bindings: Value) -> Vec<u64> {
+    let (_, ids, system) = subscribe_changes(c, topic, bindings).await;
+    assert_eq!(system["status"], "ok", "{system}");
+    assert_eq!(system["message"], "Subscribed to PostgreSQL");
+    ids
+}
+
+pub async fn next_change(c: &mut Client) -> Value {
+    loop {
+        let m = c.try_recv(DB_WAIT).await.expect("a postgres_changes message");
+        if m.event == "postgres_changes" {
+            assert_eq!((m.join_ref, m.msg_ref), (None, None));
+            return m.payload;
+        }
+    }
 }

@@ -5,48 +5,7 @@ use realtime_e2e::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const DB_WAIT: Duration = Duration::from_secs(10);
 const SHORT: Duration = Duration::from_millis(800);
-
-/// A fresh table in the publication, readable by service_role (as Supabase's
-/// default privileges would make it); returns its name.
-fn table(columns: &str) -> String {
-    let name = unique("pc").replace('-', "_");
-    psql(&format!(
-        "CREATE TABLE {name} ({columns}); ALTER PUBLICATION supabase_realtime ADD TABLE {name};
-         GRANT SELECT ON {name} TO service_role;"
-    ));
-    name
-}
-
-/// Joins with these bindings; returns (join_ref, ids in order, system payload).
-async fn subscribe(c: &mut Client, topic: &str, bindings: Value) -> (String, Vec<u64>, Value) {
-    let (jr, reply) = c.join(topic, json!({"config": {"postgres_changes": bindings}})).await;
-    assert_eq!(reply["status"], "ok", "{reply}");
-    let ids =
-        reply["response"]["postgres_changes"].as_array().unwrap().iter().map(|b| b["id"].as_u64().unwrap()).collect();
-    let system = c.recv_event("system").await;
-    assert_eq!(system.payload["extension"], "postgres_changes");
-    assert_eq!(system.payload["channel"], topic.trim_start_matches("realtime:"));
-    (jr, ids, system.payload)
-}
-
-async fn subscribed(c: &mut Client, topic: &str, bindings: Value) -> Vec<u64> {
-    let (_, ids, system) = subscribe(c, topic, bindings).await;
-    assert_eq!(system["status"], "ok", "{system}");
-    assert_eq!(system["message"], "Subscribed to PostgreSQL");
-    ids
-}
-
-async fn next_change(c: &mut Client) -> Value {
-    loop {
-        let m = c.try_recv(DB_WAIT).await.expect("a postgres_changes message");
-        if m.event == "postgres_changes" {
-            assert_eq!((m.join_ref, m.msg_ref), (None, None));
-            return m.payload;
-        }
-    }
-}
 
 async fn no_change(c: &mut Client) {
     while let Some(m) = c.try_recv(SHORT).await {
@@ -56,11 +15,11 @@ async fn no_change(c: &mut Client) {
 
 #[tokio::test]
 async fn insert_update_delete_with_a_filtered_and_an_unfiltered_binding() {
-    let t = table(
+    let t = published_table(
         "id bigint PRIMARY KEY, title text, done boolean DEFAULT false, at timestamptz DEFAULT '2025-11-03 09:32:55+00'",
     );
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
-    let ids = subscribed(
+    let ids = subscribed_changes(
         &mut c,
         &format!("realtime:{t}"),
         json!([{"event": "*", "schema": "public", "table": t}, {"event": "INSERT", "schema": "public", "table": t, "filter": "id=eq.2"}]),
@@ -103,10 +62,10 @@ async fn insert_update_delete_with_a_filtered_and_an_unfiltered_binding() {
 
 #[tokio::test]
 async fn filters_compare_as_the_column_type() {
-    let t = table("id int PRIMARY KEY, n numeric, name text");
+    let t = published_table("id int PRIMARY KEY, n numeric, name text");
     let mut c = Client::connect(Vsn::V1, &jwt("service_role")).await;
     let topic = format!("realtime:{t}");
-    let ids = subscribed(
+    let ids = subscribed_changes(
         &mut c,
         &topic,
         json!([
@@ -127,11 +86,11 @@ async fn filters_compare_as_the_column_type() {
 
 #[tokio::test]
 async fn deletes_are_filtered_on_the_old_row_and_only_on_its_identity() {
-    let t = table("id int PRIMARY KEY, kind text");
+    let t = published_table("id int PRIMARY KEY, kind text");
     psql(&format!("INSERT INTO {t} VALUES (1, 'a'), (2, 'b')"));
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
     let topic = format!("realtime:{t}");
-    subscribed(
+    subscribed_changes(
         &mut c,
         &topic,
         json!([{"event": "DELETE", "schema": "public", "table": t, "filter": "id=eq.2"}, {"event": "DELETE", "schema": "public", "table": t, "filter": "kind=eq.b"}]),
@@ -158,10 +117,10 @@ async fn deletes_are_filtered_on_the_old_row_and_only_on_its_identity() {
 
 #[tokio::test]
 async fn replica_identity_full_old_records() {
-    let t = table("id int PRIMARY KEY, title text");
+    let t = published_table("id int PRIMARY KEY, title text");
     psql(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL; INSERT INTO {t} VALUES (1, 'a')"));
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
-    subscribed(&mut c, &format!("realtime:{t}"), json!([{"event": "*", "schema": "public", "table": t}])).await;
+    subscribed_changes(&mut c, &format!("realtime:{t}"), json!([{"event": "*", "schema": "public", "table": t}])).await;
     psql(&format!("UPDATE {t} SET title = 'b'"));
     // The insert may still be decoded after the subscription (as Supabase,
     // which reads the slot after subscribing, would deliver it too).
@@ -176,7 +135,7 @@ async fn replica_identity_full_old_records() {
 
 #[tokio::test]
 async fn two_users_each_see_only_their_own_rows() {
-    let t = table("id int PRIMARY KEY, owner uuid, body text");
+    let t = published_table("id int PRIMARY KEY, owner uuid, body text");
     psql(&format!(
         "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
          GRANT SELECT ON {t} TO authenticated;
@@ -188,9 +147,9 @@ async fn two_users_each_see_only_their_own_rows() {
     let mut a = Client::connect(Vsn::V2, &jwt_with("authenticated", json!({"sub": alice}))).await;
     let mut b = Client::connect(Vsn::V1, &jwt_with("authenticated", json!({"sub": bob}))).await;
     let mut anon = Client::connect(Vsn::V1, &jwt("anon")).await;
-    subscribed(&mut a, &topic, binding.clone()).await;
-    subscribed(&mut b, &topic, binding.clone()).await;
-    subscribed(&mut anon, &topic, binding).await;
+    subscribed_changes(&mut a, &topic, binding.clone()).await;
+    subscribed_changes(&mut b, &topic, binding.clone()).await;
+    subscribed_changes(&mut anon, &topic, binding).await;
     psql(&format!("INSERT INTO {t} VALUES (1, '{alice}', 'for alice'), (2, '{bob}', 'for bob')"));
     assert_eq!(next_change(&mut a).await["data"]["record"]["body"], "for alice");
     assert_eq!(next_change(&mut b).await["data"]["record"]["body"], "for bob");
@@ -207,7 +166,7 @@ async fn two_users_each_see_only_their_own_rows() {
 
 #[tokio::test]
 async fn a_refreshed_token_applies_its_claims() {
-    let t = table("id int PRIMARY KEY, owner uuid");
+    let t = published_table("id int PRIMARY KEY, owner uuid");
     psql(&format!(
         "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; GRANT SELECT ON {t} TO authenticated;
          CREATE POLICY own ON {t} FOR SELECT TO authenticated USING (owner = auth.uid());"
@@ -215,7 +174,8 @@ async fn a_refreshed_token_applies_its_claims() {
     let (first, second) = ("00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002");
     let mut c = Client::connect(Vsn::V2, &jwt_with("authenticated", json!({"sub": first}))).await;
     let topic = format!("realtime:{t}");
-    let (jr, _, _) = subscribe(&mut c, &topic, json!([{"event": "INSERT", "schema": "public", "table": t}])).await;
+    let (jr, _, _) =
+        subscribe_changes(&mut c, &topic, json!([{"event": "INSERT", "schema": "public", "table": t}])).await;
     psql(&format!("INSERT INTO {t} VALUES (1, '{first}')"));
     assert_eq!(next_change(&mut c).await["data"]["record"]["id"], 1);
     c.push(
@@ -242,7 +202,7 @@ async fn a_private_schema_with_a_grant() {
     let topic = format!("realtime:{schema}");
     let binding = json!([{"event": "*", "schema": schema, "table": "notes"}]);
     let mut c = Client::connect(Vsn::V2, &jwt("authenticated")).await;
-    subscribed(&mut c, &topic, binding.clone()).await;
+    subscribed_changes(&mut c, &topic, binding.clone()).await;
     psql(&format!("INSERT INTO {schema}.notes VALUES (1, 'hidden')"));
     assert_eq!(next_change(&mut c).await["data"]["errors"], json!(["Error 401: Unauthorized"]));
     psql(&format!("GRANT USAGE ON SCHEMA {schema} TO authenticated; GRANT SELECT ON {schema}.notes TO authenticated"));
@@ -253,10 +213,11 @@ async fn a_private_schema_with_a_grant() {
 
 #[tokio::test]
 async fn a_column_privilege_hides_a_column() {
-    let t = table("id int PRIMARY KEY, name text, salary int");
+    let t = published_table("id int PRIMARY KEY, name text, salary int");
     psql(&format!("GRANT SELECT (id, name) ON {t} TO authenticated"));
     let mut c = Client::connect(Vsn::V1, &jwt("authenticated")).await;
-    subscribed(&mut c, &format!("realtime:{t}"), json!([{"event": "INSERT", "schema": "public", "table": t}])).await;
+    subscribed_changes(&mut c, &format!("realtime:{t}"), json!([{"event": "INSERT", "schema": "public", "table": t}]))
+        .await;
     psql(&format!("INSERT INTO {t} VALUES (1, 'ann', 100)"));
     let d = next_change(&mut c).await["data"].clone();
     assert_eq!(d["record"], json!({"id": 1, "name": "ann"}));
@@ -265,9 +226,9 @@ async fn a_column_privilege_hides_a_column() {
 
 #[tokio::test]
 async fn tables_without_a_key_and_records_over_the_limit() {
-    let t = table("body text");
+    let t = published_table("body text");
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
-    subscribed(&mut c, &format!("realtime:{t}"), json!([{"event": "*", "schema": "public", "table": t}])).await;
+    subscribed_changes(&mut c, &format!("realtime:{t}"), json!([{"event": "*", "schema": "public", "table": t}])).await;
     psql(&format!("INSERT INTO {t} VALUES ('x')"));
     let d = next_change(&mut c).await["data"].clone();
     assert_eq!(d["errors"], json!(["Error 400: Bad Request, no primary key"]));
@@ -276,10 +237,14 @@ async fn tables_without_a_key_and_records_over_the_limit() {
         (json!([]), json!({}), Value::Null)
     );
 
-    let big = table("id int PRIMARY KEY, small text, large text");
+    let big = published_table("id int PRIMARY KEY, small text, large text");
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
-    subscribed(&mut c, &format!("realtime:{big}"), json!([{"event": "INSERT", "schema": "public", "table": big}]))
-        .await;
+    subscribed_changes(
+        &mut c,
+        &format!("realtime:{big}"),
+        json!([{"event": "INSERT", "schema": "public", "table": big}]),
+    )
+    .await;
     psql(&format!("INSERT INTO {big} VALUES (1, 'tiny', repeat('x', 1100000))"));
     let d = next_change(&mut c).await["data"].clone();
     assert_eq!(d["errors"], json!(["Error 413: Payload Too Large"]));
@@ -288,7 +253,7 @@ async fn tables_without_a_key_and_records_over_the_limit() {
 
 #[tokio::test]
 async fn a_policy_that_raises_fails_its_subscriber_alone() {
-    let t = table("id int PRIMARY KEY, owner text");
+    let t = published_table("id int PRIMARY KEY, owner text");
     psql(&format!(
         "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; GRANT SELECT ON {t} TO authenticated;
          CREATE POLICY by_uid ON {t} FOR SELECT TO authenticated USING (owner = auth.uid()::text);"
@@ -299,8 +264,8 @@ async fn a_policy_that_raises_fails_its_subscriber_alone() {
     // A `sub` that is not a uuid makes auth.uid() raise for that subscriber.
     let mut broken = Client::connect(Vsn::V2, &jwt_with("authenticated", json!({"sub": "not-a-uuid"}))).await;
     let mut fine = Client::connect(Vsn::V2, &jwt_with("authenticated", json!({"sub": good}))).await;
-    subscribed(&mut broken, &topic, binding.clone()).await;
-    subscribed(&mut fine, &topic, binding).await;
+    subscribed_changes(&mut broken, &topic, binding.clone()).await;
+    subscribed_changes(&mut fine, &topic, binding).await;
     psql(&format!("INSERT INTO {t} VALUES (1, '{good}')"));
     assert_eq!(next_change(&mut fine).await["data"]["record"]["id"], 1);
     let errors = next_change(&mut broken).await["data"]["errors"].clone();
@@ -309,7 +274,7 @@ async fn a_policy_that_raises_fails_its_subscriber_alone() {
 
 #[tokio::test]
 async fn subscription_errors_keep_the_channel_open() {
-    let t = table("id int PRIMARY KEY");
+    let t = published_table("id int PRIMARY KEY");
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
     let cases = [
         (json!([{"event": "*", "schema": "public", "table": t, "filter": "wrong"}]), "Error parsing `filter` params: [\"wrong\"]".to_owned()),
@@ -324,7 +289,7 @@ async fn subscription_errors_keep_the_channel_open() {
     ];
     for (bindings, message) in cases {
         let topic = format!("realtime:{}", unique("err"));
-        let (jr, _, system) = subscribe(&mut c, &topic, bindings).await;
+        let (jr, _, system) = subscribe_changes(&mut c, &topic, bindings).await;
         assert_eq!(system["status"], "error");
         assert_eq!(system["message"], message);
         // Still joined: a broadcast push is not "unmatched".
@@ -333,14 +298,14 @@ async fn subscription_errors_keep_the_channel_open() {
         c.recv_event("phx_close").await;
     }
     let values: Vec<String> = (0..101).map(|i| i.to_string()).collect();
-    let (_, _, system) = subscribe(
+    let (_, _, system) = subscribe_changes(
         &mut c,
         &format!("realtime:{}", unique("err")),
         json!([{"event": "*", "schema": "public", "table": t, "filter": format!("id=in.({})", values.join(","))}]),
     )
     .await;
     assert!(system["message"].as_str().unwrap().ends_with("too many values for `in` filter. Maximum 100"), "{system}");
-    let (_, _, system) = subscribe(
+    let (_, _, system) = subscribe_changes(
         &mut c,
         &format!("realtime:{}", unique("err")),
         json!([{"event": "*", "schema": "public", "table": t, "filter": "id=eq.abc"}]),
@@ -363,7 +328,7 @@ async fn subscription_errors_keep_the_channel_open() {
     for (extra, message) in checks {
         let mut binding = json!({"event": "*", "schema": "public", "table": t});
         binding.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let (_, _, system) = subscribe(&mut c, &format!("realtime:{}", unique("err")), json!([binding])).await;
+        let (_, _, system) = subscribe_changes(&mut c, &format!("realtime:{}", unique("err")), json!([binding])).await;
         assert!(
             system["message"].as_str().unwrap().ends_with(&format!("ERROR P0001 (raise_exception) {message}")),
             "{system}"
@@ -388,7 +353,7 @@ async fn subscription_errors_keep_the_channel_open() {
         ),
     ];
     for (binding, message) in malformed {
-        let (_, _, system) = subscribe(&mut c, &format!("realtime:{}", unique("err")), json!([binding])).await;
+        let (_, _, system) = subscribe_changes(&mut c, &format!("realtime:{}", unique("err")), json!([binding])).await;
         assert_eq!(system["message"], message);
     }
 }
@@ -397,7 +362,7 @@ async fn subscription_errors_keep_the_channel_open() {
 /// table; each binding's id says which rows it matched.
 #[tokio::test]
 async fn every_filter_operator_as_supabase_evaluates_it() {
-    let t = table("id int PRIMARY KEY, name text, flag boolean, score numeric, secret text");
+    let t = published_table("id int PRIMARY KEY, name text, flag boolean, score numeric, secret text");
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
     let filters = [
         "id=eq.1",
@@ -423,7 +388,7 @@ async fn every_filter_operator_as_supabase_evaluates_it() {
     let mut bindings: Vec<Value> =
         filters.iter().map(|f| json!({"event": "INSERT", "schema": "public", "table": t, "filter": f})).collect();
     bindings.push(json!({"event": "INSERT", "schema": "public", "table": t, "select": ["name"]}));
-    let ids = subscribed(&mut c, &format!("realtime:{t}"), Value::Array(bindings)).await;
+    let ids = subscribed_changes(&mut c, &format!("realtime:{t}"), Value::Array(bindings)).await;
     psql(&format!(
         "INSERT INTO {t} VALUES (1, 'a,b', true, 1.5, 's'), (2, 'c', null, 2, 's'), (3, 'Ab', false, null, 's')"
     ));
@@ -502,7 +467,7 @@ async fn every_filter_operator_as_supabase_evaluates_it() {
 
 #[tokio::test]
 async fn delivered_changes_per_second_with_100_subscribers() {
-    let t = table("id int PRIMARY KEY, owner uuid, body text");
+    let t = published_table("id int PRIMARY KEY, owner uuid, body text");
     psql(&format!(
         "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; GRANT SELECT ON {t} TO authenticated;
          CREATE POLICY readable ON {t} FOR SELECT TO authenticated USING (owner IS NOT NULL);"
@@ -513,7 +478,7 @@ async fn delivered_changes_per_second_with_100_subscribers() {
     for i in 0..100 {
         let sub = format!("00000000-0000-4000-8000-{i:012}");
         let mut c = Client::connect(Vsn::V2, &jwt_with("authenticated", json!({"sub": sub}))).await;
-        subscribed(&mut c, &topic, binding.clone()).await;
+        subscribed_changes(&mut c, &topic, binding.clone()).await;
         clients.push(c);
     }
     let rows = 200;
@@ -544,8 +509,12 @@ async fn a_wildcard_binding_sees_tables_added_later() {
          ALTER PUBLICATION supabase_realtime ADD TABLE {schema}.first;"
     ));
     let mut c = Client::connect(Vsn::V2, &jwt("service_role")).await;
-    subscribed(&mut c, &format!("realtime:{schema}"), json!([{"event": "INSERT", "schema": schema, "table": "*"}]))
-        .await;
+    subscribed_changes(
+        &mut c,
+        &format!("realtime:{schema}"),
+        json!([{"event": "INSERT", "schema": schema, "table": "*"}]),
+    )
+    .await;
     psql(&format!(
         "CREATE TABLE {schema}.later (id int PRIMARY KEY); GRANT SELECT ON {schema}.later TO service_role;
          ALTER PUBLICATION supabase_realtime ADD TABLE {schema}.later;"

@@ -6,8 +6,6 @@ use realtime_e2e::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const DB_WAIT: Duration = Duration::from_secs(10);
-
 async fn next_broadcast(c: &mut Client) -> Msg {
     loop {
         let m = c.try_recv(DB_WAIT).await.expect("a broadcast from the database");
