@@ -18,8 +18,9 @@ pub enum Row {
     Broadcast(String),
     /// A row change of a watched table (JSON).
     Change(String),
-    /// The end of a transaction that wrote rows; its end LSN.
-    Commit(u64),
+    /// The end of a transaction that wrote rows: its end LSN and commit time
+    /// (Unix microseconds; 0 when unknown).
+    Commit { lsn: u64, committed_at_us: i64 },
 }
 
 impl Row {
@@ -28,7 +29,7 @@ impl Row {
         const OVERHEAD: usize = 40;
         match self {
             Row::Broadcast(s) | Row::Change(s) => s.len() + OVERHEAD,
-            Row::Commit(_) => OVERHEAD,
+            Row::Commit { .. } => OVERHEAD,
         }
     }
 }
@@ -39,6 +40,8 @@ pub struct Chunk {
     pub rows: Vec<Row>,
     /// The end LSN of the last transaction the chunk completes, else 0.
     pub end_lsn: u64,
+    /// The commit times of the transactions it completes (Unix microseconds).
+    pub commits: Vec<i64>,
 }
 
 struct Spill {
@@ -128,8 +131,9 @@ impl Output {
         while bytes < max_bytes.max(1) {
             let Some(row) = self.pop()? else { break };
             bytes += row.bytes();
-            if let Row::Commit(lsn) = row {
+            if let Row::Commit { lsn, committed_at_us } = row {
                 chunk.end_lsn = lsn;
+                chunk.commits.push(committed_at_us);
             }
             chunk.rows.push(row);
         }
@@ -168,9 +172,10 @@ fn write_row(w: &mut impl Write, row: &Row) -> io::Result<()> {
             w.write_all(&len.to_le_bytes())?;
             w.write_all(s.as_bytes())
         }
-        Row::Commit(lsn) => {
+        Row::Commit { lsn, committed_at_us } => {
             w.write_all(b"C")?;
-            w.write_all(&lsn.to_le_bytes())
+            w.write_all(&lsn.to_le_bytes())?;
+            w.write_all(&committed_at_us.to_le_bytes())
         }
     }
 }
@@ -179,9 +184,10 @@ fn read_row(r: &mut impl Read) -> io::Result<Row> {
     let mut tag = [0u8; 1];
     r.read_exact(&mut tag)?;
     if tag[0] == b'C' {
-        let mut lsn = [0u8; 8];
+        let (mut lsn, mut at) = ([0u8; 8], [0u8; 8]);
         r.read_exact(&mut lsn)?;
-        return Ok(Row::Commit(u64::from_le_bytes(lsn)));
+        r.read_exact(&mut at)?;
+        return Ok(Row::Commit { lsn: u64::from_le_bytes(lsn), committed_at_us: i64::from_le_bytes(at) });
     }
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
@@ -207,6 +213,10 @@ mod tests {
         Row::Broadcast(format!("{{\"n\":{n}}}"))
     }
 
+    fn c(lsn: u64) -> Row {
+        Row::Commit { lsn, committed_at_us: 1_700_000_000_000_000 + lsn as i64 }
+    }
+
     #[test]
     fn rows_come_back_in_order_across_memory_and_file() {
         let budget = Budget::new(1 << 30);
@@ -215,7 +225,7 @@ mod tests {
         for n in 0..50 {
             out.push(b(n)).unwrap();
             if n % 10 == 9 {
-                out.push(Row::Commit(n as u64)).unwrap();
+                out.push(c(n as u64)).unwrap();
             }
         }
         assert!(out.spilled_bytes() > 0, "past the memory limit rows go to the file");
@@ -226,8 +236,9 @@ mod tests {
         got.extend(std::iter::from_fn(|| out.pop().unwrap()).take(30));
         out.push(b(50)).unwrap();
         got.extend(std::iter::from_fn(|| out.pop().unwrap()));
-        let broadcasts: Vec<Row> = got.into_iter().filter(|r| matches!(r, Row::Broadcast(_))).collect();
+        let (broadcasts, commits): (Vec<Row>, Vec<Row>) = got.into_iter().partition(|r| matches!(r, Row::Broadcast(_)));
         assert_eq!(broadcasts, (0..=50).map(b).collect::<Vec<_>>());
+        assert_eq!(commits, [9, 19, 29, 39, 49].map(c), "commit rows keep their LSN and time through the file");
         assert!(out.is_empty());
         assert!(!p.exists(), "an emptied spill file is removed");
         assert_eq!(budget.used(), 0);
@@ -237,14 +248,15 @@ mod tests {
     fn chunks_end_at_the_last_commit_they_hold() {
         let budget = Budget::new(1 << 20);
         let mut out = Output::new(path("chunks"), &budget, 1 << 20);
-        for row in [b(1), Row::Commit(10), b(2), b(3), Row::Commit(20), b(4)] {
+        for row in [b(1), c(10), b(2), b(3), c(20), b(4)] {
             out.push(row).unwrap();
         }
-        let first = out.take_chunk(2 * b(1).bytes() + Row::Commit(0).bytes()).unwrap();
+        let first = out.take_chunk(2 * b(1).bytes() + c(0).bytes()).unwrap();
         assert_eq!(first.rows.len(), 3);
         assert_eq!(first.end_lsn, 10);
+        assert_eq!(first.commits, vec![1_700_000_000_000_010]);
         let rest = out.take_chunk(1 << 20).unwrap();
-        assert_eq!(rest.rows, vec![b(3), Row::Commit(20), b(4)]);
+        assert_eq!(rest.rows, vec![b(3), c(20), b(4)]);
         assert_eq!(rest.end_lsn, 20);
         assert_eq!(out.take_chunk(100).unwrap(), Chunk::default());
     }

@@ -14,6 +14,7 @@ mod jwt;
 mod net;
 mod pg;
 mod protocol;
+mod wal_clock;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -5,6 +5,7 @@
 //! touches a socket.
 
 pub mod budget;
+pub mod latency;
 pub mod log;
 pub mod outbound;
 pub mod queue;

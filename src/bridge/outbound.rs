@@ -5,7 +5,7 @@
 use super::budget::{Budget, Charge};
 use super::queue::Bridge;
 use super::settings::Settings;
-use super::stats::Stats;
+use super::stats::{MainFigures, Stats};
 use std::sync::Arc;
 
 /// One `postgres_changes` message for one channel: the ids of its matching
@@ -89,6 +89,9 @@ pub struct Batch {
     /// Once this batch is fanned out, everything decoded before this WAL
     /// position has been (0: the batch ends inside a transaction).
     pub end_lsn: u64,
+    /// The commit times of the transactions the batch completes (Unix
+    /// microseconds), to time commit → send.
+    pub commits: Vec<i64>,
     /// The batch's bytes, counted against the budget until it is dropped.
     pub charge: Charge,
 }
@@ -109,8 +112,9 @@ pub trait Network {
     fn set_replication_ready(&self, ready: bool);
     /// The network side's figures and rows for `realtime.stats` and its views.
     fn stats(&self) -> Stats;
-    /// The whole snapshot as published, for `/api/stats`.
-    fn published(&self, json: &str);
+    /// The whole snapshot as published, for `/api/stats`, and the main
+    /// thread's figures in it, for `/metrics`.
+    fn published(&self, json: &str, main: MainFigures);
     /// Fans out what was handed over, closes every socket with `code` once its
     /// queue is written (each step bounded in time), and stops.
     fn shutdown(&self, code: u16, reason: &str);

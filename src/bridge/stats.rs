@@ -3,6 +3,7 @@
 //! its own figures and writes it, as JSON, into shared memory, where any
 //! session reads it.
 
+use super::latency::Percentiles;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -16,13 +17,21 @@ pub struct Stats {
     pub messages_in_per_second: f64,
     pub messages_out_per_second: f64,
     pub bytes_out_per_second: f64,
-    /// WAL flushed but not yet decoded, in bytes (main thread).
+    /// WAL flushed but not yet decoded, in bytes and in how long the oldest
+    /// of it has waited (main thread).
     pub decode_lag_bytes: i64,
+    pub decode_lag_ms: f64,
     /// How long ago the decoder last read WAL, in milliseconds (main thread).
     pub decode_idle_ms: i64,
-    /// Read checks answered per second and the slowest batch's time over the
-    /// last minute (main thread).
+    /// From a transaction's commit to its messages in every subscriber's
+    /// queue, over the last minute (network side).
+    pub commit_to_send: Percentiles,
+    /// Row Level Security checks (private-channel authorizations and
+    /// Postgres Changes rows per claims group) per second since the last
+    /// snapshot, and each check's wait over the last minute (main thread).
     pub rls_checks_per_second: f64,
+    pub rls_check: Percentiles,
+    /// The slowest batch of the network side's requests since the last snapshot.
     pub rls_batch_max_ms: f64,
     pub queued_bytes: u64,
     pub max_memory_bytes: u64,
@@ -35,6 +44,16 @@ pub struct Stats {
     /// Rows left out to fit `realtime.stats_memory`.
     pub connections_left_out: u64,
     pub channels_left_out: u64,
+}
+
+/// The main thread's figures of a snapshot, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct MainFigures {
+    pub decode_lag_bytes: i64,
+    pub decode_lag_ms: f64,
+    /// Checks since the previous snapshot.
+    pub rls_checks: u64,
+    pub rls_check_p99_ms: f64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +78,8 @@ pub struct ChannelRow {
     pub presence_members: u32,
     /// Channels on this topic with `postgres_changes` bindings.
     pub postgres_changes_subscribers: u32,
+    /// Their `postgres_changes` bindings, all together.
+    pub postgres_changes_bindings: u32,
 }
 
 impl Stats {

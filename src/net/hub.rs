@@ -335,7 +335,8 @@ struct Topic {
 
 type Shard = Mutex<HashMap<TopicKey, Topic>>;
 /// Where a channel's changes go: its connection and its topic.
-type ChangesRoute = (Arc<ConnHandle>, Arc<str>);
+/// A channel's socket, topic, and how many `postgres_changes` bindings it has.
+type ChangesRoute = (Arc<ConnHandle>, Arc<str>, u32);
 
 pub struct Hub {
     /// Channels with `postgres_changes` bindings: where their changes go.
@@ -404,9 +405,12 @@ impl Hub {
     /// A row per topic, and how many channels each connection has joined.
     /// Each shard is locked in turn, briefly.
     pub fn channel_rows(&self) -> (Vec<ChannelRow>, HashMap<u64, u32>) {
-        let mut bindings: HashMap<Arc<str>, u32> = HashMap::new();
-        for (_, topic) in lock(&self.changes).values() {
-            *bindings.entry(topic.clone()).or_default() += 1;
+        // Per topic: channels with bindings, and their bindings.
+        let mut bindings: HashMap<Arc<str>, (u32, u32)> = HashMap::new();
+        for (_, topic, count) in lock(&self.changes).values() {
+            let entry = bindings.entry(topic.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += count;
         }
         let (mut rows, mut per_conn) = (Vec::new(), HashMap::<u64, u32>::new());
         for shard in self.shards.iter() {
@@ -419,7 +423,8 @@ impl Hub {
                     private: key.private,
                     subscribers: topic.subscribers.len() as u32,
                     presence_members: topic.presence.members() as u32,
-                    postgres_changes_subscribers: bindings.get(key.topic.as_str()).copied().unwrap_or(0),
+                    postgres_changes_subscribers: bindings.get(key.topic.as_str()).map_or(0, |b| b.0),
+                    postgres_changes_bindings: bindings.get(key.topic.as_str()).map_or(0, |b| b.1),
                 });
             }
         }
@@ -445,15 +450,14 @@ impl Hub {
         }
     }
 
-    pub fn add_changes(&self, id: SubId, conn: Arc<ConnHandle>, topic: &str) {
-        lock(&self.changes).insert(id, (conn, Arc::from(topic)));
+    pub fn add_changes(&self, id: SubId, conn: Arc<ConnHandle>, topic: &str, bindings: u32) {
+        lock(&self.changes).insert(id, (conn, Arc::from(topic), bindings));
     }
 
     pub fn remove_changes(&self, id: SubId) {
         lock(&self.changes).remove(&id);
     }
 
-    /// A `postgres_changes` message to one channel; `data` is already JSON.
     /// A `postgres_changes` message to one channel; `data` is already JSON.
     /// Channels of the same topic and bindings that get the same `data` share
     /// one frame, encoded once (`frames` lives for a batch).
@@ -465,7 +469,7 @@ impl Hub {
         frames: &mut ChangeFrames,
         wakeups: &mut Wakeups,
     ) {
-        let Some((conn, topic)) = lock(&self.changes).get(&id).cloned() else { return };
+        let Some((conn, topic, _)) = lock(&self.changes).get(&id).cloned() else { return };
         let key = (conn.vsn, topic.clone(), ids.to_vec(), SameData(data.clone()));
         let frame = frames.0.entry(key).or_insert_with(|| {
             let payload = format!(r#"{{"ids":{},"data":{data}}}"#, Value::from(ids.to_vec()));

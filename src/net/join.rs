@@ -288,7 +288,7 @@ impl Session {
         let bindings: Vec<(u32, Value)> =
             bindings.iter().map(|b| (b["id"].as_u64().unwrap_or_default() as u32, b.clone())).collect();
         let (id, ctx) = (channel.id, channel.auth.ctx.clone());
-        self.shared.hub.add_changes(id, self.conn.clone(), &channel.key.topic);
+        self.shared.hub.add_changes(id, self.conn.clone(), &channel.key.topic, bindings.len() as u32);
         let asked = self.shared.bridge.request(&self.share, |reply| Request::SubscribeChanges {
             channel: id,
             ctx,

@@ -3,7 +3,10 @@
 //! are read when scraped. Off unless `realtime.metrics_token` is set, since
 //! the port is public.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use crate::bridge::stats::MainFigures;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
@@ -46,6 +49,13 @@ pub struct Metrics {
     pub database_messages: IntCounter,
     /// From a decoded batch's hand-over to its frames in every queue.
     pub fan_out_seconds: Histogram,
+    /// From a transaction's commit to its messages in every queue.
+    pub commit_to_send_seconds: Histogram,
+    /// The main thread's figures, as of its last snapshot.
+    pub decode_lag_bytes: IntGauge,
+    pub decode_lag_seconds: Gauge,
+    pub rls_checks: IntCounter,
+    pub rls_check_p99_seconds: Gauge,
 }
 
 fn must<T>(made: prometheus::Result<T>) -> T {
@@ -79,6 +89,19 @@ impl Default for Metrics {
             .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         ));
         must(registry.register(Box::new(fan_out_seconds.clone())));
+        let commit_to_send_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "realtime_commit_to_send_seconds",
+                "Time from a transaction's commit to its messages in every subscriber's queue.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        ));
+        must(registry.register(Box::new(commit_to_send_seconds.clone())));
+        let float_gauge = |name: &str, help: &str| {
+            let g = must(Gauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
         let metrics = Metrics {
             sockets: gauge("realtime_sockets", "Open WebSockets."),
             channels: gauge("realtime_channels", "Topics with at least one subscriber."),
@@ -96,6 +119,20 @@ impl Default for Metrics {
                 "Decoded database broadcasts and changes fanned out.",
             ),
             fan_out_seconds,
+            commit_to_send_seconds,
+            decode_lag_bytes: gauge("realtime_decode_lag_bytes", "WAL flushed and not yet decoded (-1: not decoding)."),
+            decode_lag_seconds: float_gauge(
+                "realtime_decode_lag_seconds",
+                "How long the oldest WAL not yet decoded has waited (-1: not decoding).",
+            ),
+            rls_checks: counter(
+                "realtime_rls_checks_total",
+                "Row Level Security checks: private-channel authorizations and Postgres Changes rows per claims group.",
+            ),
+            rls_check_p99_seconds: float_gauge(
+                "realtime_rls_check_p99_seconds",
+                "The 99th percentile of an RLS check's wait over the last minute.",
+            ),
             registry,
         };
         // Every label value is listed from the start, at zero.
@@ -145,6 +182,13 @@ impl Metrics {
 
     pub fn trips_by_code(&self) -> BTreeMap<String, u64> {
         LIMIT_CODES.iter().map(|c| (c.to_string(), self.limit_trips.with_label_values(&[c]).get())).collect()
+    }
+
+    pub fn main_figures(&self, main: MainFigures) {
+        self.decode_lag_bytes.set(main.decode_lag_bytes);
+        self.decode_lag_seconds.set(if main.decode_lag_ms < 0.0 { -1.0 } else { main.decode_lag_ms / 1000.0 });
+        self.rls_checks.inc_by(main.rls_checks);
+        self.rls_check_p99_seconds.set(main.rls_check_p99_ms / 1000.0);
     }
 
     /// The text exposition of every metric.

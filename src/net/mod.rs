@@ -22,6 +22,7 @@ mod tls;
 
 pub use config::ServerConfig;
 
+use crate::bridge::stats::MainFigures;
 use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings, Stats};
 use crate::protocol::{Body, Broadcast, Vsn};
 use axum::Router;
@@ -74,6 +75,8 @@ pub struct Shared {
     /// What `/metrics` tells.
     pub metrics: metrics::Metrics,
     stats_previous: std::sync::Mutex<stats::Previous>,
+    /// Commit → send over the last minute.
+    commit_to_send: std::sync::Mutex<crate::bridge::latency::Window>,
     /// The latest snapshot the main thread published (`/api/stats`).
     published_stats: RwLock<Option<Arc<str>>>,
 }
@@ -137,8 +140,9 @@ impl Network for ServerHandle {
         stats::take(&self.shared)
     }
 
-    fn published(&self, json: &str) {
+    fn published(&self, json: &str, main: MainFigures) {
         *self.shared.published_stats.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(json));
+        self.shared.metrics.main_figures(main);
     }
 
     fn shutdown(&self, code: u16, reason: &str) {
@@ -175,6 +179,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         read_cache: read_cache::ReadCache::default(),
         metrics: metrics::Metrics::default(),
         stats_previous: Default::default(),
+        commit_to_send: std::sync::Mutex::new(crate::bridge::latency::Window::new(Instant::now())),
         published_stats: RwLock::new(None),
     });
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
@@ -234,7 +239,7 @@ async fn deliver_decoded(shared: Arc<Shared>, mut decoded: mpsc::UnboundedReceiv
 const COALESCED_BATCHES: usize = 64;
 
 fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut ChangeFrames, wakeups: &mut Wakeups) {
-    let Batch { items, end_lsn, mut charge } = batch;
+    let Batch { items, end_lsn, commits, mut charge } = batch;
     shared.metrics.database_messages.inc_by(items.len() as u64);
     for item in items {
         match &item {
@@ -249,6 +254,7 @@ fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut
     }
     shared.pending_batches.fetch_sub(1, Ordering::Relaxed);
     shared.metrics.fan_out_seconds.observe(handed_over.elapsed().as_secs_f64());
+    stats::sent(shared, &commits);
 }
 
 fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {

@@ -6,10 +6,26 @@ use super::Shared;
 use crate::bridge::stats::{ConnectionRow, Stats};
 use crate::protocol::Vsn;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Totals at the previous call: joins, frames in, frames out, bytes out.
 pub type Previous = Option<(Instant, [u64; 4])>;
+
+/// Times the transactions whose messages a batch just queued, from their
+/// commit times (Unix microseconds; Postgres's clock is this host's).
+pub fn sent(shared: &Shared, commits: &[i64]) {
+    if commits.is_empty() {
+        return;
+    }
+    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let now = Instant::now();
+    let mut window = shared.commit_to_send.lock().unwrap_or_else(|p| p.into_inner());
+    for &committed in commits.iter().filter(|&&c| c > 0) {
+        let took = Duration::from_micros(now_us.saturating_sub(committed).max(0) as u64);
+        window.record(took, 1, now);
+        shared.metrics.commit_to_send_seconds.observe(took.as_secs_f64());
+    }
+}
 
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -54,6 +70,8 @@ pub fn take(shared: &Shared) -> Stats {
         _ => [0.0; 4],
     };
     *previous = Some((now, totals));
+    drop(previous);
+    let commit_to_send = shared.commit_to_send.lock().unwrap_or_else(|p| p.into_inner()).percentiles(now);
 
     Stats {
         taken_at_ms: unix_ms(SystemTime::now()),
@@ -63,6 +81,7 @@ pub fn take(shared: &Shared) -> Stats {
         messages_in_per_second: rates[1],
         messages_out_per_second: rates[2],
         bytes_out_per_second: rates[3],
+        commit_to_send,
         queued_bytes: shared.budget.used() as u64,
         max_memory_bytes: shared.budget.limit() as u64,
         refused_joins: m.refused_by_code(),

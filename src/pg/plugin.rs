@@ -6,8 +6,9 @@
 //! - `R{json}`: an insert, update or delete of a table some `postgres_changes`
 //!   subscriber watches (the worker, which runs the decoding in its own
 //!   process, names them with [`set_watched`]);
-//! - `C`: the end of a transaction that produced any of the above, so the
-//!   worker can advance the slot to whole transactions only.
+//! - `C{commit time}`: the end of a transaction that produced any of the
+//!   above, with its commit time in Unix microseconds, so the worker can
+//!   advance the slot to whole transactions only and time their delivery.
 
 use crate::bridge::DbBroadcast;
 use crate::changes::RowChange;
@@ -20,8 +21,7 @@ use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::HashSet;
 
-/// The text of the commit row.
-pub const COMMIT: &str = "C";
+pub const COMMIT: char = 'C';
 pub const BROADCAST: char = 'B';
 pub const ROW_CHANGE: char = 'R';
 
@@ -113,13 +113,13 @@ unsafe extern "C-unwind" fn begin(ctx: *mut pg_sys::LogicalDecodingContext, _txn
 #[pg_guard]
 unsafe extern "C-unwind" fn commit(
     ctx: *mut pg_sys::LogicalDecodingContext,
-    _txn: *mut pg_sys::ReorderBufferTXN,
+    txn: *mut pg_sys::ReorderBufferTXN,
     _commit_lsn: pg_sys::XLogRecPtr,
 ) {
-    // SAFETY: valid context from Postgres.
+    // SAFETY: valid context and transaction from Postgres.
     unsafe {
         if state(ctx).wrote {
-            write(ctx, COMMIT);
+            write(ctx, &format!("{COMMIT}{}", (*txn).xact_time.commit_time + POSTGRES_EPOCH_US));
         }
     }
 }

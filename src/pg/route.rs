@@ -20,20 +20,35 @@ use pgrx::spi::quote_identifier;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// For each change, the deliveries it makes, in the changes' order.
-pub fn route(registry: &Registry, changes: &[RowChange], max_record_bytes: usize) -> Vec<Vec<Delivery>> {
+/// How long a role's row checks took and how many (claims groups × rows) there were.
+pub type CheckTime = (Duration, u64);
+
+/// For each change, the deliveries it makes, in the changes' order; the
+/// Row Level Security checks it ran go to `checks`.
+pub fn route(
+    registry: &Registry,
+    changes: &[RowChange],
+    max_record_bytes: usize,
+    checks: &mut Vec<CheckTime>,
+) -> Vec<Vec<Delivery>> {
     // Read-only SPI queries use the active snapshot, which dates from the
     // start of the worker's transaction; rows committed since must be seen.
     // SAFETY: main thread, in a transaction; popped below.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let out = route_with_snapshot(registry, changes, max_record_bytes);
+    let out = route_with_snapshot(registry, changes, max_record_bytes, checks);
     // SAFETY: pops the snapshot pushed above.
     unsafe { pg_sys::PopActiveSnapshot() };
     out
 }
 
-fn route_with_snapshot(registry: &Registry, changes: &[RowChange], max_record_bytes: usize) -> Vec<Vec<Delivery>> {
+fn route_with_snapshot(
+    registry: &Registry,
+    changes: &[RowChange],
+    max_record_bytes: usize,
+    checks: &mut Vec<CheckTime>,
+) -> Vec<Vec<Delivery>> {
     let mut out = vec![Vec::new(); changes.len()];
     let mut by_table: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, c) in changes.iter().enumerate() {
@@ -56,7 +71,7 @@ fn route_with_snapshot(registry: &Registry, changes: &[RowChange], max_record_by
                 continue;
             }
         };
-        route_table(&meta, relid, &channels, changes, &indexes, max_record_bytes, &mut out);
+        checks.extend(route_table(&meta, relid, &channels, changes, &indexes, max_record_bytes, &mut out));
     }
     out
 }
@@ -69,7 +84,7 @@ fn route_table(
     indexes: &[usize],
     max_record_bytes: usize,
     out: &mut [Vec<Delivery>],
-) {
+) -> Vec<CheckTime> {
     // Filters: each distinct one evaluated once over the whole batch.
     let distinct: HashSet<&Filter> =
         channels.iter().flat_map(|(_, _, bs)| bs.iter().flat_map(|b| b.filters.iter())).collect();
@@ -87,10 +102,18 @@ fn route_table(
     }
     let mut columns: HashMap<&str, Result<HashSet<String>, String>> = HashMap::new();
     let mut visible: HashMap<(&str, &str), Result<HashSet<usize>, String>> = HashMap::new();
+    let mut checks = Vec::new();
     for (role, groups) in &by_role {
         let readable = role_columns(relid, role);
         let seen = match &readable {
-            Ok(cols) if key_readable(meta, cols) => check_groups(meta, role, groups, changes, indexes),
+            Ok(cols) if key_readable(meta, cols) => {
+                let started = Instant::now();
+                let (seen, rows_checked) = check_groups(meta, role, groups, changes, indexes);
+                if rows_checked > 0 {
+                    checks.push((started.elapsed(), (groups.len() * rows_checked) as u64));
+                }
+                seen
+            }
             // Without a readable key the role gets error rows, no lookups.
             Ok(_) => groups.iter().map(|g| (g.claims_json.as_str(), Ok(indexes.iter().copied().collect()))).collect(),
             Err(e) => groups.iter().map(|g| (g.claims_json.as_str(), Err(e.clone()))).collect(),
@@ -135,6 +158,7 @@ fn route_table(
             }
         }
     }
+    checks
 }
 
 fn key_readable(meta: &TableMeta, columns: &HashSet<String>) -> bool {
@@ -173,19 +197,20 @@ fn role_columns(relid: u32, role: &str) -> Result<HashSet<String>, String> {
 /// Which changes each group (by claims) of `role` may see. Deletes cannot
 /// be checked (the row is gone) and tables without RLS hide nothing;
 /// otherwise the rows are looked up by primary key as the role with the
-/// group's claims — now, at routing time, as Supabase does.
+/// group's claims — now, at routing time, as Supabase does. Also how many
+/// rows were looked up.
 fn check_groups<'a>(
     meta: &TableMeta,
     role: &str,
     groups: &[&'a AuthContext],
     changes: &[RowChange],
     indexes: &[usize],
-) -> HashMap<&'a str, Result<HashSet<usize>, String>> {
+) -> (HashMap<&'a str, Result<HashSet<usize>, String>>, usize) {
     let (unchecked, checked): (Vec<usize>, Vec<usize>) =
         indexes.iter().partition(|&&i| !meta.rls || changes[i].op == "DELETE" || meta.primary_key.is_empty());
     let everyone: HashSet<usize> = unchecked.into_iter().collect();
     if checked.is_empty() {
-        return groups.iter().map(|g| (g.claims_json.as_str(), Ok(everyone.clone()))).collect();
+        return (groups.iter().map(|g| (g.claims_json.as_str(), Ok(everyone.clone()))).collect(), 0);
     }
     let lookup = KeyLookup::new(meta, changes, &checked);
     // All groups at once; a failure sends each group to its own subtransaction.
@@ -208,11 +233,12 @@ fn check_groups<'a>(
             })
             .collect(),
     };
-    groups
+    let visible = groups
         .iter()
         .zip(seen)
         .map(|(g, v)| (g.claims_json.as_str(), v.map(|rows| rows.union(&everyone).copied().collect())))
-        .collect()
+        .collect();
+    (visible, checked.len())
 }
 
 /// A prepared lookup of the changed rows by primary key, run as each group.

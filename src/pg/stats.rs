@@ -144,9 +144,16 @@ SELECT to_timestamp((s->>'taken_at_ms')::float8 / 1000) AS taken_at,
        (s->>'messages_out_per_second')::float8 AS messages_out_per_second,
        (s->>'bytes_out_per_second')::float8 AS bytes_out_per_second,
        (s->>'decode_lag_bytes')::bigint AS decode_lag_bytes,
+       (s->>'decode_lag_ms')::float8 AS decode_lag_ms,
        (s->>'decode_idle_ms')::bigint AS decode_idle_ms,
+       (s#>>'{commit_to_send,p50_ms}')::float8 AS commit_to_send_p50_ms,
+       (s#>>'{commit_to_send,p90_ms}')::float8 AS commit_to_send_p90_ms,
+       (s#>>'{commit_to_send,p99_ms}')::float8 AS commit_to_send_p99_ms,
+       (s#>>'{commit_to_send,count}')::bigint AS commits_sent_last_minute,
        (s->>'rls_checks_per_second')::float8 AS rls_checks_per_second,
-       (s->>'rls_batch_max_ms')::float8 AS rls_batch_max_ms,
+       (s#>>'{rls_check,p50_ms}')::float8 AS rls_check_p50_ms,
+       (s#>>'{rls_check,p99_ms}')::float8 AS rls_check_p99_ms,
+       (s#>>'{rls_check,count}')::bigint AS rls_checks_last_minute,
        (s->>'queued_bytes')::bigint AS queued_bytes,
        (s->>'max_memory_bytes')::bigint AS max_memory_bytes,
        (s->>'worker_rss_bytes')::bigint AS worker_rss_bytes,
@@ -169,10 +176,12 @@ FROM (SELECT realtime.stats_json()::jsonb AS s) snapshot,
 
 -- One row per topic with a subscriber (public and private are different rows).
 CREATE VIEW realtime.channels AS
-SELECT c.topic, c.private, c.subscribers, c.presence_members, c.postgres_changes_subscribers
+SELECT c.topic, c.private, c.subscribers, c.presence_members, c.postgres_changes_subscribers,
+       c.postgres_changes_bindings
 FROM (SELECT realtime.stats_json()::jsonb AS s) snapshot,
      jsonb_to_recordset(snapshot.s->'channel_rows') AS c(
-       topic text, private boolean, subscribers int, presence_members int, postgres_changes_subscribers int);
+       topic text, private boolean, subscribers int, presence_members int, postgres_changes_subscribers int,
+       postgres_changes_bindings int);
 
 REVOKE ALL ON realtime.stats, realtime.connections, realtime.channels FROM PUBLIC;
 GRANT SELECT ON realtime.stats, realtime.connections, realtime.channels TO pg_read_all_stats;

@@ -12,10 +12,12 @@ use super::{maintenance, plugin, requests, route, settings, slot, stats, subscri
 use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
-use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, log, queue};
+use crate::bridge::stats::MainFigures;
+use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, Stats, latency, log, queue};
 use crate::changes::RowChange;
 use crate::changes::registry::Registry;
 use crate::decoded::Row;
+use crate::wal_clock::WalClock;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -137,11 +139,7 @@ struct Worker {
     next_wildcard_check: Instant,
     held_back_reported: Option<Instant>,
     next_stats: Instant,
-    /// Read and write checks answered, and the slowest batch of requests,
-    /// since the last snapshot.
-    checks: u64,
-    slowest_batch: Duration,
-    last_stats: Instant,
+    figures: Figures,
     /// The most of the budget used since memory was last given back, and when.
     peak_used: usize,
     last_trim: Instant,
@@ -175,9 +173,7 @@ impl Worker {
             next_wildcard_check: now,
             held_back_reported: None,
             next_stats: now,
-            checks: 0,
-            slowest_batch: Duration::ZERO,
-            last_stats: now,
+            figures: Figures::new(now),
             peak_used: 0,
             last_trim: now,
         }
@@ -371,7 +367,7 @@ impl Worker {
             let items = self.outgoing(chunk.rows);
             let bytes = items.iter().map(Decoded::bytes).sum();
             let charge = self.budget.charge(bytes);
-            self.network.deliver(Batch { items, end_lsn: chunk.end_lsn, charge });
+            self.network.deliver(Batch { items, end_lsn: chunk.end_lsn, commits: chunk.commits, charge });
         }
     }
 
@@ -394,7 +390,7 @@ impl Worker {
                     }
                     Err(e) => warning!("realtime: skipping an undecodable row change: {e}"),
                 },
-                Row::Commit(_) => {}
+                Row::Commit { .. } => {}
             }
         }
         let mut routed = if changes.is_empty() {
@@ -403,7 +399,14 @@ impl Worker {
             let registry = &self.registry;
             let max_record_bytes = settings::max_record_bytes();
             self.caches.before_query();
-            BackgroundWorker::transaction(AssertUnwindSafe(|| route::route(registry, &changes, max_record_bytes)))
+            let mut checks = Vec::new();
+            let routed = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+                route::route(registry, &changes, max_record_bytes, &mut checks)
+            }));
+            for (took, count) in checks {
+                self.figures.checked(took, count);
+            }
+            routed
         };
         let mut out = Vec::with_capacity(order.len());
         for item in order {
@@ -436,7 +439,7 @@ impl Worker {
 
     fn answer(&mut self, requests: Vec<Queued>) {
         let started = Instant::now();
-        self.checks += requests.iter().filter(|q| q.is_permission_check()).count() as u64;
+        let checks = requests.iter().filter(|q| q.is_permission_check()).count() as u64;
         let registry = &mut self.registry;
         self.caches.before_query();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
@@ -447,7 +450,7 @@ impl Worker {
         }));
         plugin::set_watched(self.registry.watched());
         wake::watch_writes(!self.registry.is_empty());
-        self.slowest_batch = self.slowest_batch.max(started.elapsed());
+        self.figures.checked(started.elapsed(), checks);
     }
 
     /// The network side's lines, with Postgres's timestamps and levels.
@@ -475,17 +478,19 @@ impl Worker {
         let mut snapshot = self.network.stats();
         // SAFETY: main thread; reads the flush position from shared memory.
         let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
-        snapshot.decode_lag_bytes =
-            self.decoder.as_ref().map_or(-1, |d| flushed.saturating_sub(d.read_position()) as i64);
+        let read = self.decoder.as_ref().map(Decoder::read_position);
+        let rls_checks = self.figures.add_to(&mut snapshot, flushed, read);
         snapshot.decode_idle_ms = self.last_decode.elapsed().as_millis() as i64;
-        let secs = self.last_stats.elapsed().as_secs_f64().max(0.001);
-        snapshot.rls_checks_per_second = self.checks as f64 / secs;
-        snapshot.rls_batch_max_ms = self.slowest_batch.as_secs_f64() * 1000.0;
         snapshot.worker_rss_bytes = maintenance::rss_bytes();
-        (self.checks, self.slowest_batch, self.last_stats) = (0, Duration::ZERO, Instant::now());
+        let main = MainFigures {
+            decode_lag_bytes: snapshot.decode_lag_bytes,
+            decode_lag_ms: snapshot.decode_lag_ms,
+            rls_checks,
+            rls_check_p99_ms: snapshot.rls_check.p99_ms,
+        };
         let json = snapshot.into_json_within(capacity);
         stats::publish(&json);
-        self.network.published(&json);
+        self.network.published(&json, main);
     }
 
     /// `table: '*'` bindings see tables added to the publication since.
@@ -640,4 +645,44 @@ fn exit_for_restart() {
     wake::set_worker(None);
     // SAFETY: ends the process the way Postgres expects.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// The main thread's own figures for `realtime.stats`.
+struct Figures {
+    /// RLS checks since the last snapshot, and when that was.
+    checks: u64,
+    since: Instant,
+    /// Each check's wait over the last minute.
+    check_times: latency::Window,
+    wal_clock: WalClock,
+}
+
+impl Figures {
+    fn new(now: Instant) -> Figures {
+        Figures { checks: 0, since: now, check_times: latency::Window::new(now), wal_clock: WalClock::default() }
+    }
+
+    /// `count` checks answered together, each after `took`.
+    fn checked(&mut self, took: Duration, count: u64) {
+        if count > 0 {
+            self.checks += count;
+            self.check_times.record(took, count, Instant::now());
+        }
+    }
+
+    /// Fills in the figures and starts counting afresh; returns the checks
+    /// counted. `read` is where the decoder has read WAL to (none while it
+    /// is closed).
+    fn add_to(&mut self, snapshot: &mut Stats, flushed: u64, read: Option<u64>) -> u64 {
+        let now = Instant::now();
+        self.wal_clock.note(flushed, now);
+        (snapshot.decode_lag_bytes, snapshot.decode_lag_ms) = match read {
+            Some(read) => (flushed.saturating_sub(read) as i64, self.wal_clock.lag(read, now).as_secs_f64() * 1000.0),
+            None => (-1, -1.0),
+        };
+        snapshot.rls_checks_per_second = self.checks as f64 / now.duration_since(self.since).as_secs_f64().max(0.001);
+        snapshot.rls_check = self.check_times.percentiles(now);
+        self.since = now;
+        std::mem::take(&mut self.checks)
+    }
 }

@@ -111,6 +111,17 @@ async fn metrics_are_off_then_behind_a_token_and_follow_the_traffic() {
     let fanned =
         value(&after, "realtime_fan_out_seconds_count", None) - value(&before, "realtime_fan_out_seconds_count", None);
     assert!(fanned >= 1.0, "fan-out observations: {fanned}");
+    // The five database messages were one transaction: timed once from commit.
+    let timed = value(&after, "realtime_commit_to_send_seconds_count", None)
+        - value(&before, "realtime_commit_to_send_seconds_count", None);
+    assert!(timed >= 1.0, "commit to send observations: {timed}");
+    let took = value(&after, "realtime_commit_to_send_seconds_sum", None)
+        - value(&before, "realtime_commit_to_send_seconds_sum", None);
+    assert!(took > 0.0 && took / timed < 20.0, "commit to send: {took} s over {timed}");
+    assert!(value(&after, "realtime_decode_lag_bytes", None) >= 0.0, "the decoder runs");
+    assert!(value(&after, "realtime_decode_lag_seconds", None) >= 0.0, "the decoder runs");
+    assert!(value(&after, "realtime_rls_checks_total", None) >= 0.0);
+    assert!(value(&after, "realtime_rls_check_p99_seconds", None) >= 0.0);
     assert!(value(&after, "realtime_max_memory_bytes", None) > 0.0);
 
     // Closed sockets leave the gauge.
