@@ -33,10 +33,14 @@ log() { printf '==> %s\n' "$*" >&2; }
 # Does something accept connections on 127.0.0.1:$1?
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# The first port from $1 up that nothing listens on.
+# Ports pick_port handed out in this shell: nothing listens on them yet, but
+# they are spoken for.
+PICKED_PORTS=" "
+
+# The first port from $1 up that nothing listens on and pick_port did not hand out.
 free_port() {
   local port=$1
-  while port_busy "$port"; do port=$((port + 1)); done
+  while port_busy "$port" || [[ $PICKED_PORTS == *" $port "* ]]; do port=$((port + 1)); done
   echo "$port"
 }
 
@@ -44,10 +48,12 @@ free_port() {
 # it; says so when the default was taken.
 pick_port() {
   local name=$1 default=$2
-  if [ -n "${!name:-}" ]; then return; fi
-  local port
-  port=$(free_port "$default")
-  [ "$port" = "$default" ] || log "port $default is taken: using $name=$port"
-  printf -v "$name" '%s' "$port"
-  export "${name?}"
+  if [ -z "${!name:-}" ]; then
+    local port
+    port=$(free_port "$default")
+    [ "$port" = "$default" ] || log "port $default is taken: using $name=$port"
+    printf -v "$name" '%s' "$port"
+    export "${name?}"
+  fi
+  PICKED_PORTS+="${!name} "
 }
