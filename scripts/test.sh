@@ -12,7 +12,10 @@ export EXTRA_CONF=$LOAD_TEST_LIMITS
 PG_PORT=${PG_PORT:-54399} scripts/cluster.sh stop || true
 pick_port PG_PORT 54399
 pick_port WS_PORT 4099
-cleanup() { scripts/cluster.sh stop || true; }
+cleanup() {
+  scripts/cluster.sh stop || true
+  scripts/nodes.sh stop || true
+}
 # The end-to-end tests hold a thousand sockets at once.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 trap cleanup EXIT
@@ -48,4 +51,7 @@ pg_test/inspector/run.sh
 log "TLS (realtime.ssl, a self-signed certificate)"
 TLS=1 make --no-print-directory run PROFILE=debug >/dev/null
 pg_test/tls/run.sh
+
+log "primary and two hot standbys (realtime.bus)"
+pg_test/nodes/run.sh
 log "all tests passed"

@@ -110,6 +110,9 @@ pub trait Network {
     fn disconnect_all(&self, code: u16, reason: &str);
     /// Whether database messages flow: the decoder holds the slot.
     fn set_replication_ready(&self, ready: bool);
+    /// This node's epoch changed (a promotion, or a standby following a new
+    /// timeline): every channel gets one `system` message naming it.
+    fn new_epoch(&self, system_identifier: u64, timeline: u32);
     /// The network side's figures and rows for `realtime.stats` and its views.
     fn stats(&self) -> Stats;
     /// The whole snapshot as published, for `/api/stats`, and the main

@@ -23,6 +23,10 @@ pub struct Stats {
     pub decode_lag_ms: f64,
     /// How long ago the decoder last read WAL, in milliseconds (main thread).
     pub decode_idle_ms: i64,
+    /// On a hot standby: WAL replayed and not yet read for bus messages
+    /// (main thread; 0 on a primary).
+    pub standby: bool,
+    pub bus_lag_bytes: i64,
     /// From a transaction's commit to its messages in every subscriber's
     /// queue, over the last minute (network side).
     pub commit_to_send: Percentiles,

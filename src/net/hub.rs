@@ -9,7 +9,7 @@ use crate::bridge::stats::ChannelRow;
 use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
 use axum::extract::ws::Message;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -442,6 +442,20 @@ impl Hub {
 
     pub fn connections(&self) -> Vec<Arc<ConnHandle>> {
         lock(&self.connections).values().cloned().collect()
+    }
+
+    /// A `system` message on every channel (rare: no frame sharing).
+    pub fn system_to_all(&self, message: &str, epoch: &Value) {
+        for shard in self.shards.iter() {
+            for (key, topic) in lock(shard).iter() {
+                let channel = key.topic.strip_prefix("realtime:").unwrap_or(&key.topic);
+                let payload = json!({"extension": "system", "status": "ok", "message": message,
+                                     "epoch": epoch, "channel": channel});
+                for s in topic.subscribers.values() {
+                    s.conn.send_frame(protocol::encode(s.conn.vsn, None, None, &key.topic, "system", &payload));
+                }
+            }
+        }
     }
 
     pub fn close_all(&self, code: u16, reason: &str) {

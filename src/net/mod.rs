@@ -136,6 +136,12 @@ impl Network for ServerHandle {
         self.shared.replication_ready.store(ready, Ordering::Relaxed);
     }
 
+    fn new_epoch(&self, system_identifier: u64, timeline: u32) {
+        let message = format!("New epoch: timeline {timeline}; messages committed before it may have been missed");
+        let epoch = json!({"system_identifier": system_identifier.to_string(), "timeline": timeline});
+        self.shared.hub.system_to_all(&message, &epoch);
+    }
+
     fn stats(&self) -> Stats {
         stats::take(&self.shared)
     }

@@ -30,9 +30,13 @@ unsafe extern "C-unwind" {
     // The reader's routine needs C function pointers; pgrx's `pg_sys`
     // functions of these names are Rust wrappers.
     #[link_name = "wal_segment_open"]
-    fn wal_segment_open_raw(state: *mut pg_sys::XLogReaderState, seg: pg_sys::XLogSegNo, tli: *mut pg_sys::TimeLineID);
+    pub(super) fn wal_segment_open_raw(
+        state: *mut pg_sys::XLogReaderState,
+        seg: pg_sys::XLogSegNo,
+        tli: *mut pg_sys::TimeLineID,
+    );
     #[link_name = "wal_segment_close"]
-    fn wal_segment_close_raw(state: *mut pg_sys::XLogReaderState);
+    pub(super) fn wal_segment_close_raw(state: *mut pg_sys::XLogReaderState);
 }
 
 /// How a [`Decoder::step`] ended.
@@ -235,7 +239,7 @@ unsafe fn create(name: &CStr, output: *mut Output) -> Result<*mut pg_sys::Logica
         // The reorder buffer spills to disk past the session's
         // logical_decoding_work_mem, which the worker sets (see worker.rs).
         let mut routine = pg_sys::XLogReaderRoutine {
-            page_read: Some(read_flushed_page),
+            page_read: Some(read_available_page),
             segment_open: Some(wal_segment_open_raw),
             segment_close: Some(wal_segment_close_raw),
         };
@@ -258,14 +262,27 @@ unsafe fn create(name: &CStr, output: *mut Output) -> Result<*mut pg_sys::Logica
     }
 }
 
-/// Reads a WAL page only once it is flushed up to what the record needs;
-/// otherwise says "not yet" (-1), which makes `XLogReadRecord` return NULL
-/// without an error and retry the same record on the next call. The stock
-/// `read_local_xlog_page` would sleep until the rest is flushed, and
-/// `read_local_xlog_page_no_wait` writes into `private_data`, which logical
-/// decoding uses for the context (trap B).
+/// How far WAL can be read: what is flushed on a primary, what recovery has
+/// replayed on a standby.
+pub(super) fn available_end() -> u64 {
+    // SAFETY: main thread; reads positions from shared memory.
+    unsafe {
+        if pg_sys::RecoveryInProgress() {
+            pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())
+        } else {
+            pg_sys::GetFlushRecPtr(std::ptr::null_mut())
+        }
+    }
+}
+
+/// Reads a WAL page only once it is available up to what the record needs
+/// ([`available_end`]); otherwise says "not yet" (-1), which makes
+/// `XLogReadRecord` return NULL without an error and retry the same record on
+/// the next call. The stock `read_local_xlog_page` would sleep until the rest
+/// is there, and `read_local_xlog_page_no_wait` writes into `private_data`,
+/// which logical decoding uses for the context (trap B).
 #[pg_guard]
-unsafe extern "C-unwind" fn read_flushed_page(
+pub(super) unsafe extern "C-unwind" fn read_available_page(
     reader: *mut pg_sys::XLogReaderState,
     target_page: pg_sys::XLogRecPtr,
     request_len: c_int,
@@ -274,7 +291,7 @@ unsafe extern "C-unwind" fn read_flushed_page(
 ) -> c_int {
     // SAFETY: arguments from the WAL reader, passed on unchanged.
     unsafe {
-        if target_page + request_len as u64 > pg_sys::GetFlushRecPtr(std::ptr::null_mut()) {
+        if target_page + request_len as u64 > available_end() {
             return -1;
         }
         pg_sys::read_local_xlog_page(reader, target_page, request_len, target_record, buffer)

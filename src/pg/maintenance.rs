@@ -112,6 +112,38 @@ pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
     }
 }
 
+/// The roles `realtime_worker` is a member of, as the primary's worker set
+/// them (on a standby, which cannot change them); the defaults if that fails.
+pub fn worker_roles() -> Vec<String> {
+    let read = BackgroundWorker::transaction(|| {
+        subxact::committed(|| {
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT r.rolname::text FROM pg_auth_members m
+                     JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles w ON w.oid = m.member
+                     WHERE w.rolname = 'realtime_worker' ORDER BY 1",
+                    None,
+                    &[],
+                )?
+                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<String>, _>>()
+            })
+        })
+    });
+    match read {
+        Ok(Ok(roles)) if !roles.is_empty() => roles,
+        Ok(Ok(_)) => DEFAULT_CLIENT_ROLES.map(String::from).into(),
+        Ok(Err(e)) => {
+            warning!("realtime: cannot read the roles realtime_worker may assume: {e}");
+            DEFAULT_CLIENT_ROLES.map(String::from).into()
+        }
+        Err(e) => {
+            warning!("realtime: cannot read the roles realtime_worker may assume: {e}");
+            DEFAULT_CLIENT_ROLES.map(String::from).into()
+        }
+    }
+}
+
 /// The cleanup job: day partitions ahead, old ones dropped.
 pub fn partitions() {
     let result = BackgroundWorker::transaction(|| {

@@ -3,9 +3,11 @@
 //! output plugin, authorization probes, Postgres Changes checks and routing,
 //! partition maintenance, and the settings.
 
+mod bus;
 mod decoding;
 mod interrupts;
 mod maintenance;
+mod node;
 mod plugin;
 mod requests;
 mod rls;

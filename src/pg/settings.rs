@@ -18,6 +18,7 @@ pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
 static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
+static BUS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static LOG_LEVEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"info"));
 /// In kB.
 pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
@@ -127,6 +128,14 @@ pub fn define() {
         c"Serve wss:// and https:// with Postgres's own certificate (ssl_cert_file, ssl_key_file).",
         c"The files are read again on reload. Without a usable certificate, connections are refused, not served in the clear.",
         &SSL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"realtime.bus",
+        c"On the primary: write decoded database broadcasts into WAL for the workers of hot standbys.",
+        c"Each broadcast is written once more, as a logical message, and flushed per batch.",
+        &BUS,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -404,6 +413,10 @@ pub fn allowed_roles() -> Vec<String> {
     text(&ALLOWED_ROLES)
         .map(|list| list.split(',').map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect())
         .unwrap_or_default()
+}
+
+pub fn bus() -> bool {
+    BUS.get()
 }
 
 pub fn max_record_bytes() -> usize {

@@ -94,7 +94,7 @@ pub fn publish(json: &str) {
 }
 
 /// The latest snapshot; `None` before the worker's first.
-fn read() -> Option<String> {
+pub fn snapshot() -> Option<String> {
     let (header, bytes) = area()?;
     let mut copy = Vec::new();
     for _ in 0..10_000 {
@@ -126,7 +126,7 @@ fn stats_json() -> Option<String> {
     if AREA.load(Ordering::Acquire).is_null() {
         error!("realtime: no stats: the library is not in shared_preload_libraries");
     }
-    read()
+    snapshot()
 }
 
 extension_sql!(

@@ -8,7 +8,7 @@
 use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
-use super::{maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake};
+use super::{bus, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake};
 use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
@@ -34,6 +34,9 @@ const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
 const WILDCARD_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often `realtime.stats` is refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often a standby's worker looks for newly replayed bus messages
+/// (recovery cannot wake it).
+const BUS_POLL: Duration = Duration::from_millis(2);
 /// A decoding step yields to requests after this long.
 const STEP_TIME: Duration = Duration::from_millis(20);
 /// The slot's confirmed position reaches disk about this often, so a crash
@@ -63,7 +66,7 @@ pub fn register() {
         .set_library("realtime")
         .set_function("realtime_worker_main")
         .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(Duration::from_secs(1)))
         .load();
 }
@@ -84,7 +87,10 @@ pub fn main(spawn: SpawnNetwork) {
     maintenance::raise_fd_limit();
     maintenance::tune_allocator();
     let mut settings = settings::read();
-    settings.allowed_roles = maintenance::sync_worker_roles(&settings.allowed_roles);
+    // A standby cannot write: the primary's worker set the roles, which replicate.
+    let standby = bus::in_recovery();
+    settings.allowed_roles =
+        if standby { maintenance::worker_roles() } else { maintenance::sync_worker_roles(&settings.allowed_roles) };
     apply_session_settings(&settings);
     let budget = Budget::new(settings.max_memory_bytes);
     let (bridge, inbox) = match queue::channel(QUEUE_CAPACITY) {
@@ -95,12 +101,16 @@ pub fn main(spawn: SpawnNetwork) {
     let log_lines = log::install();
     let (network, warnings) = spawn(&settings, bridge, budget.clone());
     warn_all(&warnings);
-    log!("realtime: serving database \"{database}\" on port {}", settings.port);
+    log!(
+        "realtime: serving database \"{database}\" on port {}{}",
+        settings.port,
+        if standby { " (hot standby: database broadcasts come through the bus)" } else { "" }
+    );
 
     // SAFETY: MyProc is this process's PGPROC.
     wake::set_worker(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
     let wait_set = WaitSet::new(inbox.fd());
-    let mut worker = Worker::new(network, budget, settings, log_lines);
+    let mut worker = Worker::new(network, budget, settings, log_lines, standby);
     let stop = worker.run(&inbox, &wait_set);
     worker.stop(stop);
     exit_for_restart();
@@ -122,6 +132,11 @@ struct Worker {
     settings: Settings,
     registry: Registry,
     decoder: Option<Decoder>,
+    /// On a hot standby: reads the bus from replayed WAL (opened on first use).
+    standby: bool,
+    bus: Option<bus::Reader>,
+    /// The timeline last seen: a new one is announced to every channel.
+    timeline: u32,
     caches: Caches,
     /// When to try opening the decoder (again).
     next_open: Instant,
@@ -151,6 +166,7 @@ impl Worker {
         budget: Arc<Budget>,
         settings: Settings,
         log_lines: mpsc::Receiver<(log::Level, String)>,
+        standby: bool,
     ) -> Worker {
         let now = Instant::now();
         Worker {
@@ -160,6 +176,9 @@ impl Worker {
             settings,
             registry: Registry::default(),
             decoder: None,
+            standby,
+            bus: None,
+            timeline: bus::epoch().1,
             caches: Caches::default(),
             next_open: now,
             open_failures: 0,
@@ -201,13 +220,17 @@ impl Worker {
             {
                 return stop;
             }
+            if self.standby && !bus::in_recovery() {
+                self.promoted();
+            }
+            self.announce_new_epoch();
             let now = Instant::now();
-            if now >= self.next_maintenance {
+            if now >= self.next_maintenance && !self.standby {
                 self.caches.before_query();
                 maintenance::partitions();
                 self.next_maintenance = now + MAINTENANCE_EVERY;
             }
-            if now >= self.next_slot_check {
+            if now >= self.next_slot_check && !self.standby {
                 self.check_slot();
             }
             if now >= self.next_wildcard_check {
@@ -216,10 +239,13 @@ impl Worker {
             if now >= self.next_stats {
                 self.publish_stats();
             }
-            if self.decoder.is_none() && now >= self.next_open {
+            if self.decoder.is_none() && now >= self.next_open && !self.standby {
                 self.open();
             }
             let mut more = false;
+            if self.standby {
+                more |= self.read_bus();
+            }
             if self.may_decode() && (self.decode_due || self.last_decode.elapsed() >= DECODE_FALLBACK) {
                 more |= self.decode();
             }
@@ -233,6 +259,8 @@ impl Worker {
             }
             let timeout = if more {
                 Duration::ZERO
+            } else if self.standby {
+                BUS_POLL
             } else if self.output_waiting() {
                 BUDGET_POLL
             } else if self.decoder.is_none() {
@@ -240,7 +268,10 @@ impl Worker {
             } else {
                 DECODE_FALLBACK.saturating_sub(self.last_decode.elapsed())
             };
-            let mut next_timer = self.next_maintenance.min(self.next_slot_check).min(self.next_stats);
+            let mut next_timer = self.next_stats;
+            if !self.standby {
+                next_timer = next_timer.min(self.next_maintenance).min(self.next_slot_check);
+            }
             if self.registry.has_wildcards() {
                 next_timer = next_timer.min(self.next_wildcard_check);
             }
@@ -340,6 +371,64 @@ impl Worker {
         }
     }
 
+    /// On a standby: hands over the bus messages recovery has replayed, while
+    /// the budget has room. True when more is waiting and there is room.
+    fn read_bus(&mut self) -> bool {
+        if !self.budget.can_hand_off() {
+            return false;
+        }
+        let reader = self.bus.get_or_insert_with(|| {
+            // From what is replayed now: a starting worker has no sockets to
+            // deliver anything older to.
+            let reader = bus::Reader::open(decoding::available_end());
+            self.network.set_replication_ready(true);
+            reader
+        });
+        let mut rows = Vec::new();
+        let max = self.budget.handoff_room().clamp(MIN_HANDOFF, MAX_CHUNK);
+        let read = reader.read(&mut rows, max, STEP_TIME);
+        if !rows.is_empty() {
+            let items: Vec<Decoded> = rows.into_iter().map(Decoded::Broadcast).collect();
+            let charge = self.budget.charge(items.iter().map(Decoded::bytes).sum());
+            self.network.deliver(Batch { items, end_lsn: 0, commits: Vec::new(), charge });
+        }
+        match read {
+            Ok(read) => read == bus::Read::Paused,
+            Err(e) => {
+                warning!(
+                    "realtime: reading the bus from replayed WAL failed, reading on from the replay position: {e}"
+                );
+                if let Some(reader) = self.bus.take() {
+                    reader.close();
+                }
+                false
+            }
+        }
+    }
+
+    /// A promotion, or a standby following a new primary, starts a timeline.
+    fn announce_new_epoch(&mut self) {
+        let (system_identifier, timeline) = bus::epoch();
+        if timeline != self.timeline && timeline != 0 {
+            log!("realtime: new epoch: timeline {timeline} (was {})", self.timeline);
+            self.timeline = timeline;
+            self.network.new_epoch(system_identifier, timeline);
+        }
+    }
+
+    /// The standby was promoted: the worker becomes the primary's, without a
+    /// restart (its sockets stay open); it creates its slot and decodes.
+    fn promoted(&mut self) {
+        log!("realtime: this server was promoted: decoding on this node from now on");
+        if let Some(reader) = self.bus.take() {
+            reader.close();
+        }
+        self.standby = false;
+        let now = Instant::now();
+        (self.next_slot_check, self.next_open, self.next_maintenance) = (now, now, now);
+        self.network.set_replication_ready(false);
+    }
+
     /// Routes decoded rows and hands them over, a chunk at a time, while the
     /// budget has room. True when more is waiting and there is room for it.
     fn hand_off(&mut self) -> bool {
@@ -365,6 +454,16 @@ impl Worker {
                 }
             };
             let items = self.outgoing(chunk.rows);
+            if settings::bus() {
+                let rows: Vec<&str> = items
+                    .iter()
+                    .filter_map(|item| match item {
+                        Decoded::Broadcast(row) => Some(row.as_str()),
+                        Decoded::Change(_) => None,
+                    })
+                    .collect();
+                bus::write(&rows);
+            }
             let bytes = items.iter().map(Decoded::bytes).sum();
             let charge = self.budget.charge(bytes);
             self.network.deliver(Batch { items, end_lsn: chunk.end_lsn, commits: chunk.commits, charge });
@@ -481,6 +580,10 @@ impl Worker {
         let read = self.decoder.as_ref().map(Decoder::read_position);
         let rls_checks = self.figures.add_to(&mut snapshot, flushed, read);
         snapshot.decode_idle_ms = self.last_decode.elapsed().as_millis() as i64;
+        snapshot.standby = self.standby;
+        if let Some(reader) = &self.bus {
+            snapshot.bus_lag_bytes = decoding::available_end().saturating_sub(reader.position()) as i64;
+        }
         snapshot.worker_rss_bytes = maintenance::rss_bytes();
         let main = MainFigures {
             decode_lag_bytes: snapshot.decode_lag_bytes,
@@ -609,6 +712,9 @@ impl Worker {
         };
         self.network.shutdown(code, reason);
         self.write_log_lines();
+        if let Some(reader) = self.bus.take() {
+            reader.close();
+        }
         self.confirm();
         if let Some(decoder) = self.decoder.take() {
             decoder.save();

@@ -48,8 +48,13 @@ pub fn jwt(role: &str) -> String {
 
 /// Runs SQL as the superuser; None when psql fails (its stderr is returned).
 pub fn try_psql(sql: &str) -> Result<String, String> {
+    try_psql_at(&pg_port(), sql)
+}
+
+/// `try_psql` against the server on this port.
+pub fn try_psql_at(port: &str, sql: &str) -> Result<String, String> {
     let out = std::process::Command::new("psql")
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &pg_port()])
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", port])
         .args(["-U", "postgres", "-d", "postgres", "-c", sql])
         .output()
         .map_err(|e| e.to_string())?;
@@ -122,8 +127,13 @@ pub struct Client {
 }
 
 pub fn ws_url(vsn: Vsn, apikey: &str) -> String {
+    ws_url_at(&ws_port(), vsn, apikey)
+}
+
+/// `ws_url` for the worker listening on this port.
+pub fn ws_url_at(port: &str, vsn: Vsn, apikey: &str) -> String {
     let v = if vsn == Vsn::V2 { "2.0.0" } else { "1.0.0" };
-    format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={apikey}&vsn={v}", ws_port())
+    format!("ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={apikey}&vsn={v}")
 }
 
 impl Client {

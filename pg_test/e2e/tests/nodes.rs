@@ -1,0 +1,235 @@
+//! A primary and two hot standbys, started by `pg_test/nodes/run.sh` (ports in
+//! `PRIMARY_PG_PORT`, `PRIMARY_WS_PORT`, `STANDBY1_…`, `STANDBY2_…`): every
+//! node says what it is in `realtime.node()`, and a database broadcast sent
+//! on the primary reaches the sockets of every node through `realtime.bus`,
+//! once and in commit order; a standby whose replay is paused delivers it
+//! when replay resumes; a promoted standby keeps its sockets, announces its
+//! new epoch and decodes.
+
+use realtime_e2e::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+struct Node {
+    name: &'static str,
+    pg: String,
+    ws: String,
+}
+
+impl Node {
+    fn from_env(name: &'static str, prefix: &str) -> Node {
+        let port = |kind: &str| {
+            let var = format!("{prefix}_{kind}_PORT");
+            std::env::var(&var).unwrap_or_else(|_| {
+                panic!("{var} is not set: these tests run against the nodes pg_test/nodes/run.sh starts")
+            })
+        };
+        Node { name, pg: port("PG"), ws: port("WS") }
+    }
+
+    /// Runs SQL as the superuser on this node; returns psql's unaligned output.
+    fn psql(&self, sql: &str) -> String {
+        try_psql_at(&self.pg, sql)
+            .unwrap_or_else(|e| panic!("psql on the {} (port {}) failed on {sql}: {e}", self.name, self.pg))
+    }
+
+    fn node(&self) -> NodeRow {
+        let row = self.psql("SELECT role, system_identifier, timeline, bus_lag_bytes FROM realtime.node()");
+        let f: Vec<&str> = row.split('|').collect();
+        assert_eq!(f.len(), 4, "realtime.node() on the {} is one row of four columns: {row:?}", self.name);
+        let number = |s: &str| s.parse::<i64>().unwrap_or_else(|e| panic!("{s:?} in {row:?}: {e}"));
+        NodeRow {
+            role: f[0].into(),
+            system_identifier: f[1].into(),
+            timeline: number(f[2]),
+            // NULL (psql prints nothing) until the worker's first snapshot.
+            bus_lag_bytes: (!f[3].is_empty()).then(|| number(f[3])),
+        }
+    }
+
+    /// An anon V2 socket on this node's worker, joined to the public `topic`.
+    async fn subscriber(&self, topic: &str) -> Client {
+        let url = ws_url_at(&self.ws, Vsn::V2, &jwt("anon"));
+        let mut c = Client::connect_url(Vsn::V2, &url).await;
+        c.join_ok(&format!("realtime:{topic}"), json!({})).await;
+        c
+    }
+}
+
+#[derive(Debug)]
+struct NodeRow {
+    role: String,
+    system_identifier: String,
+    timeline: i64,
+    bus_lag_bytes: Option<i64>,
+}
+
+fn primary() -> Node {
+    Node::from_env("primary", "PRIMARY")
+}
+
+fn standby1() -> Node {
+    Node::from_env("standby1", "STANDBY1")
+}
+
+fn standby2() -> Node {
+    Node::from_env("standby2", "STANDBY2")
+}
+
+/// `count` sends to `topic` with `n` = 0, 1, …, each in a transaction of its own.
+fn sends(topic: &str, count: usize) -> String {
+    format!(
+        "DO $$ BEGIN FOR i IN 0..{} LOOP
+           PERFORM realtime.send(jsonb_build_object('n', i), 'e', '{topic}', false);
+           COMMIT;
+         END LOOP; END $$",
+        count - 1
+    )
+}
+
+/// The next `count` database broadcasts on this node's socket; asserts they
+/// are on `topic` with `n` = 0, 1, … in order, and returns their payloads.
+async fn receive_in_order(node: &Node, c: &mut Client, topic: &str, count: usize) -> Vec<Value> {
+    let mut payloads = Vec::new();
+    for want in 0..count {
+        let m = loop {
+            let m = c.try_recv(DB_WAIT).await.unwrap_or_else(|| {
+                panic!("the {}: broadcast n = {want} of {count} did not arrive within {DB_WAIT:?}", node.name)
+            });
+            if m.event == "broadcast" {
+                break m;
+            }
+        };
+        assert_eq!(m.topic, format!("realtime:{topic}"), "the {}: {m:?}", node.name);
+        assert_eq!(m.payload["event"], "e", "the {}: {m:?}", node.name);
+        assert_eq!(m.payload["payload"]["n"], want as i64, "the {}: out of order: {m:?}", node.name);
+        payloads.push(m.payload["payload"].clone());
+    }
+    payloads
+}
+
+#[test]
+fn every_node_says_what_it_is() {
+    let nodes = [primary(), standby1(), standby2()];
+    let on_primary = nodes[0].node();
+    assert_eq!(on_primary.role, "primary", "{on_primary:?}");
+    assert!(on_primary.timeline >= 1, "{on_primary:?}");
+    assert_eq!(on_primary.system_identifier, nodes[0].psql("SELECT system_identifier::text FROM pg_control_system()"));
+    for s in &nodes[1..] {
+        let row = s.node();
+        assert_eq!(row.role, "standby", "the {}: {row:?}", s.name);
+        assert_eq!(row.system_identifier, on_primary.system_identifier, "the {}: {row:?}", s.name);
+        assert_eq!(row.timeline, on_primary.timeline, "the {}: {row:?}", s.name);
+    }
+    // The primary's bus lag is 0; a standby's bus reader catches up with
+    // what the standby replayed.
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = n.node();
+            if let Some(lag) = row.bus_lag_bytes {
+                assert!(lag >= 0, "the {}: {row:?}", n.name);
+                assert!(lag == 0 || row.role == "standby", "the {}: {row:?}", n.name);
+                if lag == 0 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the {}: bus_lag_bytes is not 0 after 10 s: {row:?}", n.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_send_on_the_primary_reaches_every_node_once_in_order() {
+    let topic = unique("bus");
+    let nodes = [primary(), standby1(), standby2()];
+    let mut sockets = Vec::new();
+    for node in &nodes {
+        sockets.push(node.subscriber(&topic).await);
+    }
+    nodes[0].psql(&sends(&topic, 50));
+    let mut on_primary = None;
+    for (node, c) in nodes.iter().zip(&mut sockets) {
+        let payloads = receive_in_order(node, c, &topic, 50).await;
+        // The same messages everywhere: the ids the primary stored too.
+        match &on_primary {
+            None => on_primary = Some(payloads),
+            Some(expected) => assert_eq!(&payloads, expected, "the {} and the primary differ", node.name),
+        }
+    }
+    for c in &mut sockets {
+        c.expect_silence(Duration::from_secs(1)).await;
+    }
+}
+
+/// WAL replay paused on a standby; resumed when dropped, so a failing test
+/// leaves no standby paused behind it.
+struct ReplayPaused<'a>(&'a Node);
+
+impl<'a> ReplayPaused<'a> {
+    fn on(node: &'a Node) -> ReplayPaused<'a> {
+        let guard = ReplayPaused(node);
+        node.psql("SELECT pg_wal_replay_pause()");
+        // 'pause requested' until the startup process reaches its next record,
+        // which it then holds: either way nothing sent from now on is replayed.
+        let state = node.psql("SELECT pg_get_wal_replay_pause_state()");
+        assert_ne!(state, "not paused", "the {}", node.name);
+        guard
+    }
+}
+
+impl Drop for ReplayPaused<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = try_psql_at(&self.0.pg, "SELECT pg_wal_replay_resume()") {
+            eprintln!("resuming replay on the {} failed: {e}", self.0.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_paused_standby_holds_its_messages_and_resume_delivers_them_in_order() {
+    let topic = unique("buspause");
+    let (p, s1, s2) = (primary(), standby1(), standby2());
+    let mut on1 = s1.subscriber(&topic).await;
+    let mut on2 = s2.subscriber(&topic).await;
+    let paused = ReplayPaused::on(&s2);
+    p.psql(&sends(&topic, 20));
+    let delivered = receive_in_order(&s1, &mut on1, &topic, 20).await;
+    on2.expect_silence(Duration::from_millis(1500)).await;
+    drop(paused);
+    assert_eq!(receive_in_order(&s2, &mut on2, &topic, 20).await, delivered);
+    on1.expect_silence(Duration::from_secs(1)).await;
+    on2.expect_silence(Duration::from_secs(1)).await;
+}
+
+/// Promotes standby2 for good: `pg_test/nodes/run.sh` runs it alone, after
+/// the others.
+#[tokio::test]
+async fn a_promoted_standby_keeps_its_sockets_announces_the_epoch_and_decodes() {
+    let topic = unique("promoted");
+    let s2 = standby2();
+    let before = s2.node();
+    let mut c = s2.subscriber(&topic).await;
+    assert_eq!(s2.psql("SELECT pg_promote(true, 30)"), "t");
+    let m = loop {
+        let m = c.try_recv(DB_WAIT).await.expect("a system message naming the new epoch");
+        if m.event == "system" {
+            break m;
+        }
+    };
+    assert_eq!(m.payload["epoch"]["timeline"], before.timeline + 1, "{m:?}");
+    assert_eq!(m.payload["epoch"]["system_identifier"], before.system_identifier, "{m:?}");
+    assert_eq!(m.payload["channel"], topic.as_str(), "{m:?}");
+    let after = s2.node();
+    assert_eq!((after.role.as_str(), after.timeline), ("primary", before.timeline + 1), "{after:?}");
+    // Its worker creates its own slot and decodes from there on.
+    let deadline = Instant::now() + DB_WAIT;
+    while s2.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'realtime' AND active") != "1" {
+        assert!(Instant::now() < deadline, "the promoted standby's worker did not start decoding");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s2.psql(&sends(&topic, 5));
+    receive_in_order(&s2, &mut c, &topic, 5).await;
+    c.expect_silence(Duration::from_secs(1)).await;
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# realtime.bus: a primary and two hot standbys (scripts/nodes.sh, stopped on
+# exit), then the end-to-end tests against all three (pg_test/e2e/tests/nodes.rs),
+# one at a time: every node says what it is, a send on the primary reaches the
+# sockets of every node once and in order, a paused standby delivers on resume,
+# and (last) a promoted standby keeps its sockets and decodes.
+source "$(dirname "$0")/../../scripts/common.sh"
+cd "$REPO_ROOT"
+# Nodes left by an interrupted run stop before their ports are picked; the
+# ports go to nodes.sh and the tests through the environment.
+scripts/nodes.sh stop
+pick_port PRIMARY_PG_PORT 54410
+pick_port PRIMARY_WS_PORT 4110
+pick_port STANDBY1_PG_PORT 54411
+pick_port STANDBY1_WS_PORT 4111
+pick_port STANDBY2_PG_PORT 54412
+pick_port STANDBY2_WS_PORT 4112
+cleanup() { scripts/nodes.sh stop || true; }
+trap cleanup EXIT
+scripts/nodes.sh start
+cargo test -p realtime-e2e --features nodes --test nodes -- --test-threads=1 --skip a_promoted_standby
+# Last: it promotes standby2 for good.
+cargo test -p realtime-e2e --features nodes --test nodes -- --exact a_promoted_standby_keeps_its_sockets_announces_the_epoch_and_decodes

@@ -1,0 +1,238 @@
+//! Streaming replication as the bus between nodes. On the primary, with
+//! `realtime.bus` on, the worker writes every decoded database broadcast into
+//! WAL once more as a non-transactional logical message (prefix
+//! [`PREFIX`], the broadcast row as the plugin wrote it), after its commit
+//! was decoded, so only committed broadcasts travel, in commit order. On a
+//! hot standby, the worker reads those messages from its own WAL, up to what
+//! recovery has replayed, and delivers them to its own sockets.
+//!
+//! PostgreSQL 15's `LogLogicalMessage` has no flush flag, so the writer
+//! flushes once per batch: the walsender streams flushed WAL only.
+
+use super::decoding::{available_end, read_available_page, wal_segment_close_raw, wal_segment_open_raw};
+use super::interrupts::shutdown_requested;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{CStr, c_char};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+/// The version is part of the prefix: a reader skips envelopes it does not know.
+pub const PREFIX: &CStr = c"realtime.bus.v1";
+
+unsafe extern "C-unwind" {
+    /// `replication/message.h`, which pgrx does not bind.
+    fn LogLogicalMessage(prefix: *const c_char, message: *const c_char, size: usize, transactional: bool) -> u64;
+}
+
+/// Writes `rows` (broadcast rows) as bus messages and flushes them; returns
+/// the end of the last one (0 when there were none).
+pub fn write(rows: &[&str]) -> u64 {
+    let mut end = 0;
+    for row in rows {
+        // SAFETY: main thread, on a primary, outside any critical section;
+        // both buffers outlive the call.
+        end = unsafe { LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false) };
+    }
+    if end != 0 {
+        // SAFETY: main thread; flushing WAL this process wrote.
+        unsafe { pg_sys::XLogFlush(end) };
+    }
+    end
+}
+
+/// `xl_logical_message` as PostgreSQL 15 lays it out, before its payload
+/// (the NUL-terminated prefix, then the message).
+#[repr(C)]
+struct LogicalMessageHeader {
+    db_id: pg_sys::Oid,
+    transactional: bool,
+    prefix_size: usize,
+    message_size: usize,
+}
+
+/// The database and message of a logical message record's main data, if it
+/// carries our prefix. Pure: reads only `data`.
+fn our_message(data: &[u8]) -> Option<(u32, &[u8])> {
+    let header = size_of::<LogicalMessageHeader>();
+    if data.len() < header {
+        return None;
+    }
+    let word = |at: usize| usize::from_ne_bytes(data[at..at + size_of::<usize>()].try_into().expect("a word"));
+    let db = u32::from_ne_bytes(data[0..4].try_into().expect("four bytes"));
+    let (prefix_size, message_size) = (word(8), word(16));
+    let payload = &data[header..];
+    let prefix = payload.get(..prefix_size)?;
+    let message = payload.get(prefix_size..prefix_size.checked_add(message_size)?)?;
+    (prefix == PREFIX.to_bytes_with_nul()).then_some((db, message))
+}
+
+/// How a [`Reader::read`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Everything replayed has been read.
+    CaughtUp,
+    /// Stopped for time or size; more is waiting.
+    Paused,
+}
+
+/// Reads this standby's replayed WAL for bus messages.
+pub struct Reader {
+    reader: *mut pg_sys::XLogReaderState,
+    database: pg_sys::Oid,
+    /// Where reading started, until the first record is read.
+    start: u64,
+}
+
+impl Reader {
+    /// Starts reading at `start`, the end of a replayed record.
+    pub fn open(start: u64) -> Reader {
+        let mut routine = pg_sys::XLogReaderRoutine {
+            page_read: Some(read_available_page),
+            segment_open: Some(wal_segment_open_raw),
+            segment_close: Some(wal_segment_close_raw),
+        };
+        // SAFETY: main thread; the reader lives in TopMemoryContext until `close`.
+        unsafe {
+            let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let reader = pg_sys::XLogReaderAllocate(
+                pg_sys::wal_segment_size,
+                std::ptr::null(),
+                &mut routine,
+                std::ptr::null_mut(),
+            );
+            pg_sys::MemoryContextSwitchTo(previous);
+            if reader.is_null() {
+                error!("realtime: out of memory for the bus reader");
+            }
+            pg_sys::XLogBeginRead(reader, start);
+            Reader { reader, database: pg_sys::MyDatabaseId, start }
+        }
+    }
+
+    /// The end of the last record read.
+    pub fn position(&self) -> u64 {
+        // SAFETY: main thread; the reader is ours.
+        let end = unsafe { (*self.reader).EndRecPtr };
+        if end == 0 { self.start } else { end }
+    }
+
+    /// Appends the messages of records replayed since the last call to
+    /// `out`, for up to `max_time` or `max_bytes` of messages.
+    pub fn read(&mut self, out: &mut Vec<String>, max_bytes: usize, max_time: Duration) -> Result<Read, String> {
+        let started = Instant::now();
+        let mut bytes = 0;
+        let reader = self.reader;
+        let database = self.database;
+        let start = self.start;
+        // SAFETY: main thread, outside a transaction; the reader allocates in
+        // TopMemoryContext (trap A of the decoder), restored after.
+        unsafe {
+            let context = pg_sys::CurrentMemoryContext;
+            let result = PgTryBuilder::new(AssertUnwindSafe(|| {
+                loop {
+                    if shutdown_requested() {
+                        return Ok(Read::Paused);
+                    }
+                    if bytes >= max_bytes || started.elapsed() >= max_time {
+                        return Ok(Read::Paused);
+                    }
+                    let end = if (*reader).EndRecPtr == 0 { start } else { (*reader).EndRecPtr };
+                    if available_end() <= end {
+                        return Ok(Read::CaughtUp);
+                    }
+                    pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+                    let mut error: *mut c_char = std::ptr::null_mut();
+                    let record = pg_sys::XLogReadRecord(reader, &mut error);
+                    pg_sys::MemoryContextSwitchTo(context);
+                    if record.is_null() {
+                        if !error.is_null() {
+                            let message = CStr::from_ptr(error).to_string_lossy().into_owned();
+                            return Err(format!("could not read WAL: {message}"));
+                        }
+                        return Ok(Read::CaughtUp);
+                    }
+                    let decoded = (*reader).record;
+                    if (*decoded).header.xl_rmid as u32 != pg_sys::RmgrIds::RM_LOGICALMSG_ID {
+                        continue;
+                    }
+                    let data = std::slice::from_raw_parts(
+                        (*decoded).main_data as *const u8,
+                        (*decoded).main_data_len as usize,
+                    );
+                    if let Some((db, message)) = our_message(data)
+                        && db == database.to_u32()
+                    {
+                        bytes += message.len();
+                        out.push(String::from_utf8_lossy(message).into_owned());
+                    }
+                }
+            }))
+            .catch_others(|e| Err(super::subxact::describe(&e).message))
+            .execute();
+            pg_sys::MemoryContextSwitchTo(context);
+            result
+        }
+    }
+
+    pub fn close(self) {
+        // SAFETY: main thread; the reader is ours and not used again.
+        unsafe { pg_sys::XLogReaderFree(self.reader) };
+    }
+}
+
+/// This server's epoch: its system identifier, and the timeline it writes
+/// (a primary) or replays (a standby). A promotion starts a new timeline.
+pub fn epoch() -> (u64, u32) {
+    // SAFETY: reads shared state set at startup and by recovery.
+    unsafe {
+        let mut timeline: pg_sys::TimeLineID = 0;
+        if pg_sys::RecoveryInProgress() {
+            pg_sys::GetXLogReplayRecPtr(&mut timeline);
+        } else {
+            timeline = pg_sys::GetWALInsertionTimeLine();
+        }
+        (pg_sys::GetSystemIdentifier(), timeline)
+    }
+}
+
+/// Whether this server is a standby (in recovery).
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(db: u32, prefix: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.extend(db.to_ne_bytes());
+        data.extend([0u8; 4]); // transactional, then padding
+        data.extend(prefix.len().to_ne_bytes());
+        data.extend(message.len().to_ne_bytes());
+        data.extend(prefix);
+        data.extend(message);
+        data
+    }
+
+    #[test]
+    fn our_prefix_only() {
+        let row = br#"{"topic":"t"}"#;
+        assert_eq!(our_message(&record(5, PREFIX.to_bytes_with_nul(), row)), Some((5, &row[..])));
+        assert_eq!(our_message(&record(5, b"realtime.bus.v2\0", row)), None);
+        assert_eq!(our_message(&record(5, b"other\0", row)), None);
+    }
+
+    #[test]
+    fn short_or_lying_records_are_skipped() {
+        let mut data = record(5, PREFIX.to_bytes_with_nul(), b"abc");
+        data.truncate(data.len() - 1);
+        assert_eq!(our_message(&data), None, "message shorter than its size");
+        assert_eq!(our_message(&data[..10]), None, "header cut short");
+        let mut huge = record(5, PREFIX.to_bytes_with_nul(), b"");
+        huge[16..24].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(our_message(&huge), None, "sizes that overflow");
+    }
+}
