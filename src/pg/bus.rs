@@ -1,16 +1,20 @@
 //! Streaming replication as the bus between nodes. On the primary, with
-//! `realtime.bus` on, the worker writes every decoded database broadcast into
-//! WAL once more as a non-transactional logical message (prefix
-//! [`PREFIX`], the broadcast row as the plugin wrote it), after its commit
-//! was decoded, so only committed broadcasts travel, in commit order. On a
-//! hot standby, the worker reads those messages from its own WAL, up to what
-//! recovery has replayed, and delivers them to its own sockets.
+//! `realtime.bus` on, the worker writes every decoded database broadcast and
+//! every change of a published table into WAL once more, as a
+//! non-transactional logical message (prefix [`PREFIX`], the row as the
+//! output plugin wrote it), after its commit was decoded, so only committed
+//! rows travel, in commit order. On a hot standby, the worker reads those
+//! messages from its own WAL, up to what recovery has replayed (so the rows
+//! they name are visible there), routes row changes against its own replica
+//! and delivers to its own sockets.
 //!
 //! PostgreSQL 15's `LogLogicalMessage` has no flush flag, so the writer
 //! flushes once per batch: the walsender streams flushed WAL only.
 
 use super::decoding::{available_end, read_available_page, wal_segment_close_raw, wal_segment_open_raw};
 use super::interrupts::shutdown_requested;
+use super::plugin::{BROADCAST, ROW_CHANGE};
+use crate::decoded::Row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, c_char};
@@ -25,11 +29,31 @@ unsafe extern "C-unwind" {
     fn LogLogicalMessage(prefix: *const c_char, message: *const c_char, size: usize, transactional: bool) -> u64;
 }
 
-/// Writes `rows` (broadcast rows) as bus messages and flushes them; returns
-/// the end of the last one (0 when there were none).
-pub fn write(rows: &[&str]) -> u64 {
+/// The bus message of a decoded row: its plugin tag and text (commits are
+/// not sent: messages are written once their commit was decoded).
+pub fn message(row: &Row) -> Option<String> {
+    match row {
+        Row::Broadcast(text) => Some(format!("{BROADCAST}{text}")),
+        Row::Change(text) => Some(format!("{ROW_CHANGE}{text}")),
+        Row::Commit { .. } => None,
+    }
+}
+
+/// The row a bus message carries; None for a tag this version does not know.
+pub fn row(message: &str) -> Option<Row> {
+    let mut chars = message.chars();
+    match chars.next()? {
+        BROADCAST => Some(Row::Broadcast(chars.as_str().to_owned())),
+        ROW_CHANGE => Some(Row::Change(chars.as_str().to_owned())),
+        _ => None,
+    }
+}
+
+/// Writes bus messages and flushes them; returns the end of the last one
+/// (0 when there were none).
+pub fn write(messages: &[String]) -> u64 {
     let mut end = 0;
-    for row in rows {
+    for row in messages {
         // SAFETY: main thread, on a primary, outside any critical section;
         // both buffers outlive the call.
         end = unsafe { LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false) };
@@ -215,6 +239,16 @@ mod tests {
         data.extend(prefix);
         data.extend(message);
         data
+    }
+
+    #[test]
+    fn rows_travel_with_their_tag() {
+        for row in [Row::Broadcast(r#"{"topic":"t"}"#.into()), Row::Change(r#"{"rel":1}"#.into())] {
+            assert_eq!(super::row(&message(&row).unwrap()), Some(row));
+        }
+        assert_eq!(message(&Row::Commit { lsn: 1, committed_at_us: 2 }), None);
+        assert_eq!(super::row("X{}"), None, "unknown tags are skipped");
+        assert_eq!(super::row(""), None);
     }
 
     #[test]

@@ -88,8 +88,12 @@ const DEFAULT_CLIENT_ROLES: [&str; 3] = ["anon", "authenticated", "service_role"
 
 /// Makes `realtime_worker` a member of exactly the roles clients may assume;
 /// returns them (the defaults and the named roles that exist; the defaults
-/// alone if that fails).
+/// alone if that fails). A standby cannot write: there, the roles the
+/// primary's worker granted, which replicate.
 pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
+    if super::bus::in_recovery() {
+        return worker_roles();
+    }
     let synced = BackgroundWorker::transaction(|| {
         subxact::committed(|| {
             Spi::connect_mut(|c| {
@@ -114,7 +118,7 @@ pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
 
 /// The roles `realtime_worker` is a member of, as the primary's worker set
 /// them (on a standby, which cannot change them); the defaults if that fails.
-pub fn worker_roles() -> Vec<String> {
+fn worker_roles() -> Vec<String> {
     let read = BackgroundWorker::transaction(|| {
         subxact::committed(|| {
             Spi::connect(|c| {

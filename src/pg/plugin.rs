@@ -5,7 +5,8 @@
 //!   with `extension = 'broadcast'`;
 //! - `R{json}`: an insert, update or delete of a table some `postgres_changes`
 //!   subscriber watches (the worker, which runs the decoding in its own
-//!   process, names them with [`set_watched`]);
+//!   process, names them with [`set_watched`]), or, for the bus to hot
+//!   standbys, of any table in the `supabase_realtime` publication;
 //! - `C{commit time}`: the end of a transaction that produced any of the
 //!   above, with its commit time in Unix microseconds, so the worker can
 //!   advance the slot to whole transactions only and time their delivery.
@@ -18,7 +19,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::tupdesc::PgTupleDesc;
 use serde_json::Value;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 
 pub const COMMIT: char = 'C';
@@ -28,11 +29,34 @@ pub const ROW_CHANGE: char = 'R';
 thread_local! {
     /// Tables whose row changes are decoded (by relation oid).
     static WATCHED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
+    /// Also every table in the `supabase_realtime` publication.
+    static ALL_PUBLISHED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Names the tables whose changes the next decoding calls in this process emit.
-pub fn set_watched(relids: impl IntoIterator<Item = u32>) {
+/// Names the tables whose changes the next decoding calls in this process
+/// emit, and whether every published table's changes are emitted too.
+pub fn set_watched(relids: impl IntoIterator<Item = u32>, all_published: bool) {
     WATCHED.with(|w| *w.borrow_mut() = relids.into_iter().collect());
+    ALL_PUBLISHED.with(|a| a.set(all_published));
+}
+
+/// Whether the relation is in the `supabase_realtime` publication, as of the
+/// change being decoded (catalog lookups see the historic snapshot).
+unsafe fn is_published(relation: pg_sys::Relation) -> bool {
+    // SAFETY: syscache lookups during decoding; the lists live in the
+    // per-change memory context.
+    unsafe {
+        let publication = pg_sys::get_publication_oid(c"supabase_realtime".as_ptr(), true);
+        if publication == pg_sys::InvalidOid {
+            return false;
+        }
+        if (*pg_sys::GetPublication(publication)).alltables {
+            return true;
+        }
+        let relid = (*relation).rd_id;
+        pg_sys::list_member_oid(pg_sys::GetRelationPublications(relid), publication)
+            || pg_sys::list_member_oid(pg_sys::GetSchemaPublications((*(*relation).rd_rel).relnamespace), publication)
+    }
 }
 
 /// Microseconds between the Postgres epoch (2000-01-01) and the Unix epoch.
@@ -174,7 +198,9 @@ unsafe fn decode_change(
             return;
         }
         let relid = (*relation).rd_id.to_u32();
-        if !WATCHED.with(|w| w.borrow().contains(&relid)) {
+        let wanted =
+            WATCHED.with(|w| w.borrow().contains(&relid)) || (ALL_PUBLISHED.with(Cell::get) && is_published(relation));
+        if !wanted {
             return;
         }
         let op = match action {

@@ -133,8 +133,8 @@ pub fn define() {
     );
     GucRegistry::define_bool_guc(
         c"realtime.bus",
-        c"On the primary: write decoded database broadcasts into WAL for the workers of hot standbys.",
-        c"Each broadcast is written once more, as a logical message, and flushed per batch.",
+        c"On the primary: write decoded database broadcasts and published tables' changes into WAL for hot standbys.",
+        c"Each is written once more, as a logical message, flushed per batch; every published table is decoded.",
         &BUS,
         GucContext::Sighup,
         GucFlags::default(),

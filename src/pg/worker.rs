@@ -87,10 +87,8 @@ pub fn main(spawn: SpawnNetwork) {
     maintenance::raise_fd_limit();
     maintenance::tune_allocator();
     let mut settings = settings::read();
-    // A standby cannot write: the primary's worker set the roles, which replicate.
     let standby = bus::in_recovery();
-    settings.allowed_roles =
-        if standby { maintenance::worker_roles() } else { maintenance::sync_worker_roles(&settings.allowed_roles) };
+    settings.allowed_roles = maintenance::sync_worker_roles(&settings.allowed_roles);
     apply_session_settings(&settings);
     let budget = Budget::new(settings.max_memory_bytes);
     let (bridge, inbox) = match queue::channel(QUEUE_CAPACITY) {
@@ -111,6 +109,7 @@ pub fn main(spawn: SpawnNetwork) {
     wake::set_worker(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
     let wait_set = WaitSet::new(inbox.fd());
     let mut worker = Worker::new(network, budget, settings, log_lines, standby);
+    worker.watch();
     let stop = worker.run(&inbox, &wait_set);
     worker.stop(stop);
     exit_for_restart();
@@ -371,7 +370,7 @@ impl Worker {
         }
     }
 
-    /// On a standby: hands over the bus messages recovery has replayed, while
+    /// On a standby: routes and hands over the bus messages recovery has replayed, while
     /// the budget has room. True when more is waiting and there is room.
     fn read_bus(&mut self) -> bool {
         if !self.budget.can_hand_off() {
@@ -384,11 +383,14 @@ impl Worker {
             self.network.set_replication_ready(true);
             reader
         });
-        let mut rows = Vec::new();
+        let mut messages = Vec::new();
         let max = self.budget.handoff_room().clamp(MIN_HANDOFF, MAX_CHUNK);
-        let read = reader.read(&mut rows, max, STEP_TIME);
-        if !rows.is_empty() {
-            let items: Vec<Decoded> = rows.into_iter().map(Decoded::Broadcast).collect();
+        let read = reader.read(&mut messages, max, STEP_TIME);
+        if !messages.is_empty() {
+            // Row changes are routed here, against this replica, as the
+            // subscribers' roles: RLS work spreads over the nodes.
+            let rows = messages.iter().filter_map(|m| bus::row(m)).collect();
+            let items = self.outgoing(rows);
             let charge = self.budget.charge(items.iter().map(Decoded::bytes).sum());
             self.network.deliver(Batch { items, end_lsn: 0, commits: Vec::new(), charge });
         }
@@ -424,6 +426,8 @@ impl Worker {
             reader.close();
         }
         self.standby = false;
+        self.settings.allowed_roles = maintenance::sync_worker_roles(&self.settings.allowed_roles);
+        self.watch();
         let now = Instant::now();
         (self.next_slot_check, self.next_open, self.next_maintenance) = (now, now, now);
         self.network.set_replication_ready(false);
@@ -453,17 +457,11 @@ impl Worker {
                     return false;
                 }
             };
-            let items = self.outgoing(chunk.rows);
             if settings::bus() {
-                let rows: Vec<&str> = items
-                    .iter()
-                    .filter_map(|item| match item {
-                        Decoded::Broadcast(row) => Some(row.as_str()),
-                        Decoded::Change(_) => None,
-                    })
-                    .collect();
-                bus::write(&rows);
+                let messages: Vec<String> = chunk.rows.iter().filter_map(bus::message).collect();
+                bus::write(&messages);
             }
+            let items = self.outgoing(chunk.rows);
             let bytes = items.iter().map(Decoded::bytes).sum();
             let charge = self.budget.charge(bytes);
             self.network.deliver(Batch { items, end_lsn: chunk.end_lsn, commits: chunk.commits, charge });
@@ -547,8 +545,7 @@ impl Worker {
             }
             requests::answer_all(requests.into_iter().map(Queued::take).collect(), registry);
         }));
-        plugin::set_watched(self.registry.watched());
-        wake::watch_writes(!self.registry.is_empty());
+        self.watch();
         self.figures.checked(started.elapsed(), checks);
     }
 
@@ -606,8 +603,17 @@ impl Worker {
         self.caches.before_query();
         let changed = BackgroundWorker::transaction(AssertUnwindSafe(|| subscribe::refresh_wildcards(registry)));
         if changed {
-            plugin::set_watched(self.registry.watched());
+            self.watch();
         }
+    }
+
+    /// Names the tables whose changes are decoded: those some binding here
+    /// watches, and with `realtime.bus` on every published table, for the
+    /// standbys' subscribers.
+    fn watch(&self) {
+        let bus = settings::bus() && !self.standby;
+        plugin::set_watched(self.registry.watched(), bus);
+        wake::watch_writes(!self.registry.is_empty() || bus);
     }
 
     /// Creates the slot when missing and keeps the WAL it holds bounded.
@@ -700,6 +706,7 @@ impl Worker {
         }
         apply_session_settings(&reloaded);
         self.settings = reloaded;
+        self.watch();
         None
     }
 

@@ -3,7 +3,8 @@
 //! node says what it is in `realtime.node()`, and a database broadcast sent
 //! on the primary reaches the sockets of every node through `realtime.bus`,
 //! once and in commit order; a standby whose replay is paused delivers it
-//! when replay resumes; a promoted standby keeps its sockets, announces its
+//! when replay resumes; Postgres Changes reach a standby's subscribers, checked
+//! there under RLS; a promoted standby keeps its sockets, announces its
 //! new epoch and decodes.
 
 use realtime_e2e::*;
@@ -201,6 +202,46 @@ async fn a_paused_standby_holds_its_messages_and_resume_delivers_them_in_order()
     assert_eq!(receive_in_order(&s2, &mut on2, &topic, 20).await, delivered);
     on1.expect_silence(Duration::from_secs(1)).await;
     on2.expect_silence(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn postgres_changes_on_a_standby_are_checked_there_as_each_subscriber() {
+    let (p, s1) = (primary(), standby1());
+    let t = unique("pcbus").replace('-', "_");
+    p.psql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, owner uuid, body text);
+         ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; GRANT SELECT ON {t} TO authenticated;
+         CREATE POLICY own ON {t} FOR SELECT TO authenticated USING (owner = auth.uid());
+         ALTER PUBLICATION supabase_realtime ADD TABLE {t};"
+    ));
+    let deadline = Instant::now() + DB_WAIT;
+    while s1.psql(&format!("SELECT to_regclass('{t}') IS NOT NULL")) != "t" {
+        assert!(Instant::now() < deadline, "standby1 did not replay CREATE TABLE {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (alice, bob) = ("00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b");
+    let topic = format!("realtime:{t}");
+    let binding = json!([{"event": "*", "schema": "public", "table": t}]);
+    let mut users = Vec::new();
+    for sub in [alice, bob] {
+        let url = ws_url_at(&s1.ws, Vsn::V2, &jwt_with("authenticated", json!({"sub": sub})));
+        let mut c = Client::connect_url(Vsn::V2, &url).await;
+        subscribed_changes(&mut c, &topic, binding.clone()).await;
+        users.push(c);
+    }
+    p.psql(&format!("INSERT INTO {t} VALUES (1, '{alice}', 'for alice'), (2, '{bob}', 'for bob')"));
+    assert_eq!(next_change(&mut users[0]).await["data"]["record"]["body"], "for alice");
+    assert_eq!(next_change(&mut users[1]).await["data"]["record"]["body"], "for bob");
+    // A delete cannot be checked (the row is gone): both get its key.
+    p.psql(&format!("DELETE FROM {t} WHERE id = 1"));
+    for c in &mut users {
+        let deleted = next_change(c).await;
+        assert_eq!(deleted["data"]["type"], "DELETE", "{deleted}");
+        assert_eq!(deleted["data"]["old_record"], json!({"id": 1}), "{deleted}");
+    }
+    for c in &mut users {
+        c.expect_silence(Duration::from_secs(1)).await;
+    }
 }
 
 /// Promotes standby2 for good: `pg_test/nodes/run.sh` runs it alone, after
