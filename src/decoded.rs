@@ -18,6 +18,8 @@ pub enum Row {
     Broadcast(String),
     /// A row change of a watched table (JSON).
     Change(String),
+    /// A client's broadcast another node relayed through the bus.
+    Relayed(String),
     /// The end of a transaction that wrote rows: its end LSN and commit time
     /// (Unix microseconds; 0 when unknown).
     Commit { lsn: u64, committed_at_us: i64 },
@@ -28,7 +30,7 @@ impl Row {
     pub fn bytes(&self) -> usize {
         const OVERHEAD: usize = 40;
         match self {
-            Row::Broadcast(s) | Row::Change(s) => s.len() + OVERHEAD,
+            Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s) => s.len() + OVERHEAD,
             Row::Commit { .. } => OVERHEAD,
         }
     }
@@ -165,8 +167,12 @@ impl Drop for Output {
 
 fn write_row(w: &mut impl Write, row: &Row) -> io::Result<()> {
     match row {
-        Row::Broadcast(s) | Row::Change(s) => {
-            let tag = if matches!(row, Row::Broadcast(_)) { b'B' } else { b'R' };
+        Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s) => {
+            let tag = match row {
+                Row::Broadcast(_) => b'B',
+                Row::Change(_) => b'R',
+                _ => b'X',
+            };
             let len = u32::try_from(s.len()).map_err(|_| io::Error::other("a decoded row over 4 GB"))?;
             w.write_all(&[tag])?;
             w.write_all(&len.to_le_bytes())?;
@@ -197,6 +203,7 @@ fn read_row(r: &mut impl Read) -> io::Result<Row> {
     match tag[0] {
         b'B' => Ok(Row::Broadcast(text)),
         b'R' => Ok(Row::Change(text)),
+        b'X' => Ok(Row::Relayed(text)),
         other => Err(io::Error::other(format!("unknown spilled row tag {other}"))),
     }
 }
@@ -227,6 +234,9 @@ mod tests {
             if n % 10 == 9 {
                 out.push(c(n as u64)).unwrap();
             }
+            if n == 45 {
+                out.push(Row::Relayed("relayed".into())).unwrap();
+            }
         }
         assert!(out.spilled_bytes() > 0, "past the memory limit rows go to the file");
         assert!(out.memory_bytes() <= 200);
@@ -236,6 +246,8 @@ mod tests {
         got.extend(std::iter::from_fn(|| out.pop().unwrap()).take(30));
         out.push(b(50)).unwrap();
         got.extend(std::iter::from_fn(|| out.pop().unwrap()));
+        assert!(got.contains(&Row::Relayed("relayed".into())), "relayed rows come back from the file");
+        got.retain(|r| !matches!(r, Row::Relayed(_)));
         let (broadcasts, commits): (Vec<Row>, Vec<Row>) = got.into_iter().partition(|r| matches!(r, Row::Broadcast(_)));
         assert_eq!(broadcasts, (0..=50).map(b).collect::<Vec<_>>());
         assert_eq!(commits, [9, 19, 29, 39, 49].map(c), "commit rows keep their LSN and time through the file");

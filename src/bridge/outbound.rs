@@ -34,18 +34,50 @@ pub struct DbBroadcast {
 impl DbBroadcast {
     /// The row for `payload` (JSON text, which never holds a raw newline).
     pub fn row(&self, payload: &str) -> String {
-        let mut row = serde_json::to_string(self).expect("strings and a bool serialize");
-        row.push('\n');
-        row.push_str(payload);
-        row
+        header_row(self, payload)
     }
 
     /// The message and its payload's text.
     pub fn parse(row: &str) -> Result<(DbBroadcast, &str), String> {
-        let (header, payload) = row.split_once('\n').ok_or("no payload")?;
-        let message = serde_json::from_str(header).map_err(|e| e.to_string())?;
-        Ok((message, payload))
+        parse_header_row(row)
     }
+}
+
+/// A client's broadcast on a public channel, relayed to the other nodes
+/// through the bus: a line of JSON for these fields, then the payload (JSON
+/// text, or base64 when binary).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Relayed {
+    /// The worker that relayed it, which delivered it itself and skips its echo.
+    pub origin: String,
+    /// The full topic (`realtime:…`).
+    pub topic: String,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binary: bool,
+}
+
+impl Relayed {
+    pub fn row(&self, payload: &str) -> String {
+        header_row(self, payload)
+    }
+
+    pub fn parse(row: &str) -> Result<(Relayed, &str), String> {
+        parse_header_row(row)
+    }
+}
+
+fn header_row(header: &impl serde::Serialize, payload: &str) -> String {
+    let mut row = serde_json::to_string(header).expect("strings and bools serialize");
+    row.push('\n');
+    row.push_str(payload);
+    row
+}
+
+fn parse_header_row<T: serde::de::DeserializeOwned>(row: &str) -> Result<(T, &str), String> {
+    let (header, payload) = row.split_once('\n').ok_or("no payload")?;
+    let header = serde_json::from_str(header).map_err(|e| e.to_string())?;
+    Ok((header, payload))
 }
 
 #[cfg(test)]
@@ -70,13 +102,15 @@ pub enum Decoded {
     /// read on the network side.
     Broadcast(String),
     Change(Delivery),
+    /// A client's broadcast another node relayed ([`Relayed::row`]).
+    Relayed(String),
 }
 
 impl Decoded {
     /// About what it holds in memory.
     pub fn bytes(&self) -> usize {
         match self {
-            Decoded::Broadcast(row) => row.len() + 32,
+            Decoded::Broadcast(row) | Decoded::Relayed(row) => row.len() + 32,
             Decoded::Change(d) => d.data.len() + 4 * d.ids.len() + 48,
         }
     }

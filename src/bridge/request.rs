@@ -70,6 +70,8 @@ pub enum Request {
     UnsubscribeChanges { channel: u64 },
     /// The channel's token was refreshed. No answer.
     ChangesAuth { channel: u64, ctx: AuthContext },
+    /// Client broadcasts ([`super::Relayed`] rows) for the bus. No answer.
+    BusRelay(Vec<String>),
     /// Stored private broadcasts of the topic since `since_ms`, oldest first.
     Replay {
         ctx: AuthContext,

@@ -33,6 +33,86 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// `realtime.log_level`: the network side's lines kept.
     pub log_level: Level,
+    /// This node on the bus (`realtime.bus`); None when it is off.
+    pub bus: Option<BusNode>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusNode {
+    /// This worker's id in the client broadcasts it relays.
+    pub origin: String,
+    /// On a hot standby: how to reach the primary, which writes relayed
+    /// client broadcasts to the bus.
+    pub primary_conninfo: Option<String>,
+}
+
+/// The connection string a standby's worker uses for the primary: the
+/// host, port, user and password of Postgres's `primary_conninfo` (the
+/// keyword/value form `pg_basebackup -R` writes), and the worker's database.
+pub fn relay_conninfo(primary_conninfo: &str, database: &str) -> String {
+    const KEPT: [&str; 5] = ["host", "hostaddr", "port", "user", "password"];
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut kept: Vec<String> = conninfo_pairs(primary_conninfo)
+        .into_iter()
+        .filter(|(k, _)| KEPT.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={}", quote(&v)))
+        .collect();
+    kept.push(format!("dbname={}", quote(database)));
+    kept.join(" ")
+}
+
+/// `key=value` pairs of a libpq connection string; values may be quoted
+/// with `'`, and `\` escapes within them.
+fn conninfo_pairs(conninfo: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let key: String = std::iter::from_fn(|| chars.next_if(|&c| c != '=' && !c.is_whitespace())).collect();
+        if key.is_empty() {
+            return pairs;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next_if_eq(&'=').is_none() {
+            return pairs;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value.extend(std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())));
+        }
+        pairs.push((key, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_conninfo_keeps_where_and_who_from_primary_conninfo() {
+        let written_by_basebackup = "user=postgres passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer \
+            host=127.0.0.1 port=54410 sslmode=prefer sslcompression=0 target_session_attrs=any";
+        assert_eq!(
+            relay_conninfo(written_by_basebackup, "postgres"),
+            "user='postgres' host='127.0.0.1' port='54410' dbname='postgres'"
+        );
+        assert_eq!(
+            relay_conninfo(r"host = db password='it''s \'a b\'' ", "my db"),
+            r"host='db' dbname='my db'",
+            "a malformed pair ends the list"
+        );
+        assert_eq!(relay_conninfo(r"password='a \'b\' c' port=5", "d"), r"password='a \'b\' c' port='5' dbname='d'");
+        assert_eq!(relay_conninfo("", "d"), "dbname='d'");
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +172,7 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            bus: None,
             listen_addresses: "127.0.0.1".into(),
             port: 4000,
             jwt_secret: None,

@@ -2,6 +2,7 @@
 //! on the main thread and handed over whole.
 
 use super::tls::{self, Tls};
+use crate::bridge::settings::BusNode;
 use crate::bridge::{Limits, Settings};
 use crate::jwt::{ClaimValidators, Verifier};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,6 +23,7 @@ pub struct ServerConfig {
     pub limits: Limits,
     pub metrics_token: Option<String>,
     pub tls: Tls,
+    pub bus: Option<BusNode>,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
 }
@@ -70,6 +72,7 @@ impl ServerConfig {
             limits: settings.limits.clone(),
             metrics_token: settings.metrics_token.clone(),
             tls,
+            bus: settings.bus.clone(),
             warnings,
         }
     }

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub decode_lag_seconds: Gauge,
     pub rls_checks: IntCounter,
     pub rls_check_p99_seconds: Gauge,
+    /// Client broadcasts that did not reach the bus (queue full, primary unreachable).
+    pub bus_relay_dropped: IntCounter,
 }
 
 fn must<T>(made: prometheus::Result<T>) -> T {
@@ -132,6 +134,10 @@ impl Default for Metrics {
             rls_check_p99_seconds: float_gauge(
                 "realtime_rls_check_p99_seconds",
                 "The 99th percentile of an RLS check's wait over the last minute.",
+            ),
+            bus_relay_dropped: counter(
+                "realtime_bus_relay_dropped_total",
+                "Client broadcasts that reached this node's clients only: the bus relay queue was full or the primary unreachable.",
             ),
             registry,
         };

@@ -15,6 +15,7 @@ mod metrics;
 pub mod presence;
 mod pressure;
 mod read_cache;
+mod relay;
 mod rest;
 mod session;
 mod stats;
@@ -75,6 +76,8 @@ pub struct Shared {
     /// What `/metrics` tells.
     pub metrics: metrics::Metrics,
     stats_previous: std::sync::Mutex<stats::Previous>,
+    /// Client broadcasts for the other nodes ([`relay`]).
+    relay: mpsc::Sender<String>,
     /// Commit → send over the last minute.
     commit_to_send: std::sync::Mutex<crate::bridge::latency::Window>,
     /// The latest snapshot the main thread published (`/api/stats`).
@@ -169,7 +172,9 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
     let warnings = config.warnings.clone();
     crate::log_info!("realtime: listening on {}", config.listen_description());
     let grace = config.restart_grace;
+    let (relay, relay_rx) = mpsc::channel(relay::QUEUE);
     let shared = Arc::new(Shared {
+        relay,
         hub: Hub::default(),
         bridge,
         budget,
@@ -205,6 +210,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                     Ok(rt) => rt.block_on(async move {
                         tokio::spawn(deliver_decoded(thread_shared.clone(), decoded_rx, grace));
                         tokio::spawn(pressure::watch(thread_shared.clone()));
+                        tokio::spawn(relay::run(thread_shared.clone(), relay_rx));
                         let rates = thread_shared.clone();
                         tokio::spawn(async move { rates.rates.run(&rates.metrics).await });
                         serve(thread_shared, stop_rx).await
@@ -251,6 +257,7 @@ fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut
         match &item {
             Decoded::Broadcast(row) => deliver_row(shared, row, wakeups),
             Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data, frames, wakeups),
+            Decoded::Relayed(row) => relay::deliver(shared, row, wakeups),
         }
         // Now in the sockets' queues, counted there.
         charge.release(item.bytes());

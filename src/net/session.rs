@@ -345,6 +345,7 @@ impl Session {
         let except = if channel.config.broadcast_self { None } else { Some(channel.id) };
         let delivered = self.shared.hub.broadcast(&channel.key, &broadcast, None, except);
         self.shared.rates.events.add(delivered as u64);
+        super::relay::send(&self.shared, &channel.key, &broadcast);
         if ack {
             self.reply(&msg, "ok", json!({}));
         }

@@ -13,7 +13,7 @@
 
 use super::decoding::{available_end, read_available_page, wal_segment_close_raw, wal_segment_open_raw};
 use super::interrupts::shutdown_requested;
-use super::plugin::{BROADCAST, ROW_CHANGE};
+use super::plugin::{BROADCAST, RELAYED, ROW_CHANGE};
 use crate::decoded::Row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -30,12 +30,13 @@ unsafe extern "C-unwind" {
 }
 
 /// The bus message of a decoded row: its plugin tag and text (commits are
-/// not sent: messages are written once their commit was decoded).
+/// not sent: messages are written once their commit was decoded; relayed
+/// rows came from the bus).
 pub fn message(row: &Row) -> Option<String> {
     match row {
         Row::Broadcast(text) => Some(format!("{BROADCAST}{text}")),
         Row::Change(text) => Some(format!("{ROW_CHANGE}{text}")),
-        Row::Commit { .. } => None,
+        Row::Commit { .. } | Row::Relayed(_) => None,
     }
 }
 
@@ -45,9 +46,34 @@ pub fn row(message: &str) -> Option<Row> {
     match chars.next()? {
         BROADCAST => Some(Row::Broadcast(chars.as_str().to_owned())),
         ROW_CHANGE => Some(Row::Change(chars.as_str().to_owned())),
+        RELAYED => Some(Row::Relayed(chars.as_str().to_owned())),
         _ => None,
     }
 }
+
+/// Writes client broadcasts ([`crate::bridge::Relayed`] rows) to the bus.
+pub fn write_relayed(rows: &[String]) {
+    write(&rows.iter().map(|r| format!("{RELAYED}{r}")).collect::<Vec<_>>());
+}
+
+/// A hot standby's worker relays its clients' broadcasts here, on the
+/// primary; only the worker's role may call it.
+#[pg_extern]
+fn bus_relay(rows: Vec<String>) {
+    if in_recovery() {
+        error!("realtime.bus_relay writes WAL: call it on the primary");
+    }
+    write_relayed(&rows);
+}
+
+extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION realtime.bus_relay(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION realtime.bus_relay(text[]) TO realtime_worker;
+"#,
+    name = "bus_relay_grants",
+    requires = [bus_relay]
+);
 
 /// Writes bus messages and flushes them; returns the end of the last one
 /// (0 when there were none).
@@ -246,6 +272,8 @@ mod tests {
         for row in [Row::Broadcast(r#"{"topic":"t"}"#.into()), Row::Change(r#"{"rel":1}"#.into())] {
             assert_eq!(super::row(&message(&row).unwrap()), Some(row));
         }
+        assert_eq!(message(&Row::Relayed("r".into())), None, "relayed rows are on the bus already");
+        assert_eq!(super::row("Xr"), Some(Row::Relayed("r".into())));
         assert_eq!(message(&Row::Commit { lsn: 1, committed_at_us: 2 }), None);
         assert_eq!(super::row("X{}"), None, "unknown tags are skipped");
         assert_eq!(super::row(""), None);

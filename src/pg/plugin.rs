@@ -25,6 +25,7 @@ use std::collections::HashSet;
 pub const COMMIT: char = 'C';
 pub const BROADCAST: char = 'B';
 pub const ROW_CHANGE: char = 'R';
+pub const RELAYED: char = 'X';
 
 thread_local! {
     /// Tables whose row changes are decoded (by relation oid).
@@ -85,6 +86,7 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
         (*cb).begin_cb = Some(begin);
         (*cb).change_cb = Some(change);
         (*cb).commit_cb = Some(commit);
+        (*cb).message_cb = Some(message);
         (*cb).shutdown_cb = Some(shutdown);
     }
 }
@@ -144,6 +146,32 @@ unsafe extern "C-unwind" fn commit(
     unsafe {
         if state(ctx).wrote {
             write(ctx, &format!("{COMMIT}{}", (*txn).xact_time.commit_time + POSTGRES_EPOCH_US));
+        }
+    }
+}
+
+/// A logical message: the client broadcasts other nodes relayed to the bus
+/// (`X{row}`, written by `realtime.bus_relay`) reach this node's sockets too.
+#[pg_guard]
+unsafe extern "C-unwind" fn message(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    _lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    message: *const std::ffi::c_char,
+) {
+    // SAFETY: valid pointers from Postgres for the duration of the callback.
+    unsafe {
+        if transactional || std::ffi::CStr::from_ptr(prefix) != super::bus::PREFIX {
+            return;
+        }
+        let bytes = std::slice::from_raw_parts(message as *const u8, size);
+        if bytes.first() == Some(&(RELAYED as u8))
+            && let Ok(text) = std::str::from_utf8(bytes)
+        {
+            write(ctx, text);
         }
     }
 }

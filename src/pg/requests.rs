@@ -66,5 +66,6 @@ fn answer(request: Request, registry: &mut Registry) {
         Request::Replay { ctx, topic, since_ms, limit, reply } => {
             let _ = reply.send(rls::replay(&ctx, &topic, since_ms, limit));
         }
+        Request::BusRelay(rows) => super::bus::write_relayed(&rows),
     }
 }

@@ -2,11 +2,12 @@
 //! `shared_preload_libraries = 'realtime'` is in every backend and the worker.
 
 use crate::bridge::log::Level;
-use crate::bridge::settings::TlsFiles;
+use crate::bridge::settings::{BusNode, TlsFiles, relay_conninfo};
 use crate::bridge::{Limits, Settings};
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -19,6 +20,7 @@ pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Opti
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
 static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
 static BUS: GucSetting<bool> = GucSetting::<bool>::new(false);
+static PRIMARY_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static LOG_LEVEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"info"));
 /// In kB.
 pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
@@ -86,6 +88,14 @@ pub fn define() {
         c"Secret that signs the HS256 JWTs clients present.",
         c"Changing it disconnects every socket. Readable by superusers only.",
         &JWT_SECRET,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.primary_conninfo",
+        c"How a hot standby's worker connects to the primary to relay client broadcasts.",
+        c"Empty: the host, port, user and password of primary_conninfo, and realtime.database. Readable by superusers only.",
+        &PRIMARY_CONNINFO,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
@@ -384,7 +394,22 @@ pub fn read() -> Settings {
         tls: SSL
             .get()
             .then(|| TlsFiles { cert_file: postgres_file("ssl_cert_file"), key_file: postgres_file("ssl_key_file") }),
+        bus: bus_node(),
     }
+}
+
+/// This worker on the bus: an id of its own (for the life of the process)
+/// and, on a standby, how to reach the primary.
+fn bus_node() -> Option<BusNode> {
+    static ORIGIN: OnceLock<String> = OnceLock::new();
+    if !BUS.get() {
+        return None;
+    }
+    let origin = ORIGIN.get_or_init(|| uuid::Uuid::new_v4().to_string()).clone();
+    let primary_conninfo = super::bus::in_recovery().then(|| {
+        text(&PRIMARY_CONNINFO).unwrap_or_else(|| relay_conninfo(&postgres_setting("primary_conninfo"), &database()))
+    });
+    Some(BusNode { origin, primary_conninfo })
 }
 
 fn log_level() -> Level {
@@ -397,15 +422,19 @@ fn log_level() -> Level {
 
 /// A file setting of Postgres itself, relative to the data directory unless absolute.
 fn postgres_file(name: &str) -> PathBuf {
+    // SAFETY: DataDir is set for the life of the process.
+    let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir).to_string_lossy().into_owned() };
+    PathBuf::from(data_dir).join(postgres_setting(name))
+}
+
+/// A setting of Postgres itself, as text ("" when unset).
+fn postgres_setting(name: &str) -> String {
     let name = CString::new(name).expect("a setting name");
-    // SAFETY: main thread; GetConfigOption returns the setting's current
-    // value (or NULL), and DataDir is set for the life of the process.
-    let (value, data_dir) = unsafe {
+    // SAFETY: main thread; GetConfigOption returns the setting's current value (or NULL).
+    unsafe {
         let value = pg_sys::GetConfigOption(name.as_ptr(), true, false);
-        let value = if value.is_null() { String::new() } else { CStr::from_ptr(value).to_string_lossy().into_owned() };
-        (value, CStr::from_ptr(pg_sys::DataDir).to_string_lossy().into_owned())
-    };
-    PathBuf::from(data_dir).join(value)
+        if value.is_null() { String::new() } else { CStr::from_ptr(value).to_string_lossy().into_owned() }
+    }
 }
 
 /// `realtime.allowed_roles` as names; the defaults are added where they are used.

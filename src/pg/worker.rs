@@ -221,6 +221,10 @@ impl Worker {
             }
             if self.standby && !bus::in_recovery() {
                 self.promoted();
+                // Roles to grant, and the network side's bus settings, change.
+                if let Some(stop) = self.reload() {
+                    return stop;
+                }
             }
             self.announce_new_epoch();
             let now = Instant::now();
@@ -426,8 +430,6 @@ impl Worker {
             reader.close();
         }
         self.standby = false;
-        self.settings.allowed_roles = maintenance::sync_worker_roles(&self.settings.allowed_roles);
-        self.watch();
         let now = Instant::now();
         (self.next_slot_check, self.next_open, self.next_maintenance) = (now, now, now);
         self.network.set_replication_ready(false);
@@ -472,14 +474,15 @@ impl Worker {
     /// changes routed to the channels whose bindings and policies admit them.
     fn outgoing(&mut self, rows: Vec<Row>) -> Vec<Decoded> {
         enum Item {
-            Broadcast(String),
+            Decoded(Decoded),
             Change(usize),
         }
         let mut order = Vec::with_capacity(rows.len());
         let mut changes = Vec::new();
         for row in rows {
             match row {
-                Row::Broadcast(json) => order.push(Item::Broadcast(json)),
+                Row::Broadcast(json) => order.push(Item::Decoded(Decoded::Broadcast(json))),
+                Row::Relayed(row) => order.push(Item::Decoded(Decoded::Relayed(row))),
                 Row::Change(json) => match serde_json::from_str::<RowChange>(&json) {
                     Ok(change) => {
                         order.push(Item::Change(changes.len()));
@@ -508,7 +511,7 @@ impl Worker {
         let mut out = Vec::with_capacity(order.len());
         for item in order {
             match item {
-                Item::Broadcast(json) => out.push(Decoded::Broadcast(json)),
+                Item::Decoded(item) => out.push(item),
                 Item::Change(i) => out.extend(std::mem::take(&mut routed[i]).into_iter().map(Decoded::Change)),
             }
         }

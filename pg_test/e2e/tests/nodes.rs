@@ -4,7 +4,8 @@
 //! on the primary reaches the sockets of every node through `realtime.bus`,
 //! once and in commit order; a standby whose replay is paused delivers it
 //! when replay resumes; Postgres Changes reach a standby's subscribers, checked
-//! there under RLS; a promoted standby keeps its sockets, announces its
+//! there under RLS; client broadcasts reach every node once, from a standby
+//! (relayed through the primary) and from the primary; a promoted standby keeps its sockets, announces its
 //! new epoch and decodes.
 
 use realtime_e2e::*;
@@ -240,6 +241,76 @@ async fn postgres_changes_on_a_standby_are_checked_there_as_each_subscriber() {
         assert_eq!(deleted["data"]["old_record"], json!({"id": 1}), "{deleted}");
     }
     for c in &mut users {
+        c.expect_silence(Duration::from_secs(1)).await;
+    }
+}
+
+/// A client on `node` joined to `topic` with `self` and `ack` on.
+async fn sender(node: &Node, topic: &str) -> (Client, String) {
+    let url = ws_url_at(&node.ws, Vsn::V2, &jwt("anon"));
+    let mut c = Client::connect_url(Vsn::V2, &url).await;
+    let jr = c.join_ok(&format!("realtime:{topic}"), json!({"broadcast": {"self": true, "ack": true}})).await;
+    (c, jr)
+}
+
+/// `count` client broadcasts `e` with `n` = 0, 1, …; each acknowledged,
+/// and each back to the sender once (`self`), in order.
+async fn broadcast(node: &Node, c: &mut Client, jr: &str, topic: &str, count: usize) {
+    let full = format!("realtime:{topic}");
+    for n in 0..count {
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+        c.push(Some(jr), Some(&format!("b{n}")), &full, "broadcast", payload).await;
+    }
+    let (mut acks, mut echoed) = (0, 0);
+    while acks < count || echoed < count {
+        let m = c.try_recv(DB_WAIT).await.unwrap_or_else(|| panic!("the {}: {acks} acks, {echoed} echoes", node.name));
+        match m.event.as_str() {
+            "phx_reply" => acks += 1,
+            "broadcast" => {
+                assert_eq!(m.payload["payload"]["n"], echoed, "the {}: {m:?}", node.name);
+                echoed += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_broadcasts_reach_every_node_once_from_a_standby_and_from_the_primary() {
+    let topic = unique("relay");
+    let nodes = [primary(), standby1(), standby2()];
+    let mut listeners = Vec::new();
+    for node in &nodes {
+        listeners.push(node.subscriber(&topic).await);
+    }
+    // From standby1, through the primary and back: no echo twice on standby1.
+    let (mut on_standby, standby_jr) = sender(&nodes[1], &topic).await;
+    broadcast(&nodes[1], &mut on_standby, &standby_jr, &topic, 20).await;
+    for (node, c) in nodes.iter().zip(&mut listeners) {
+        receive_in_order(node, c, &topic, 20).await;
+    }
+    // From the primary.
+    let (mut on_primary, primary_jr) = sender(&nodes[0], &topic).await;
+    broadcast(&nodes[0], &mut on_primary, &primary_jr, &topic, 10).await;
+    for (node, c) in nodes.iter().zip(&mut listeners) {
+        receive_in_order(node, c, &topic, 10).await;
+    }
+    // Binary payloads travel as they are.
+    let bytes = [0u8, 1, 2, 254, 255];
+    on_standby.send_raw(kind3(&standby_jr, "bin", &format!("realtime:{topic}"), "blob", None, &bytes)).await;
+    // The sender on the primary listens too.
+    let receivers = nodes.iter().zip(listeners.iter_mut()).chain([(&nodes[0], &mut on_primary)]);
+    for (node, c) in receivers {
+        let m = loop {
+            let m = c.try_recv(DB_WAIT).await.unwrap_or_else(|| panic!("the {}: no binary broadcast", node.name));
+            if m.event == "broadcast" {
+                break m;
+            }
+        };
+        assert_eq!(m.binary.as_deref(), Some(&bytes[..]), "the {}: {m:?}", node.name);
+        assert_eq!(m.payload["event"], "blob", "the {}: {m:?}", node.name);
+    }
+    for c in listeners.iter_mut().chain([&mut on_primary]) {
         c.expect_silence(Duration::from_secs(1)).await;
     }
 }
