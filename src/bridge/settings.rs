@@ -107,7 +107,7 @@ mod tests {
         );
         assert_eq!(
             relay_conninfo(r"host = db password='it''s \'a b\'' ", "my db"),
-            r"host='db' dbname='my db'",
+            r"host='db' password='it' dbname='my db'",
             "a malformed pair ends the list"
         );
         assert_eq!(relay_conninfo(r"password='a \'b\' c' port=5", "d"), r"password='a \'b\' c' port='5' dbname='d'");
