@@ -8,6 +8,7 @@
 //! With `--only`, BENCHMARKS.md is not written (the figures are printed).
 
 mod client;
+mod nodes;
 mod report;
 
 use client::{Recorder, Sink, broadcast_frame, connect, join, now_us, send, spawn_reader};
@@ -165,6 +166,10 @@ fn raise_fd_limit() {
 
 impl Bench {
     fn psql(&self, sql: &str) -> String {
+        self.psql_at(&self.pg_port, sql)
+    }
+
+    fn psql_at(&self, port: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
                 "-X",
@@ -175,7 +180,7 @@ impl Bench {
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &self.pg_port,
+                port,
                 "-U",
                 "postgres",
                 "-d",
@@ -327,6 +332,10 @@ impl Bench {
     /// pgbench at `rate` per second for `seconds`. Returns (rows inserted,
     /// pgbench's CPU seconds).
     fn pgbench(&self, table: &str, topic: &str, rate: usize, seconds: u64) -> (u64, f64) {
+        self.pgbench_at(&self.pg_port, table, topic, rate, seconds)
+    }
+
+    fn pgbench_at(&self, port: &str, table: &str, topic: &str, rate: usize, seconds: u64) -> (u64, f64) {
         let script = std::env::temp_dir().join(format!("realtime-bench-{table}.sql"));
         std::fs::write(
             &script,
@@ -338,14 +347,15 @@ impl Bench {
         let clients = rate.div_ceil(2500).clamp(1, 16).to_string();
         let cpu0 = children_cpu_seconds();
         let out = Command::new("pgbench")
-            .args(["-n", "-h", "127.0.0.1", "-p", &self.pg_port, "-U", "postgres", "-c", &clients, "-j", "2"])
+            .args(["-n", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-c", &clients, "-j", "2"])
             .args(["-R", &rate.to_string(), "-T", &seconds.to_string(), "-f"])
             .arg(&script)
             .arg("postgres")
             .output()
             .expect("pgbench runs");
         assert!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
-        let rows = self.psql(&format!("SELECT count(*) FROM {table} WHERE topic = '{topic}'")).parse().unwrap_or(0);
+        let rows =
+            self.psql_at(port, &format!("SELECT count(*) FROM {table} WHERE topic = '{topic}'")).parse().unwrap_or(0);
         (rows, children_cpu_seconds() - cpu0)
     }
 
@@ -752,6 +762,10 @@ async fn main() {
     if run(9) {
         println!("scenario 9: idle worker");
         bench.scenario_idle().await;
+    }
+    if run(10) {
+        println!("scenario 10: a primary and two hot standbys (realtime.bus)");
+        bench.scenario_nodes().await;
     }
     if only.is_some() {
         return bench.report.print();
