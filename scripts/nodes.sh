@@ -6,6 +6,8 @@
 #                    fresh pg_basebackup; waits until every worker answers
 #                    /health, prints the ports
 #   nodes.sh stop    stops whichever of the three runs
+#   nodes.sh crash-primary   stops the primary at once (-m immediate), as a
+#                    crash would (the failover test)
 # NODES_DIR (default target/nodes) holds primary/, standby1/ and standby2/.
 # PRIMARY_PG_PORT, PRIMARY_WS_PORT (54410, 4110), STANDBY1_PG_PORT,
 # STANDBY1_WS_PORT (54411, 4111), STANDBY2_PG_PORT, STANDBY2_WS_PORT (54412,
@@ -127,5 +129,6 @@ max_standby_streaming_delay = '2s'" \
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  crash-primary) as_pg_user "$PG_BIN/pg_ctl" -D "$(data_dir primary)" -w -m immediate stop >/dev/null ;;
+  *) echo "usage: $0 start|stop|crash-primary" >&2; exit 2 ;;
 esac

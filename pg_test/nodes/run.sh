@@ -3,7 +3,8 @@
 # exit), then the end-to-end tests against all three (pg_test/e2e/tests/nodes.rs),
 # one at a time: every node says what it is, a send on the primary reaches the
 # sockets of every node once and in order, a paused standby delivers on resume,
-# and (last) a promoted standby keeps its sockets and decodes.
+# and (last) a failover: the primary crashes, standby1 is promoted, standby2
+# follows it, and the sockets on both go on.
 source "$(dirname "$0")/../../scripts/common.sh"
 cd "$REPO_ROOT"
 # Nodes left by an interrupted run stop before their ports are picked; the
@@ -18,6 +19,6 @@ pick_port STANDBY2_WS_PORT 4112
 cleanup() { scripts/nodes.sh stop || true; }
 trap cleanup EXIT
 scripts/nodes.sh start
-cargo test -p realtime-e2e --features nodes --test nodes -- --test-threads=1 --skip a_promoted_standby
-# Last: it promotes standby2 for good.
-cargo test -p realtime-e2e --features nodes --test nodes -- --exact a_promoted_standby_keeps_its_sockets_announces_the_epoch_and_decodes
+cargo test -p realtime-e2e --features nodes --test nodes -- --test-threads=1 --skip failover
+# Last: it crashes the primary for good.
+cargo test -p realtime-e2e --features nodes --test nodes -- --exact failover_keeps_the_sockets_announces_the_epoch_and_goes_on

@@ -5,8 +5,9 @@
 //! once and in commit order; a standby whose replay is paused delivers it
 //! when replay resumes; Postgres Changes reach a standby's subscribers, checked
 //! there under RLS; client broadcasts reach every node once, from a standby
-//! (relayed through the primary) and from the primary; a promoted standby keeps its sockets, announces its
-//! new epoch and decodes.
+//! (relayed through the primary) and from the primary; after a failover the
+//! sockets stay open, announce the new epoch, and the new primary's sends
+//! reach both nodes.
 
 use realtime_e2e::*;
 use serde_json::{Value, json};
@@ -315,33 +316,59 @@ async fn client_broadcasts_reach_every_node_once_from_a_standby_and_from_the_pri
     }
 }
 
-/// Promotes standby2 for good: `pg_test/nodes/run.sh` runs it alone, after
-/// the others.
-#[tokio::test]
-async fn a_promoted_standby_keeps_its_sockets_announces_the_epoch_and_decodes() {
-    let topic = unique("promoted");
-    let s2 = standby2();
-    let before = s2.node();
-    let mut c = s2.subscriber(&topic).await;
-    assert_eq!(s2.psql("SELECT pg_promote(true, 30)"), "t");
+/// The next `system` message naming an epoch; asserts it names `timeline`.
+async fn epoch_event(node: &Node, c: &mut Client, topic: &str, system_identifier: &str, timeline: i64) {
     let m = loop {
-        let m = c.try_recv(DB_WAIT).await.expect("a system message naming the new epoch");
+        let m = c.try_recv(DB_WAIT).await.unwrap_or_else(|| panic!("the {}: no epoch message", node.name));
         if m.event == "system" {
             break m;
         }
     };
-    assert_eq!(m.payload["epoch"]["timeline"], before.timeline + 1, "{m:?}");
-    assert_eq!(m.payload["epoch"]["system_identifier"], before.system_identifier, "{m:?}");
-    assert_eq!(m.payload["channel"], topic.as_str(), "{m:?}");
-    let after = s2.node();
-    assert_eq!((after.role.as_str(), after.timeline), ("primary", before.timeline + 1), "{after:?}");
-    // Its worker creates its own slot and decodes from there on.
+    assert_eq!(m.payload["epoch"]["timeline"], timeline, "the {}: {m:?}", node.name);
+    assert_eq!(m.payload["epoch"]["system_identifier"], system_identifier, "the {}: {m:?}", node.name);
+    assert_eq!(m.payload["channel"], topic, "the {}: {m:?}", node.name);
+}
+
+/// Crashes the primary for good: `pg_test/nodes/run.sh` runs it alone,
+/// after the others. Standby1 is promoted and standby2 follows it; the
+/// sockets on both stay open, each gets one message naming the new epoch,
+/// and sends on the new primary reach both, in order, once.
+#[tokio::test]
+async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
+    let topic = unique("failover");
+    let (p, s1, s2) = (primary(), standby1(), standby2());
+    let before = p.node();
+    let mut on1 = s1.subscriber(&topic).await;
+    let mut on2 = s2.subscriber(&topic).await;
+    p.psql(&sends(&topic, 10));
+    receive_in_order(&s1, &mut on1, &topic, 10).await;
+    receive_in_order(&s2, &mut on2, &topic, 10).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
+    let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
+    assert!(crashed.success(), "nodes.sh crash-primary failed");
+    assert_eq!(s1.psql("SELECT pg_promote(true, 30)"), "t");
+    s2.psql(&format!("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=postgres'", s1.pg));
+    s2.psql("SELECT pg_reload_conf()");
+
+    let timeline = before.timeline + 1;
+    epoch_event(&s1, &mut on1, &topic, &before.system_identifier, timeline).await;
+    epoch_event(&s2, &mut on2, &topic, &before.system_identifier, timeline).await;
+    let after = s1.node();
+    assert_eq!((after.role.as_str(), after.timeline), ("primary", timeline), "{after:?}");
     let deadline = Instant::now() + DB_WAIT;
-    while s2.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'realtime' AND active") != "1" {
+    while s2.node().timeline != timeline {
+        assert!(Instant::now() < deadline, "standby2 did not follow the new primary");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The new primary's worker creates its slot and decodes from there on.
+    while s1.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'realtime' AND active") != "1" {
         assert!(Instant::now() < deadline, "the promoted standby's worker did not start decoding");
         std::thread::sleep(Duration::from_millis(100));
     }
-    s2.psql(&sends(&topic, 5));
-    receive_in_order(&s2, &mut c, &topic, 5).await;
-    c.expect_silence(Duration::from_secs(1)).await;
+    s1.psql(&sends(&topic, 5));
+    receive_in_order(&s1, &mut on1, &topic, 5).await;
+    receive_in_order(&s2, &mut on2, &topic, 5).await;
+    on1.expect_silence(Duration::from_secs(1)).await;
+    on2.expect_silence(Duration::from_secs(1)).await;
 }
