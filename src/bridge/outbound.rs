@@ -43,15 +43,17 @@ impl DbBroadcast {
     }
 }
 
-/// A client's broadcast on a public channel, relayed to the other nodes
-/// through the bus: a line of JSON for these fields, then the payload (JSON
-/// text, or base64 when binary).
+/// A client's broadcast, relayed to the other nodes through the bus (its
+/// write permission checked where it was sent): a line of JSON for these
+/// fields, then the payload (JSON text, or base64 when binary).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Relayed {
     /// The worker that relayed it, which delivered it itself and skips its echo.
     pub origin: String,
     /// The full topic (`realtime:…`).
     pub topic: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
     pub event: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub binary: bool,

@@ -135,13 +135,19 @@ impl Bridge {
         share: &Share,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<oneshot::Receiver<T>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(share, make(tx))?;
+        Ok(rx)
+    }
+
+    /// Queues a request whose answer goes to the sender inside it.
+    pub fn send(&self, share: &Share, request: Request) -> Result<(), CallError> {
         let mine = take(&share.in_flight, share.max).ok_or(CallError::Busy)?;
         let all = take(&self.in_flight, self.capacity).ok_or(CallError::Busy)?;
-        let (tx, rx) = oneshot::channel();
-        let queued = Queued { request: make(tx), _slots: Some((mine, all)) };
+        let queued = Queued { request, _slots: Some((mine, all)) };
         self.queue.send(queued).map_err(|_| CallError::Gone)?;
         self.wake();
-        Ok(rx)
+        Ok(())
     }
 
     /// Sends a request to the main thread, within `share`, and waits for its answer.

@@ -162,7 +162,7 @@ impl Session {
             None => {}
         }
         let remember = (ctx.clone(), topic.clone());
-        let asked = shared.bridge.request(&share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
+        let asked = shared.request(&share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
         let (delay, ttl) = (shared.config().join_error_delay, shared.config().authorization_cache);
         self.pending.push(Box::pin(async move {
             let answer = match asked {
@@ -177,6 +177,10 @@ impl Session {
             let outcome = match answer {
                 Ok(Ok(read)) if read.broadcast || read.presence => Outcome::Allowed(Box::new(prepared), read),
                 Ok(Ok(_)) => Outcome::Refused { reason: unauthorized(&prepared.sub_topic), msg: prepared.msg },
+                // A standby that cannot reach the primary says so.
+                Ok(Err(e)) if e.starts_with("UnableToSetPolicies:") => {
+                    Outcome::Refused { msg: prepared.msg, reason: e }
+                }
                 Ok(Err(e)) => {
                     // A broken policy denies this join only.
                     crate::log_warning!(

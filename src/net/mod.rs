@@ -23,8 +23,9 @@ mod tls;
 
 pub use config::ServerConfig;
 
+use crate::bridge::queue::CallError;
 use crate::bridge::stats::MainFigures;
-use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings, Stats};
+use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings, Share, Stats};
 use crate::protocol::{Body, Broadcast, Vsn};
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequest, Request, State, ws::WebSocketUpgrade};
@@ -78,6 +79,8 @@ pub struct Shared {
     stats_previous: std::sync::Mutex<stats::Previous>,
     /// Client broadcasts for the other nodes ([`relay`]).
     relay: mpsc::Sender<String>,
+    /// On a hot standby: the connection to the primary ([`relay`]).
+    primary: relay::Primary,
     /// Commit → send over the last minute.
     commit_to_send: std::sync::Mutex<crate::bridge::latency::Window>,
     /// The latest snapshot the main thread published (`/api/stats`).
@@ -87,6 +90,37 @@ pub struct Shared {
 impl Shared {
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks the main thread; on a hot standby, permission checks (whose
+    /// probes write) go to the primary instead.
+    pub fn request<T>(
+        self: &Arc<Self>,
+        share: &Share,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::bridge::Request,
+    ) -> Result<tokio::sync::oneshot::Receiver<T>, CallError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = make(tx);
+        match self.config().bus.as_ref().and_then(|b| b.primary_conninfo.clone()) {
+            Some(conninfo)
+                if matches!(
+                    request,
+                    crate::bridge::Request::ReadPermissions { .. } | crate::bridge::Request::WritePermission { .. }
+                ) =>
+            {
+                tokio::spawn(relay::check(self.clone(), conninfo, request));
+            }
+            _ => self.bridge.send(share, request)?,
+        }
+        Ok(rx)
+    }
+
+    pub async fn call<T>(
+        self: &Arc<Self>,
+        share: &Share,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::bridge::Request,
+    ) -> Result<T, CallError> {
+        self.request(share, make)?.await.map_err(|_| CallError::Gone)
     }
 }
 
@@ -175,6 +209,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
     let (relay, relay_rx) = mpsc::channel(relay::QUEUE);
     let shared = Arc::new(Shared {
         relay,
+        primary: relay::Primary::default(),
         hub: Hub::default(),
         bridge,
         budget,

@@ -1,4 +1,4 @@
-//! Client broadcasts on public channels reach the other nodes through the
+//! Client broadcasts reach the other nodes through the
 //! bus (`realtime.bus`). Each is delivered here at once, then queued
 //! (bounded) for the primary to write to WAL: on the primary its own main
 //! thread writes it; on a hot standby `realtime.bus_relay` does, over one
@@ -7,7 +7,7 @@
 
 use super::Shared;
 use super::hub::{TopicKey, Wakeups};
-use crate::bridge::{Relayed, Request};
+use crate::bridge::{ReadPermissions, Relayed, Request};
 use crate::protocol::{Body, Broadcast};
 use base64::Engine;
 use std::sync::Arc;
@@ -26,15 +26,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
     let config = shared.config();
     let Some(bus) = &config.bus else { return };
-    if key.private {
-        return; // a private channel's write check cannot run on a standby yet
-    }
     let (payload, binary) = match &broadcast.payload {
         Body::Json(raw) => (raw.get().to_owned(), false),
         Body::Binary(bytes) => (base64::engine::general_purpose::STANDARD.encode(bytes), true),
     };
-    let header =
-        Relayed { origin: bus.origin.clone(), topic: key.topic.clone(), event: broadcast.event.clone(), binary };
+    let header = Relayed {
+        origin: bus.origin.clone(),
+        topic: key.topic.clone(),
+        private: key.private,
+        event: broadcast.event.clone(),
+        binary,
+    };
     if shared.relay.try_send(header.row(&payload)).is_err() {
         shared.metrics.bus_relay_dropped.inc();
     }
@@ -60,15 +62,80 @@ pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
             Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: payload is not JSON: {e}"),
         }
     };
-    let key = TopicKey { private: false, topic: relayed.topic };
+    let key = TopicKey { private: relayed.private, topic: relayed.topic };
     let delivered =
         shared.hub.broadcast_deferred(&key, &Broadcast { event: relayed.event, payload }, None, None, wakeups);
     shared.rates.events.add(delivered as u64);
 }
 
+/// One connection to the primary, shared by relays and checks, opened on
+/// first use and again after it broke or `realtime.primary_conninfo` changed.
+#[derive(Default)]
+pub struct Primary(tokio::sync::Mutex<Option<(String, Arc<tokio_postgres::Client>)>>);
+
+impl Primary {
+    async fn client(&self, conninfo: &str) -> Result<Arc<tokio_postgres::Client>, String> {
+        let mut held = self.0.lock().await;
+        if let Some((used, client)) = held.as_ref()
+            && used == conninfo
+            && !client.is_closed()
+        {
+            return Ok(client.clone());
+        }
+        let connecting = tokio_postgres::connect(conninfo, tokio_postgres::NoTls);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| "connecting timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let client = Arc::new(client);
+        *held = Some((conninfo.to_owned(), client.clone()));
+        Ok(client)
+    }
+}
+
+/// Answers a permission check on a hot standby by running it on the primary
+/// (its probe writes). An unreachable primary is an error that says so.
+pub async fn check(shared: Arc<Shared>, conninfo: String, request: Request) {
+    let unreachable = |e: String| format!("UnableToSetPolicies: this standby cannot reach the primary: {e}");
+    match request {
+        Request::ReadPermissions { ctx, topic, presence, reply } => {
+            let answer = async {
+                let client = shared.primary.client(&conninfo).await.map_err(unreachable)?;
+                let sql = "SELECT broadcast, presence FROM realtime.bus_read_permissions($1, $2, $3, $4, $5)";
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                    [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &presence];
+                let row = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params))
+                    .await
+                    .map_err(|_| unreachable("the check timed out".into()))?
+                    .map_err(|e| if e.is_closed() { unreachable(e.to_string()) } else { e.to_string() })?;
+                Ok(ReadPermissions { broadcast: row.get(0), presence: row.get(1) })
+            };
+            let _ = reply.send(answer.await);
+        }
+        Request::WritePermission { ctx, topic, extension, reply } => {
+            let answer = async {
+                let client = shared.primary.client(&conninfo).await.map_err(unreachable)?;
+                let sql = "SELECT realtime.bus_write_permission($1, $2, $3, $4, $5)";
+                let extension = extension.as_str();
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                    [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &extension];
+                let row = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params))
+                    .await
+                    .map_err(|_| unreachable("the check timed out".into()))?
+                    .map_err(|e| if e.is_closed() { unreachable(e.to_string()) } else { e.to_string() })?;
+                Ok(row.get::<_, bool>(0))
+            };
+            let _ = reply.send(answer.await);
+        }
+        _ => {}
+    }
+}
+
 /// Takes queued rows to the primary, in batches, in order.
 pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
-    let mut primary: Option<(String, tokio_postgres::Client)> = None;
     let mut failing = false;
     while let Some(first) = queued.recv().await {
         let mut rows = vec![first];
@@ -84,7 +151,7 @@ pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
             shared.bridge.tell(Request::BusRelay(rows));
             continue;
         };
-        match call_primary(&mut primary, &conninfo, &rows).await {
+        match relay_rows(&shared.primary, &conninfo, &rows).await {
             Ok(()) if failing => {
                 crate::log_info!("realtime: relaying client broadcasts to the primary again");
                 failing = false;
@@ -99,29 +166,13 @@ pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
                     );
                     failing = true;
                 }
-                primary = None;
             }
         }
     }
 }
 
-async fn call_primary(
-    primary: &mut Option<(String, tokio_postgres::Client)>,
-    conninfo: &str,
-    rows: &[String],
-) -> Result<(), String> {
-    if primary.as_ref().is_none_or(|(used, client)| used != conninfo || client.is_closed()) {
-        let connecting = tokio_postgres::connect(conninfo, tokio_postgres::NoTls);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| "connecting timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        *primary = Some((conninfo.to_owned(), client));
-    }
-    let (_, client) = primary.as_ref().expect("connected above");
+async fn relay_rows(primary: &Primary, conninfo: &str, rows: &[String]) -> Result<(), String> {
+    let client = primary.client(conninfo).await?;
     tokio::time::timeout(CALL_TIMEOUT, client.execute("SELECT realtime.bus_relay($1)", &[&rows]))
         .await
         .map_err(|_| "realtime.bus_relay timed out".to_owned())?

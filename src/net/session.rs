@@ -8,7 +8,7 @@ use super::channel::JoinConfig;
 use super::hub::{ConnHandle, SubId, TopicKey};
 use super::join::Outcome;
 use super::limits::{Change, ClientPresence, RateCounter};
-use crate::bridge::{Bridge, Extension, ReadPermissions, Request, Share};
+use crate::bridge::{Extension, ReadPermissions, Request, Share};
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
 use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
@@ -243,11 +243,11 @@ impl Session {
 
     /// Asks the worker to check a write permission for a channel.
     async fn ask(
-        bridge: &Bridge,
+        shared: &Arc<Shared>,
         share: &Share,
         request: impl FnOnce(tokio::sync::oneshot::Sender<Result<bool, String>>) -> Request,
     ) -> Option<bool> {
-        match bridge.call(share, request).await {
+        match shared.call(share, request).await {
             Ok(Ok(allowed)) => Some(allowed),
             Ok(Err(e)) => {
                 crate::log_warning!("realtime: RlsPolicyError: a permission check failed: {e}");
@@ -274,7 +274,7 @@ impl Session {
             return allowed;
         }
         let (ctx, topic_arg) = (channel.auth.ctx.clone(), channel.sub_topic.clone());
-        let asked = Self::ask(&self.shared.bridge, &self.share, |reply| Request::WritePermission {
+        let asked = Self::ask(&self.shared, &self.share, |reply| Request::WritePermission {
             ctx,
             topic: topic_arg,
             extension,
@@ -302,7 +302,7 @@ impl Session {
             return channel.read.presence;
         }
         let (ctx, topic_arg) = (channel.auth.ctx.clone(), channel.sub_topic.clone());
-        let asked = self.shared.bridge.call(&self.share, |reply| Request::ReadPermissions {
+        let asked = self.shared.call(&self.share, |reply| Request::ReadPermissions {
             ctx,
             topic: topic_arg,
             presence: true,
@@ -442,7 +442,7 @@ impl Session {
             (channel.key.private, channel.sub_topic.clone(), channel.config.presence_enabled);
         let read = if private {
             let (ctx, topic) = (auth.ctx.clone(), sub_topic.clone());
-            let asked = self.shared.bridge.call(&self.share, |reply| Request::ReadPermissions {
+            let asked = self.shared.call(&self.share, |reply| Request::ReadPermissions {
                 ctx,
                 topic,
                 presence: presence_enabled,

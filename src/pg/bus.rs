@@ -14,6 +14,8 @@
 use super::decoding::{available_end, read_available_page, wal_segment_close_raw, wal_segment_open_raw};
 use super::interrupts::shutdown_requested;
 use super::plugin::{BROADCAST, RELAYED, ROW_CHANGE};
+use super::rls;
+use crate::bridge::{AuthContext, Extension};
 use crate::decoded::Row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -73,6 +75,53 @@ GRANT EXECUTE ON FUNCTION realtime.bus_relay(text[]) TO realtime_worker;
 "#,
     name = "bus_relay_grants",
     requires = [bus_relay]
+);
+
+/// A standby's private-channel read check, run here on the primary as the
+/// worker runs it (the probe writes). The checks act as the client's role,
+/// so the caller must be a superuser.
+#[pg_extern]
+fn bus_read_permissions(
+    role: String,
+    claims: String,
+    sub: Option<String>,
+    topic: String,
+    presence: bool,
+) -> TableIterator<'static, (name!(broadcast, bool), name!(presence, bool))> {
+    must_be_superuser();
+    let ctx = AuthContext { role, claims_json: claims, sub };
+    match rls::read_permissions(&[rls::ReadProbe { ctx: &ctx, topic: &topic, presence }]).remove(0) {
+        Ok(read) => TableIterator::once((read.broadcast, read.presence)),
+        Err(e) => error!("{e}"),
+    }
+}
+
+/// A standby's private-channel write check (`broadcast` or `presence`).
+#[pg_extern]
+fn bus_write_permission(role: String, claims: String, sub: Option<String>, topic: String, extension: String) -> bool {
+    must_be_superuser();
+    let ctx = AuthContext { role, claims_json: claims, sub };
+    let extension = match extension.as_str() {
+        "presence" => Extension::Presence,
+        _ => Extension::Broadcast,
+    };
+    rls::write_permission(&ctx, &topic, extension).unwrap_or_else(|e| error!("{e}"))
+}
+
+fn must_be_superuser() {
+    // SAFETY: reads the current user's role.
+    if !unsafe { pg_sys::superuser() } {
+        error!("realtime: private-channel checks for standbys act as the client's role: connect as a superuser");
+    }
+}
+
+extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, text) FROM PUBLIC;
+"#,
+    name = "bus_check_grants",
+    requires = [bus_read_permissions, bus_write_permission]
 );
 
 /// Writes bus messages and flushes them; returns the end of the last one

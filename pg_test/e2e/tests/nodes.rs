@@ -316,6 +316,59 @@ async fn client_broadcasts_reach_every_node_once_from_a_standby_and_from_the_pri
     }
 }
 
+/// Read and write policies on `realtime.messages` for topics `nodes-rw:…`,
+/// made on the primary and replayed by the standbys.
+fn private_policies(p: &Node, standbys: &[&Node]) {
+    p.psql(
+        "DROP POLICY IF EXISTS nodes_read ON realtime.messages;
+         DROP POLICY IF EXISTS nodes_write ON realtime.messages;
+         CREATE POLICY nodes_read ON realtime.messages FOR SELECT TO authenticated
+           USING (realtime.topic() LIKE 'nodes-rw:%');
+         CREATE POLICY nodes_write ON realtime.messages FOR INSERT TO authenticated
+           WITH CHECK (realtime.topic() LIKE 'nodes-rw:%');",
+    );
+    for s in standbys {
+        let deadline = Instant::now() + DB_WAIT;
+        while s.psql("SELECT count(*) FROM pg_policies WHERE policyname IN ('nodes_read', 'nodes_write')") != "2" {
+            assert!(Instant::now() < deadline, "the {} did not replay the policies", s.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// An authenticated socket on `node`.
+async fn user(node: &Node) -> Client {
+    let token = jwt_with("authenticated", json!({"sub": "00000000-0000-4000-8000-0000000000c1"}));
+    Client::connect_url(Vsn::V2, &ws_url_at(&node.ws, Vsn::V2, &token)).await
+}
+
+#[tokio::test]
+async fn private_channels_on_a_standby_are_checked_on_the_primary_as_there() {
+    let (p, s1) = (primary(), standby1());
+    private_policies(&p, &[&s1]);
+    let allowed = format!("nodes-rw:{}", unique("p"));
+    let denied = format!("nodes-no:{}", unique("p"));
+    // The same answers on the standby as on the primary.
+    for node in [&p, &s1] {
+        let mut c = user(node).await;
+        let (_, reply) = c.join(&format!("realtime:{denied}"), json!({"config": {"private": true}})).await;
+        assert_eq!(reply["status"], "error", "the {}: {reply}", node.name);
+        let reason = reply["response"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("Unauthorized: You do not have permissions"), "the {}: {reply}", node.name);
+    }
+    // Allowed on both; a private broadcast from the standby (its write
+    // checked on the primary) reaches the primary's private subscriber.
+    let full = format!("realtime:{allowed}");
+    let mut listener = user(&p).await;
+    listener.join_ok(&full, json!({"private": true})).await;
+    let mut sender = user(&s1).await;
+    let jr = sender.join_ok(&full, json!({"private": true, "broadcast": {"ack": true}})).await;
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 0}});
+    sender.push(Some(&jr), Some("p0"), &full, "broadcast", payload).await;
+    receive_in_order(&p, &mut listener, &allowed, 1).await;
+    listener.expect_silence(Duration::from_secs(1)).await;
+}
+
 /// The next `system` message naming an epoch; asserts it names `timeline`.
 async fn epoch_event(node: &Node, c: &mut Client, topic: &str, system_identifier: &str, timeline: i64) {
     let m = loop {
@@ -344,9 +397,16 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     receive_in_order(&s1, &mut on1, &topic, 10).await;
     receive_in_order(&s2, &mut on2, &topic, 10).await;
 
+    private_policies(&p, &[&s2]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
     let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
     assert!(crashed.success(), "nodes.sh crash-primary failed");
+    // Without the primary, a private join on a standby is refused, saying why.
+    let mut c = user(&s2).await;
+    let topic_rw = format!("realtime:nodes-rw:{}", unique("down"));
+    let (_, reply) = c.join(&topic_rw, json!({"config": {"private": true}})).await;
+    let reason = reply["response"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("UnableToSetPolicies: this standby cannot reach the primary"), "{reply}");
     assert_eq!(s1.psql("SELECT pg_promote(true, 30)"), "t");
     s2.psql(&format!("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=postgres'", s1.pg));
     s2.psql("SELECT pg_reload_conf()");
