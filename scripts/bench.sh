@@ -12,12 +12,7 @@ pick_port PEER_PORT 4097
 # Scenario 10 starts a primary and two standbys (scripts/nodes.sh) on these.
 export NODES_DIR=$REPO_ROOT/target/bench-nodes
 scripts/nodes.sh stop || true
-pick_port PRIMARY_PG_PORT 54420
-pick_port PRIMARY_WS_PORT 4120
-pick_port STANDBY1_PG_PORT 54421
-pick_port STANDBY1_WS_PORT 4121
-pick_port STANDBY2_PG_PORT 54422
-pick_port STANDBY2_WS_PORT 4122
+pick_node_ports 54420 4120
 peer_pid=
 cleanup() {
   [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null

@@ -57,3 +57,14 @@ pick_port() {
   fi
   PICKED_PORTS+="${!name} "
 }
+
+# The ports of scripts/nodes.sh: PRIMARY_, STANDBY1_ and STANDBY2_PG_PORT from
+# $1 up, their _WS_PORT from $2 up (each moved on when taken).
+pick_node_ports() {
+  local i=0 node
+  for node in PRIMARY STANDBY1 STANDBY2; do
+    pick_port "${node}_PG_PORT" $(($1 + i))
+    pick_port "${node}_WS_PORT" $(($2 + i))
+    i=$((i + 1))
+  done
+}

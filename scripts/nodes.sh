@@ -92,12 +92,7 @@ start_standby() {
 start() {
   # Nodes left running by an interrupted run stop first, freeing their ports.
   stop
-  pick_port PRIMARY_PG_PORT 54410
-  pick_port PRIMARY_WS_PORT 4110
-  pick_port STANDBY1_PG_PORT 54411
-  pick_port STANDBY1_WS_PORT 4111
-  pick_port STANDBY2_PG_PORT 54412
-  pick_port STANDBY2_WS_PORT 4112
+  pick_node_ports 54410 4110
   mkdir -p "$NODES_DIR"
   # Every WebSocket is a descriptor of a worker: it inherits this limit.
   if [ "$(id -u)" = 0 ]; then ulimit -Hn 200000 2>/dev/null || true; fi

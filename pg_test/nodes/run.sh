@@ -10,12 +10,7 @@ cd "$REPO_ROOT"
 # Nodes left by an interrupted run stop before their ports are picked; the
 # ports go to nodes.sh and the tests through the environment.
 scripts/nodes.sh stop
-pick_port PRIMARY_PG_PORT 54410
-pick_port PRIMARY_WS_PORT 4110
-pick_port STANDBY1_PG_PORT 54411
-pick_port STANDBY1_WS_PORT 4111
-pick_port STANDBY2_PG_PORT 54412
-pick_port STANDBY2_WS_PORT 4112
+pick_node_ports 54410 4110
 cleanup() { scripts/nodes.sh stop || true; }
 trap cleanup EXIT
 scripts/nodes.sh start

@@ -99,39 +99,38 @@ impl Primary {
 /// Answers a permission check on a hot standby by running it on the primary
 /// (its probe writes). An unreachable primary is an error that says so.
 pub async fn check(shared: Arc<Shared>, conninfo: String, request: Request) {
-    let unreachable = |e: String| format!("UnableToSetPolicies: this standby cannot reach the primary: {e}");
     match request {
         Request::ReadPermissions { ctx, topic, presence, reply } => {
-            let answer = async {
-                let client = shared.primary.client(&conninfo).await.map_err(unreachable)?;
-                let sql = "SELECT broadcast, presence FROM realtime.bus_read_permissions($1, $2, $3, $4, $5)";
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                    [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &presence];
-                let row = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params))
-                    .await
-                    .map_err(|_| unreachable("the check timed out".into()))?
-                    .map_err(|e| if e.is_closed() { unreachable(e.to_string()) } else { e.to_string() })?;
-                Ok(ReadPermissions { broadcast: row.get(0), presence: row.get(1) })
-            };
-            let _ = reply.send(answer.await);
+            let sql = "SELECT broadcast, presence FROM realtime.bus_read_permissions($1, $2, $3, $4, $5)";
+            let asked =
+                ask_primary(&shared, &conninfo, sql, [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &presence]);
+            let _ = reply.send(asked.await.map(|row| ReadPermissions { broadcast: row.get(0), presence: row.get(1) }));
         }
         Request::WritePermission { ctx, topic, extension, reply } => {
-            let answer = async {
-                let client = shared.primary.client(&conninfo).await.map_err(unreachable)?;
-                let sql = "SELECT realtime.bus_write_permission($1, $2, $3, $4, $5)";
-                let extension = extension.as_str();
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                    [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &extension];
-                let row = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params))
-                    .await
-                    .map_err(|_| unreachable("the check timed out".into()))?
-                    .map_err(|e| if e.is_closed() { unreachable(e.to_string()) } else { e.to_string() })?;
-                Ok(row.get::<_, bool>(0))
-            };
-            let _ = reply.send(answer.await);
+            let extension = extension.as_str();
+            let sql = "SELECT realtime.bus_write_permission($1, $2, $3, $4, $5)";
+            let asked =
+                ask_primary(&shared, &conninfo, sql, [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &extension]);
+            let _ = reply.send(asked.await.map(|row| row.get::<_, bool>(0)));
         }
         _ => {}
     }
+}
+
+/// One row from the primary; failing to reach it is an `UnableToSetPolicies`
+/// error, a failing check its own message.
+async fn ask_primary(
+    shared: &Shared,
+    conninfo: &str,
+    sql: &str,
+    params: [&(dyn tokio_postgres::types::ToSql + Sync); 5],
+) -> Result<tokio_postgres::Row, String> {
+    let unreachable = |e: String| format!("UnableToSetPolicies: this standby cannot reach the primary: {e}");
+    let client = shared.primary.client(conninfo).await.map_err(unreachable)?;
+    tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params))
+        .await
+        .map_err(|_| unreachable("the check timed out".into()))?
+        .map_err(|e| if e.is_closed() { unreachable(e.to_string()) } else { e.to_string() })
 }
 
 /// Takes queued rows to the primary, in batches, in order.

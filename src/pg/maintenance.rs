@@ -103,17 +103,7 @@ pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
             })
         })
     });
-    match synced {
-        Ok(Ok(roles)) => roles,
-        Ok(Err(e)) => {
-            warning!("realtime: cannot set the roles realtime_worker may assume: {e}");
-            DEFAULT_CLIENT_ROLES.map(String::from).into()
-        }
-        Err(e) => {
-            warning!("realtime: cannot set the roles realtime_worker may assume: {e}");
-            DEFAULT_CLIENT_ROLES.map(String::from).into()
-        }
-    }
+    roles_or_defaults(synced, "set")
 }
 
 /// The roles `realtime_worker` is a member of, as the primary's worker set
@@ -134,18 +124,22 @@ fn worker_roles() -> Vec<String> {
             })
         })
     });
-    match read {
-        Ok(Ok(roles)) if !roles.is_empty() => roles,
-        Ok(Ok(_)) => DEFAULT_CLIENT_ROLES.map(String::from).into(),
-        Ok(Err(e)) => {
-            warning!("realtime: cannot read the roles realtime_worker may assume: {e}");
-            DEFAULT_CLIENT_ROLES.map(String::from).into()
-        }
-        Err(e) => {
-            warning!("realtime: cannot read the roles realtime_worker may assume: {e}");
-            DEFAULT_CLIENT_ROLES.map(String::from).into()
-        }
-    }
+    roles_or_defaults(read, "read")
+}
+
+/// The roles a query gave, or the defaults, with a warning, if it failed.
+fn roles_or_defaults(
+    result: Result<Result<Vec<String>, impl std::fmt::Display>, impl std::fmt::Display>,
+    doing: &str,
+) -> Vec<String> {
+    let failed = match result {
+        Ok(Ok(roles)) if !roles.is_empty() => return roles,
+        Ok(Ok(_)) => return DEFAULT_CLIENT_ROLES.map(String::from).into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    warning!("realtime: cannot {doing} the roles realtime_worker may assume: {failed}");
+    DEFAULT_CLIENT_ROLES.map(String::from).into()
 }
 
 /// The cleanup job: day partitions ahead, old ones dropped.

@@ -79,6 +79,15 @@ fn standby2() -> Node {
     Node::from_env("standby2", "STANDBY2")
 }
 
+/// Polls `done` for up to `DB_WAIT`; fails naming what it waited for.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DB_WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {DB_WAIT:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `count` sends to `topic` with `n` = 0, 1, …, each in a transaction of its own.
 fn sends(topic: &str, count: usize) -> String {
     format!(
@@ -216,11 +225,9 @@ async fn postgres_changes_on_a_standby_are_checked_there_as_each_subscriber() {
          CREATE POLICY own ON {t} FOR SELECT TO authenticated USING (owner = auth.uid());
          ALTER PUBLICATION supabase_realtime ADD TABLE {t};"
     ));
-    let deadline = Instant::now() + DB_WAIT;
-    while s1.psql(&format!("SELECT to_regclass('{t}') IS NOT NULL")) != "t" {
-        assert!(Instant::now() < deadline, "standby1 did not replay CREATE TABLE {t}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&format!("standby1 to replay CREATE TABLE {t}"), || {
+        s1.psql(&format!("SELECT to_regclass('{t}') IS NOT NULL")) == "t"
+    });
     let (alice, bob) = ("00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b");
     let topic = format!("realtime:{t}");
     let binding = json!([{"event": "*", "schema": "public", "table": t}]);
@@ -328,11 +335,9 @@ fn private_policies(p: &Node, standbys: &[&Node]) {
            WITH CHECK (realtime.topic() LIKE 'nodes-rw:%');",
     );
     for s in standbys {
-        let deadline = Instant::now() + DB_WAIT;
-        while s.psql("SELECT count(*) FROM pg_policies WHERE policyname IN ('nodes_read', 'nodes_write')") != "2" {
-            assert!(Instant::now() < deadline, "the {} did not replay the policies", s.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(&format!("the {} to replay the policies", s.name), || {
+            s.psql("SELECT count(*) FROM pg_policies WHERE policyname IN ('nodes_read', 'nodes_write')") == "2"
+        });
     }
 }
 
@@ -416,16 +421,11 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     epoch_event(&s2, &mut on2, &topic, &before.system_identifier, timeline).await;
     let after = s1.node();
     assert_eq!((after.role.as_str(), after.timeline), ("primary", timeline), "{after:?}");
-    let deadline = Instant::now() + DB_WAIT;
-    while s2.node().timeline != timeline {
-        assert!(Instant::now() < deadline, "standby2 did not follow the new primary");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("standby2 to follow the new primary", || s2.node().timeline == timeline);
     // The new primary's worker creates its slot and decodes from there on.
-    while s1.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'realtime' AND active") != "1" {
-        assert!(Instant::now() < deadline, "the promoted standby's worker did not start decoding");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the promoted standby's worker to decode", || {
+        s1.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'realtime' AND active") == "1"
+    });
     s1.psql(&sends(&topic, 5));
     receive_in_order(&s1, &mut on1, &topic, 5).await;
     receive_in_order(&s2, &mut on2, &topic, 5).await;
