@@ -35,8 +35,6 @@ pub struct Stats {
     /// snapshot, and each check's wait over the last minute (main thread).
     pub rls_checks_per_second: f64,
     pub rls_check: Percentiles,
-    /// The slowest batch of the network side's requests since the last snapshot.
-    pub rls_batch_max_ms: f64,
     pub queued_bytes: u64,
     pub max_memory_bytes: u64,
     pub worker_rss_bytes: u64,

@@ -77,8 +77,9 @@ pub struct Shared {
     /// What `/metrics` tells.
     pub metrics: metrics::Metrics,
     stats_previous: std::sync::Mutex<stats::Previous>,
-    /// Client broadcasts for the other nodes ([`relay`]).
+    /// Client broadcasts for the other nodes ([`relay`]), and their bytes.
     relay: mpsc::Sender<String>,
+    relay_bytes: AtomicUsize,
     /// On a hot standby: the connection to the primary ([`relay`]).
     primary: relay::Primary,
     /// Commit → send over the last minute.
@@ -108,7 +109,12 @@ impl Shared {
                     crate::bridge::Request::ReadPermissions { .. } | crate::bridge::Request::WritePermission { .. }
                 ) =>
             {
-                tokio::spawn(relay::check(self.clone(), conninfo, request));
+                let room = self.primary.checks.clone().try_acquire_owned().map_err(|_| CallError::Busy)?;
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    relay::check(shared, conninfo, request).await;
+                    drop(room);
+                });
             }
             _ => self.bridge.send(share, request)?,
         }
@@ -209,6 +215,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
     let (relay, relay_rx) = mpsc::channel(relay::QUEUE);
     let shared = Arc::new(Shared {
         relay,
+        relay_bytes: AtomicUsize::new(0),
         primary: relay::Primary::default(),
         hub: Hub::default(),
         bridge,

@@ -11,16 +11,25 @@ use crate::bridge::{ReadPermissions, Relayed, Request};
 use crate::protocol::{Body, Broadcast};
 use base64::Engine;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Client broadcasts waiting for the primary; past it they reach this node's
-/// clients only (counted in `realtime_bus_relay_dropped_total`).
+/// Client broadcasts waiting for the primary, at most; past it they reach
+/// this node's clients only (counted in `realtime_bus_relay_dropped_total`).
 pub const QUEUE: usize = 4096;
-/// Rows relayed in one call.
-const BATCH: usize = 256;
+/// Their bytes, at most: an eighth of `realtime.max_memory`.
+fn queue_bytes(shared: &Shared) -> usize {
+    shared.budget.limit() / 8
+}
+/// Bytes relayed in one call, about.
+const BATCH_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed connection, checks and relays fail at once for this long.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// Permission checks a standby may have waiting on the primary at once.
+const CHECKS_IN_FLIGHT: usize = 256;
 
 /// Queues a client's broadcast for the other nodes, if this node is on the bus.
 pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
@@ -37,7 +46,11 @@ pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
         event: broadcast.event.clone(),
         binary,
     };
-    if shared.relay.try_send(header.row(&payload)).is_err() {
+    let row = header.row(&payload);
+    let len = row.len();
+    let queued = shared.relay_bytes.fetch_add(len, Ordering::Relaxed);
+    if queued + len > queue_bytes(shared) || shared.relay.try_send(row).is_err() {
+        shared.relay_bytes.fetch_sub(len, Ordering::Relaxed);
         shared.metrics.bus_relay_dropped.inc();
     }
 }
@@ -69,29 +82,61 @@ pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
 }
 
 /// One connection to the primary, shared by relays and checks, opened on
-/// first use and again after it broke or `realtime.primary_conninfo` changed.
+/// first use and again after it broke or `realtime.primary_conninfo` changed;
+/// after a failed attempt, asked again only a second later.
+pub struct Primary {
+    connection: tokio::sync::Mutex<Connection>,
+    /// Room for permission checks waiting on the primary.
+    pub checks: Arc<tokio::sync::Semaphore>,
+}
+
 #[derive(Default)]
-pub struct Primary(tokio::sync::Mutex<Option<(String, Arc<tokio_postgres::Client>)>>);
+struct Connection {
+    client: Option<(String, Arc<tokio_postgres::Client>)>,
+    failed: Option<(std::time::Instant, String)>,
+}
+
+impl Default for Primary {
+    fn default() -> Primary {
+        Primary { connection: Default::default(), checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_IN_FLIGHT)) }
+    }
+}
 
 impl Primary {
     async fn client(&self, conninfo: &str) -> Result<Arc<tokio_postgres::Client>, String> {
-        let mut held = self.0.lock().await;
-        if let Some((used, client)) = held.as_ref()
+        let mut held = self.connection.lock().await;
+        if let Some((used, client)) = held.client.as_ref()
             && used == conninfo
             && !client.is_closed()
         {
             return Ok(client.clone());
         }
+        if let Some((at, e)) = &held.failed
+            && at.elapsed() < RECONNECT_AFTER
+        {
+            return Err(e.clone());
+        }
         let connecting = tokio_postgres::connect(conninfo, tokio_postgres::NoTls);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| "connecting timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(connected)) => connected,
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connecting timed out".to_owned(),
+                };
+                crate::log_warning!(
+                    "realtime: this standby cannot connect to the primary (realtime.primary_conninfo): {e}"
+                );
+                held.failed = Some((std::time::Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
+        let (client, connection) = connected;
         tokio::spawn(async move {
             let _ = connection.await;
         });
         let client = Arc::new(client);
-        *held = Some((conninfo.to_owned(), client.clone()));
+        *held = Connection { client: Some((conninfo.to_owned(), client.clone())), failed: None };
         Ok(client)
     }
 }
@@ -125,32 +170,58 @@ async fn ask_primary(
     sql: &str,
     params: [&(dyn tokio_postgres::types::ToSql + Sync); 5],
 ) -> Result<tokio_postgres::Row, String> {
-    let unreachable = |e: String| format!("UnableToSetPolicies: this standby cannot reach the primary: {e}");
-    let client = shared.primary.client(conninfo).await.map_err(unreachable)?;
-    tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params))
-        .await
-        .map_err(|_| unreachable("the check timed out".into()))?
-        .map_err(|e| if e.is_closed() { unreachable(e.to_string()) } else { e.to_string() })
+    // The client gets the code and cause; the log has the details (hosts,
+    // users): connection failures once a second, in `Primary::client`.
+    const UNREACHABLE: &str = "UnableToSetPolicies: this standby cannot reach the primary";
+    let client = shared.primary.client(conninfo).await.map_err(|_| UNREACHABLE.to_owned())?;
+    let asked = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params)).await;
+    match asked {
+        Ok(Ok(row)) => Ok(row),
+        Ok(Err(e)) if !e.is_closed() => Err(e.to_string()),
+        failed => {
+            crate::log_warning!("realtime: a standby's permission check on the primary failed: {failed:?}");
+            Err(UNREACHABLE.to_owned())
+        }
+    }
 }
 
 /// Takes queued rows to the primary, in batches, in order.
 pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
     let mut failing = false;
+    // The main thread's share of requests, on the primary.
+    let share = crate::bridge::Share::new(16);
     while let Some(first) = queued.recv().await {
+        let mut bytes = first.len();
         let mut rows = vec![first];
-        while rows.len() < BATCH {
+        while bytes < BATCH_BYTES {
             match queued.try_recv() {
-                Ok(row) => rows.push(row),
+                Ok(row) => {
+                    bytes += row.len();
+                    rows.push(row);
+                }
                 Err(_) => break,
             }
         }
-        let conninfo = shared.config().bus.as_ref().and_then(|b| b.primary_conninfo.clone());
-        let Some(conninfo) = conninfo else {
-            // This node is the primary: its main thread writes them.
-            shared.bridge.tell(Request::BusRelay(rows));
+        let config = shared.config();
+        let Some(bus) = config.bus.as_ref() else {
+            // The bus was turned off meanwhile.
+            shared.relay_bytes.fetch_sub(bytes, Ordering::Relaxed);
             continue;
         };
-        match relay_rows(&shared.primary, &conninfo, &rows).await {
+        let sent = match &bus.primary_conninfo {
+            Some(conninfo) => relay_rows(&shared.primary, conninfo, &rows).await,
+            // This node is the primary: its main thread writes them, while
+            // it has room for them (they wait here, counted, meanwhile).
+            None => loop {
+                match shared.bridge.send(&share, Request::BusRelay(rows.clone())) {
+                    Ok(()) => break Ok(()),
+                    Err(crate::bridge::queue::CallError::Busy) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(e) => break Err(e.to_string()),
+                }
+            },
+        };
+        shared.relay_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        match sent {
             Ok(()) if failing => {
                 crate::log_info!("realtime: relaying client broadcasts to the primary again");
                 failing = false;
@@ -160,7 +231,7 @@ pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
                 shared.metrics.bus_relay_dropped.inc_by(rows.len() as u64);
                 if !failing {
                     crate::log_warning!(
-                        "realtime: cannot relay client broadcasts to the primary (realtime.primary_conninfo): {e}; \
+                        "realtime: cannot relay client broadcasts to the primary: {e}; \
                          they reach this node's clients only until it works"
                     );
                     failing = true;

@@ -17,6 +17,7 @@ use super::plugin::{BROADCAST, RELAYED, ROW_CHANGE};
 use super::rls;
 use crate::bridge::{AuthContext, Extension};
 use crate::decoded::Row;
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, c_char};
@@ -59,7 +60,7 @@ pub fn write_relayed(rows: &[String]) {
 }
 
 /// A hot standby's worker relays its clients' broadcasts here, on the
-/// primary; only the worker's role may call it.
+/// primary (over `realtime.primary_conninfo`, as a superuser).
 #[pg_extern]
 fn bus_relay(rows: Vec<String>) {
     if in_recovery() {
@@ -71,7 +72,6 @@ fn bus_relay(rows: Vec<String>) {
 extension_sql!(
     r#"
 REVOKE ALL ON FUNCTION realtime.bus_relay(text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION realtime.bus_relay(text[]) TO realtime_worker;
 "#,
     name = "bus_relay_grants",
     requires = [bus_relay]
@@ -127,11 +127,18 @@ REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, tex
 /// Writes bus messages and flushes them; returns the end of the last one
 /// (0 when there were none).
 pub fn write(messages: &[String]) -> u64 {
+    if in_recovery() {
+        return 0; // a standby cannot write WAL; its relays go to the primary
+    }
     let mut end = 0;
     for row in messages {
         // SAFETY: main thread, on a primary, outside any critical section;
-        // both buffers outlive the call.
-        end = unsafe { LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false) };
+        // both buffers outlive the call; an ERROR becomes a Rust panic.
+        end = unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false)
+            })
+        };
     }
     if end != 0 {
         // SAFETY: main thread; flushing WAL this process wrote.
@@ -159,6 +166,9 @@ fn our_message(data: &[u8]) -> Option<(u32, &[u8])> {
     }
     let word = |at: usize| usize::from_ne_bytes(data[at..at + size_of::<usize>()].try_into().expect("a word"));
     let db = u32::from_ne_bytes(data[0..4].try_into().expect("four bytes"));
+    if data[4] != 0 {
+        return None; // transactional: not ours, ours are written after their commit
+    }
     let (prefix_size, message_size) = (word(8), word(16));
     let payload = &data[header..];
     let prefix = payload.get(..prefix_size)?;
@@ -295,6 +305,29 @@ pub fn epoch() -> (u64, u32) {
     }
 }
 
+/// A hot standby serves clients only with `realtime.bus` on: a plain replica
+/// opens no port. Waits for that, or a promotion; false on shutdown.
+pub fn wait_until_serving() -> bool {
+    let mut told = false;
+    while in_recovery() && !super::settings::bus() {
+        if !told {
+            log!(
+                "realtime: this server is a hot standby and realtime.bus is off: waiting for a promotion or realtime.bus = on"
+            );
+            told = true;
+        }
+        // False on postmaster death.
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) || shutdown_requested() {
+            return false;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: main thread, outside a transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+    true
+}
+
 /// Whether this server is a standby (in recovery).
 pub fn in_recovery() -> bool {
     // SAFETY: reads shared state.
@@ -334,6 +367,9 @@ mod tests {
         assert_eq!(our_message(&record(5, PREFIX.to_bytes_with_nul(), row)), Some((5, &row[..])));
         assert_eq!(our_message(&record(5, b"realtime.bus.v2\0", row)), None);
         assert_eq!(our_message(&record(5, b"other\0", row)), None);
+        let mut transactional = record(5, PREFIX.to_bytes_with_nul(), row);
+        transactional[4] = 1;
+        assert_eq!(our_message(&transactional), None, "transactional messages may belong to an abort");
     }
 
     #[test]

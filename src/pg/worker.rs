@@ -79,7 +79,7 @@ pub fn main(spawn: SpawnNetwork) {
     let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
-    if !maintenance::wait_for_extension(&database) {
+    if !maintenance::wait_for_extension(&database) || !bus::wait_until_serving() {
         return exit_for_restart();
     }
     maintenance::allow_output_plugin();
@@ -246,7 +246,7 @@ impl Worker {
                 self.open();
             }
             let mut more = false;
-            if self.standby {
+            if self.standby && settings::bus() {
                 more |= self.read_bus();
             }
             if self.may_decode() && (self.decode_due || self.last_decode.elapsed() >= DECODE_FALLBACK) {

@@ -323,6 +323,37 @@ async fn client_broadcasts_reach_every_node_once_from_a_standby_and_from_the_pri
     }
 }
 
+/// Whether something accepts connections on the port.
+fn listening(port: &str) -> bool {
+    std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok()
+}
+
+/// `realtime.bus` turned off on a standby; on again when dropped.
+struct BusOff<'a>(&'a Node);
+
+impl Drop for BusOff<'_> {
+    fn drop(&mut self) {
+        let _ = try_psql_at(&self.0.pg, "ALTER SYSTEM RESET realtime.bus");
+        let _ = try_psql_at(&self.0.pg, "SELECT pg_reload_conf()");
+    }
+}
+
+#[test]
+fn a_standby_without_the_bus_opens_no_port() {
+    let s1 = standby1();
+    let off = BusOff(&s1);
+    s1.psql("ALTER SYSTEM SET realtime.bus = off");
+    s1.psql("SELECT pg_reload_conf()");
+    s1.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'realtime'");
+    wait_until("standby1's worker to close its port", || !listening(&s1.ws));
+    // Restarted (after a second), it waits without serving.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!listening(&s1.ws), "a standby with realtime.bus off serves clients");
+    assert_eq!(s1.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'realtime'"), "1");
+    drop(off);
+    wait_until("standby1's worker to serve again with realtime.bus on", || listening(&s1.ws));
+}
+
 /// Read and write policies on `realtime.messages` for topics `nodes-rw:…`,
 /// made on the primary and replayed by the standbys.
 fn private_policies(p: &Node, standbys: &[&Node]) {
