@@ -31,7 +31,6 @@ use axum::Router;
 use axum::extract::{ConnectInfo, FromRequest, Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use hub::{ChangeFrames, Hub, TopicKey, Wakeups};
 use serde_json::json;
 use std::collections::HashMap;
@@ -314,20 +313,9 @@ fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut
 
 fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     let (message, payload) = match DbBroadcast::parse(row) {
-        Ok((m, p)) if m.binary => match base64::engine::general_purpose::STANDARD.decode(p) {
-            Ok(bytes) => (m, Body::Binary(bytes)),
-            Err(e) => {
-                return crate::log_warning!(
-                    "realtime: skipping database broadcast {}: payload is not base64: {e}",
-                    m.id
-                );
-            }
-        },
-        Ok((m, p)) => match Body::json_text(p.to_owned()) {
+        Ok((m, p)) => match Body::from_row_text(m.binary, p) {
             Ok(payload) => (m, payload),
-            Err(e) => {
-                return crate::log_warning!("realtime: skipping database broadcast {}: payload is not JSON: {e}", m.id);
-            }
+            Err(e) => return crate::log_warning!("realtime: skipping database broadcast {}: {e}", m.id),
         },
         Err(e) => return crate::log_warning!("realtime: skipping an undecodable database broadcast: {e}"),
     };

@@ -9,7 +9,6 @@ use super::Shared;
 use super::hub::{TopicKey, Wakeups};
 use crate::bridge::{ReadPermissions, Relayed, Request};
 use crate::protocol::{Body, Broadcast};
-use base64::Engine;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -35,10 +34,7 @@ const CHECKS_IN_FLIGHT: usize = 256;
 pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
     let config = shared.config();
     let Some(bus) = &config.bus else { return };
-    let (payload, binary) = match &broadcast.payload {
-        Body::Json(raw) => (raw.get().to_owned(), false),
-        Body::Binary(bytes) => (base64::engine::general_purpose::STANDARD.encode(bytes), true),
-    };
+    let (payload, binary) = broadcast.payload.to_row_text();
     let header = Relayed {
         origin: bus.origin.clone(),
         topic: key.topic.clone(),
@@ -64,16 +60,9 @@ pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     if shared.config().bus.as_ref().is_some_and(|b| b.origin == relayed.origin) {
         return;
     }
-    let payload = if relayed.binary {
-        match base64::engine::general_purpose::STANDARD.decode(payload) {
-            Ok(bytes) => Body::Binary(bytes),
-            Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: payload is not base64: {e}"),
-        }
-    } else {
-        match Body::json_text(payload.to_owned()) {
-            Ok(body) => body,
-            Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: payload is not JSON: {e}"),
-        }
+    let payload = match Body::from_row_text(relayed.binary, payload) {
+        Ok(body) => body,
+        Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: {e}"),
     };
     let key = TopicKey { private: relayed.private, topic: relayed.topic };
     let delivered =

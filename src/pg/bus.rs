@@ -17,7 +17,6 @@ use super::plugin::{BROADCAST, RELAYED, ROW_CHANGE};
 use super::rls;
 use crate::bridge::{AuthContext, Extension};
 use crate::decoded::Row;
-use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, c_char};
@@ -308,24 +307,11 @@ pub fn epoch() -> (u64, u32) {
 /// A hot standby serves clients only with `realtime.bus` on: a plain replica
 /// opens no port. Waits for that, or a promotion; false on shutdown.
 pub fn wait_until_serving() -> bool {
-    let mut told = false;
-    while in_recovery() && !super::settings::bus() {
-        if !told {
-            log!(
-                "realtime: this server is a hot standby and realtime.bus is off: waiting for a promotion or realtime.bus = on"
-            );
-            told = true;
-        }
-        // False on postmaster death.
-        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) || shutdown_requested() {
-            return false;
-        }
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: main thread, outside a transaction.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-    }
-    true
+    super::maintenance::wait_until(
+        "realtime: this server is a hot standby and realtime.bus is off: waiting for a promotion or realtime.bus = on",
+        Duration::from_secs(1),
+        || !in_recovery() || super::settings::bus(),
+    )
 }
 
 /// Whether this server is a standby (in recovery).

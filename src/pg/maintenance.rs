@@ -12,8 +12,8 @@ const EXTENSION_POLL: Duration = Duration::from_secs(2);
 /// Waits, without crash-looping, until `CREATE EXTENSION realtime` has run.
 /// False when told to stop meanwhile.
 pub fn wait_for_extension(database: &str) -> bool {
-    let mut told = false;
-    loop {
+    let waiting = format!("realtime: waiting for CREATE EXTENSION realtime in database \"{database}\"");
+    wait_until(&waiting, EXTENSION_POLL, || {
         let exists = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
                 c.select("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'realtime')", None, &[])?
@@ -21,15 +21,21 @@ pub fn wait_for_extension(database: &str) -> bool {
                     .get_one::<bool>()
             })
         });
-        if exists == Ok(Some(true)) {
-            return true;
-        }
+        exists == Ok(Some(true))
+    })
+}
+
+/// Before serving: polls `ready` every `poll`, taking reloads meanwhile, and
+/// logs `waiting` once if it has to wait; false on shutdown.
+pub fn wait_until(waiting: &str, poll: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let mut told = false;
+    while !ready() {
         if !told {
-            log!("realtime: waiting for CREATE EXTENSION realtime in database \"{database}\"");
+            log!("{waiting}");
             told = true;
         }
         // False on postmaster death.
-        if !BackgroundWorker::wait_latch(Some(EXTENSION_POLL)) || super::interrupts::shutdown_requested() {
+        if !BackgroundWorker::wait_latch(Some(poll)) || super::interrupts::shutdown_requested() {
             return false;
         }
         if BackgroundWorker::sighup_received() {
@@ -37,6 +43,7 @@ pub fn wait_for_extension(database: &str) -> bool {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
+    true
 }
 
 /// Sets a setting for the worker's own session.

@@ -404,11 +404,15 @@ impl Worker {
                 warning!(
                     "realtime: reading the bus from replayed WAL failed, reading on from the replay position: {e}"
                 );
-                if let Some(reader) = self.bus.take() {
-                    reader.close();
-                }
+                self.close_bus();
                 false
             }
+        }
+    }
+
+    fn close_bus(&mut self) {
+        if let Some(reader) = self.bus.take() {
+            reader.close();
         }
     }
 
@@ -426,9 +430,7 @@ impl Worker {
     /// restart (its sockets stay open); it creates its slot and decodes.
     fn promoted(&mut self) {
         log!("realtime: this server was promoted: decoding on this node from now on");
-        if let Some(reader) = self.bus.take() {
-            reader.close();
-        }
+        self.close_bus();
         self.standby = false;
         let now = Instant::now();
         (self.next_slot_check, self.next_open, self.next_maintenance) = (now, now, now);
@@ -575,14 +577,14 @@ impl Worker {
             return;
         }
         let mut snapshot = self.network.stats();
-        // SAFETY: main thread; reads the flush position from shared memory.
-        let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        // Flushed on a primary, replayed on a standby.
+        let end = decoding::available_end();
         let read = self.decoder.as_ref().map(Decoder::read_position);
-        let rls_checks = self.figures.add_to(&mut snapshot, flushed, read);
+        let rls_checks = self.figures.add_to(&mut snapshot, end, read);
         snapshot.decode_idle_ms = self.last_decode.elapsed().as_millis() as i64;
         snapshot.standby = self.standby;
         if let Some(reader) = &self.bus {
-            snapshot.bus_lag_bytes = decoding::available_end().saturating_sub(reader.position()) as i64;
+            snapshot.bus_lag_bytes = end.saturating_sub(reader.position()) as i64;
         }
         snapshot.worker_rss_bytes = maintenance::rss_bytes();
         let main = MainFigures {
@@ -722,9 +724,7 @@ impl Worker {
         };
         self.network.shutdown(code, reason);
         self.write_log_lines();
-        if let Some(reader) = self.bus.take() {
-            reader.close();
-        }
+        self.close_bus();
         self.confirm();
         if let Some(decoder) = self.decoder.take() {
             decoder.save();

@@ -2,6 +2,7 @@
 //! V2 JSON arrays, and V2 binary user broadcasts (kind 3 in, kind 4 out).
 //! Pure Rust: no Postgres, no I/O.
 
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -76,6 +77,27 @@ impl Body {
     /// JSON text, checked to be JSON.
     pub fn json_text(text: String) -> Result<Body, serde_json::Error> {
         RawValue::from_string(text).map(Body::Json)
+    }
+
+    /// A payload as a row carries it ([`crate::bridge::DbBroadcast`],
+    /// [`crate::bridge::Relayed`]): JSON text, or base64 when `binary`.
+    pub fn from_row_text(binary: bool, text: &str) -> Result<Body, String> {
+        if binary {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map(Body::Binary)
+                .map_err(|e| format!("payload is not base64: {e}"))
+        } else {
+            Body::json_text(text.to_owned()).map_err(|e| format!("payload is not JSON: {e}"))
+        }
+    }
+
+    /// The payload as a row carries it, and whether it is binary.
+    pub fn to_row_text(&self) -> (String, bool) {
+        match self {
+            Body::Json(raw) => (raw.get().to_owned(), false),
+            Body::Binary(bytes) => (base64::engine::general_purpose::STANDARD.encode(bytes), true),
+        }
     }
 
     /// Bytes on the wire, for the payload size limit.
