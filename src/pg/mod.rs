@@ -4,6 +4,7 @@
 //! partition maintenance, and the settings.
 
 mod bus;
+mod conflict;
 mod decoding;
 mod interrupts;
 mod maintenance;

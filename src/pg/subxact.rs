@@ -2,6 +2,7 @@
 //! policy, a bad filter, a timeout) fails alone and never the worker. Each
 //! runs under the worker's statement timeout, and SIGTERM cancels it.
 
+use super::conflict;
 use super::interrupts::QueryGuard;
 use super::settings;
 use pgrx::pg_sys;
@@ -64,6 +65,7 @@ pub fn rolled_back<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
 
 fn run<R>(f: impl FnOnce() -> R, commit: bool) -> Result<R, SqlError> {
     let _guard = QueryGuard::start(settings::statement_timeout_ms());
+    let signalled = conflict::signalled();
     // SAFETY: main thread, inside a transaction; the standard PL error-block
     // pattern: remember context and owner, restore them after the subxact ends.
     unsafe {
@@ -71,7 +73,7 @@ fn run<R>(f: impl FnOnce() -> R, commit: bool) -> Result<R, SqlError> {
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
-        let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(|e| Err(describe(&e))).execute();
+        let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(|e| Err(Box::new(e))).execute();
         if commit && result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
@@ -79,7 +81,11 @@ fn run<R>(f: impl FnOnce() -> R, commit: bool) -> Result<R, SqlError> {
         }
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
-        result
+        match result {
+            Ok(value) => Ok(value),
+            Err(e) if conflict::unwinds(signalled) => e.rethrow(),
+            Err(e) => Err(describe(&e)),
+        }
     }
 }
 

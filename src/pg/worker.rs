@@ -8,7 +8,9 @@
 use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
-use super::{bus, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake};
+use super::{
+    bus, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake,
+};
 use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
@@ -76,6 +78,8 @@ pub fn register() {
 pub fn main(spawn: SpawnNetwork) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     interrupts::install();
+    conflict::install();
+    // conflict::install();
     let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
@@ -502,9 +506,10 @@ impl Worker {
             let max_record_bytes = settings::max_record_bytes();
             self.caches.before_query();
             let mut checks = Vec::new();
-            let routed = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            let routed = conflict::retried(|| {
+                checks.clear();
                 route::route(registry, &changes, max_record_bytes, &mut checks)
-            }));
+            });
             for (took, count) in checks {
                 self.figures.checked(took, count);
             }
@@ -572,6 +577,16 @@ impl Worker {
     /// figures and rows, and this thread's own.
     fn publish_stats(&mut self) {
         self.next_stats = Instant::now() + STATS_EVERY;
+        // The worker never idles the way a backend does, where Postgres
+        // flushes its activity: its reads and any recovery conflicts it met
+        // reach pg_stat_database here.
+        // SAFETY: main thread, outside a transaction.
+        unsafe { pg_sys::pgstat_report_stat(false) };
+        // The worker never idles the way a backend does, where Postgres
+        // flushes its activity: its reads and any recovery conflicts it met
+        // reach pg_stat_database here.
+        // SAFETY: main thread, outside a transaction.
+        unsafe { pg_sys::pgstat_report_stat(false) };
         let capacity = stats::capacity();
         if capacity == 0 {
             return;

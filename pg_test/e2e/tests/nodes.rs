@@ -4,7 +4,8 @@
 //! on the primary reaches the sockets of every node through `realtime.bus`,
 //! once and in commit order; a standby whose replay is paused delivers it
 //! when replay resumes; Postgres Changes reach a standby's subscribers, checked
-//! there under RLS; client broadcasts reach every node once, from a standby
+//! there under RLS, and a recovery conflict cancels such a check without
+//! losing the change or the worker; client broadcasts reach every node once, from a standby
 //! (relayed through the primary) and from the primary; after a failover the
 //! sockets stay open, announce the new epoch, and the new primary's sends
 //! reach both nodes.
@@ -251,6 +252,73 @@ async fn postgres_changes_on_a_standby_are_checked_there_as_each_subscriber() {
     for c in &mut users {
         c.expect_silence(Duration::from_secs(1)).await;
     }
+}
+
+/// A standby setting changed with `ALTER SYSTEM` and a reload; reset when dropped.
+struct StandbySetting<'a>(&'a Node, &'static str);
+
+impl<'a> StandbySetting<'a> {
+    fn set(node: &'a Node, name: &'static str, value: &str) -> StandbySetting<'a> {
+        node.psql(&format!("ALTER SYSTEM SET {name} = '{value}'"));
+        node.psql("SELECT pg_reload_conf()");
+        StandbySetting(node, name)
+    }
+}
+
+impl Drop for StandbySetting<'_> {
+    fn drop(&mut self) {
+        for sql in [format!("ALTER SYSTEM RESET {}", self.1), "SELECT pg_reload_conf()".into()] {
+            if let Err(e) = try_psql_at(&self.0.pg, &sql) {
+                eprintln!("{sql} on the {} failed: {e}", self.0.name);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_recovery_conflict_cancels_a_check_and_the_change_still_arrives() {
+    let (p, s2) = (primary(), standby2());
+    let t = unique("pcconflict").replace('-', "_");
+    // Each check of a row sleeps, holding the table's lock on the standby.
+    p.psql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, body text);
+         ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; GRANT SELECT ON {t} TO authenticated;
+         CREATE POLICY slow ON {t} FOR SELECT TO authenticated USING (pg_sleep(0.6) IS NOT NULL);
+         ALTER PUBLICATION supabase_realtime ADD TABLE {t};"
+    ));
+    wait_until(&format!("standby2 to replay CREATE TABLE {t}"), || {
+        s2.psql(&format!("SELECT to_regclass('{t}') IS NOT NULL")) == "t"
+    });
+    let _delay = StandbySetting::set(&s2, "max_standby_streaming_delay", "100ms");
+    let worker = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'";
+    let (pid, conflicts_before) = (s2.psql(worker), lock_conflicts(&s2));
+    let url =
+        ws_url_at(&s2.ws, Vsn::V2, &jwt_with("authenticated", json!({"sub": "00000000-0000-4000-8000-00000000000c"})));
+    let mut c = Client::connect_url(Vsn::V2, &url).await;
+    let topic = format!("realtime:{t}");
+    subscribed_changes(&mut c, &topic, json!([{"event": "INSERT", "schema": "public", "table": t}])).await;
+    // While standby2's worker checks row 1, the primary takes the table's
+    // ACCESS EXCLUSIVE lock: replaying it conflicts with the check.
+    p.psql(&format!("INSERT INTO {t} VALUES (1, 'first')"));
+    std::thread::sleep(Duration::from_millis(200));
+    p.psql(&format!("BEGIN; LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE; COMMIT;"));
+    p.psql(&format!("INSERT INTO {t} VALUES (2, 'second')"));
+    for body in ["first", "second"] {
+        let change = next_change(&mut c).await;
+        assert_eq!(change["data"]["record"]["body"], body, "{change}");
+    }
+    c.expect_silence(Duration::from_secs(1)).await;
+    assert!(
+        lock_conflicts(&s2) > conflicts_before,
+        "standby2 reports no lock conflict: the test did not cancel the worker's check"
+    );
+    assert_eq!(s2.psql(worker), pid, "standby2's worker was restarted by the conflict");
+}
+
+/// Statements standby2 cancelled for lock conflicts in this database.
+fn lock_conflicts(node: &Node) -> i64 {
+    let count = node.psql("SELECT confl_lock FROM pg_stat_database_conflicts WHERE datname = current_database()");
+    count.parse().unwrap_or_else(|e| panic!("confl_lock {count:?} on the {}: {e}", node.name))
 }
 
 /// A client on `node` joined to `topic` with `self` and `ack` on.

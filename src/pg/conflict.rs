@@ -1,0 +1,118 @@
+//! Recovery conflicts on a hot standby cancel a statement of the worker,
+//! never the worker.
+//!
+//! When replay needs a lock the worker holds, or removes rows its snapshot
+//! may still see, the startup process waits `max_standby_streaming_delay`
+//! and then signals the worker. PostgreSQL 15 cancels the statement only at
+//! the top level of a transaction; inside a subtransaction, where every
+//! check of the worker runs, it terminates the process (FATAL), which would
+//! close every socket on the node. The SIGUSR1 handler here turns that into
+//! a cancel: the subtransaction fails with 40001, and the startup process,
+//! which waits for the whole transaction to end, signals again every 5 ms
+//! until it has. A conflict on a database being dropped still terminates
+//! the worker, from its next signal outside a subtransaction.
+//!
+//! Routing is pure until it hands over, so [`retried`] runs it again in a new
+//! transaction, after replay went on: subscribers lose nothing.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::c_int;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Conflicts signalled to the worker since it started.
+static SIGNALLED: AtomicU64 = AtomicU64::new(0);
+/// A [`retried`] unit is running: a failed subtransaction unwinds to it.
+static RETRYING: AtomicBool = AtomicBool::new(false);
+/// The handler Postgres installed (`procsignal_sigusr1_handler`).
+static mut PREVIOUS: pg_sys::pqsigfunc = None;
+
+/// Attempts before a unit keeps what its checks answered, errors included.
+const ATTEMPTS: u32 = 10;
+
+unsafe extern "C" {
+    // Declared raw, as Postgres's own handler calls it: pgrx's wrapper sets
+    // up error handling, which does not belong in a signal handler.
+    #[link_name = "IsSubTransaction"]
+    fn is_subtransaction_raw() -> bool;
+}
+
+unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
+    // SAFETY: sig_atomic_t flags of this process, read and written as
+    // Postgres's own handlers do; PREVIOUS is written once before install.
+    unsafe {
+        let (dying, cancelling) = (pg_sys::ProcDiePending, pg_sys::QueryCancelPending);
+        if let Some(previous) = PREVIOUS {
+            previous(signal);
+        }
+        // Only a recovery conflict sets these flags from this signal.
+        let died = dying == 0 && pg_sys::ProcDiePending != 0;
+        let cancelled = cancelling == 0 && pg_sys::QueryCancelPending != 0;
+        if died && is_subtransaction_raw() && pg_sys::ShutdownRequestPending == 0 {
+            pg_sys::ProcDiePending = 0;
+            pg_sys::QueryCancelPending = 1;
+            pg_sys::InterruptPending = 1;
+        }
+        if died || cancelled {
+            SIGNALLED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Wraps Postgres's SIGUSR1 handler; call once (the worker's process
+/// starts once), on the main thread.
+pub fn install() {
+    // SAFETY: main thread, before any conflict can be signalled to us.
+    unsafe { PREVIOUS = pg_sys::pqsignal(libc::SIGUSR1, Some(on_sigusr1)) };
+}
+
+/// Conflicts signalled to the worker since it started.
+pub fn signalled() -> u64 {
+    SIGNALLED.load(Ordering::Relaxed)
+}
+
+/// Whether a subtransaction that failed during a conflict should unwind to
+/// [`retried`] rather than report its error.
+pub fn unwinds(signalled_before: u64) -> bool {
+    RETRYING.load(Ordering::Relaxed) && signalled() != signalled_before
+}
+
+/// Runs `f` in a transaction of its own, as `BackgroundWorker::transaction`
+/// does; when a recovery conflict cancels it, aborts that transaction (which
+/// lets replay go on) and runs `f` again. The last attempt keeps whatever
+/// its checks answer. Other errors end the worker, as before.
+pub fn retried<R>(mut f: impl FnMut() -> R) -> R {
+    for attempt in 1.. {
+        let before = signalled();
+        RETRYING.store(attempt < ATTEMPTS, Ordering::Relaxed);
+        // SAFETY: main thread, outside a transaction.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(|e| Err(Box::new(e))).execute();
+        RETRYING.store(false, Ordering::Relaxed);
+        match result {
+            Ok(value) => {
+                // SAFETY: the transaction started above, still open.
+                unsafe {
+                    pg_sys::PopActiveSnapshot();
+                    pg_sys::CommitTransactionCommand();
+                }
+                return value;
+            }
+            Err(e) => {
+                // SAFETY: main thread; the error was caught and flushed, so
+                // aborting is what Postgres's own loops do next.
+                unsafe { pg_sys::AbortOutOfAnyTransaction() };
+                if signalled() == before || attempt >= ATTEMPTS {
+                    e.rethrow();
+                }
+                log!("realtime: a recovery conflict cancelled routing (attempt {attempt}); routing again");
+            }
+        }
+    }
+    unreachable!("the loop returns or rethrows")
+}
