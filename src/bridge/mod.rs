@@ -14,7 +14,7 @@ pub mod settings;
 pub mod stats;
 
 pub use budget::{Budget, Charge};
-pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network, Relayed};
+pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network, RelayKind, Relayed};
 pub use queue::{Bridge, Inbox, Share};
 pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};
 pub use settings::{Limits, Settings};

@@ -43,20 +43,51 @@ impl DbBroadcast {
     }
 }
 
-/// A client's broadcast, relayed to the other nodes through the bus (its
-/// write permission checked where it was sent): a line of JSON for these
-/// fields, then the payload (JSON text, or base64 when binary).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// What a node relayed to the others through the bus (write permission
+/// checked where it was sent): a client's broadcast, or presence. A line of
+/// JSON for these fields, then the payload: the broadcast's (JSON text, or
+/// base64 when binary), a tracked meta (JSON), or nothing.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Relayed {
     /// The worker that relayed it, which delivered it itself and skips its echo.
     pub origin: String,
-    /// The full topic (`realtime:…`).
+    #[serde(default, skip_serializing_if = "RelayKind::is_broadcast")]
+    pub kind: RelayKind,
+    /// The full topic (`realtime:…`); empty for `Alive`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub topic: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
+    /// A broadcast's event; a tracked meta's presence key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub binary: bool,
+    /// Presence: the tracking channel, on the origin node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub owner: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayKind {
+    #[default]
+    Broadcast,
+    Track,
+    Untrack,
+    /// The origin is up and tracks presence; nodes that stop hearing it drop
+    /// what it tracked.
+    Alive,
+}
+
+impl RelayKind {
+    fn is_broadcast(&self) -> bool {
+        *self == RelayKind::Broadcast
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Relayed {

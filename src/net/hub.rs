@@ -524,18 +524,21 @@ impl Hub {
     }
 
     /// Removes a subscriber; its presence leaves are sent to the others.
-    pub fn unsubscribe(&self, key: &TopicKey, id: SubId) {
+    /// Whether it was tracked.
+    pub fn unsubscribe(&self, key: &TopicKey, id: SubId) -> bool {
         let mut shard = self.shard(key);
         let Some(topic) = shard.get_mut(key) else {
-            return;
+            return false;
         };
         topic.subscribers.remove(&id);
-        if let Some(diff) = topic.presence.untrack(id) {
+        let diff = topic.presence.untrack(id);
+        if let Some(diff) = &diff {
             send_presence_diff(&key.topic, topic, &diff.to_json());
         }
         if topic.subscribers.is_empty() && topic.presence.is_empty() {
             shard.remove(key);
         }
+        diff.is_some()
     }
 
     /// Sends a broadcast to every subscriber of the topic but `except`.
@@ -595,16 +598,35 @@ impl Hub {
         }
     }
 
-    /// Returns how many presence diffs it sent.
+    /// Returns how many presence diffs it sent. A topic only another node's
+    /// presence kept goes when that is gone.
     pub fn untrack(&self, key: &TopicKey, id: SubId) -> usize {
         let mut shard = self.shard(key);
-        match shard.get_mut(key) {
-            Some(topic) => match topic.presence.untrack(id) {
-                Some(diff) => send_presence_diff(&key.topic, topic, &diff.to_json()),
-                None => 0,
-            },
+        let Some(topic) = shard.get_mut(key) else { return 0 };
+        let sent = match topic.presence.untrack(id) {
+            Some(diff) => send_presence_diff(&key.topic, topic, &diff.to_json()),
             None => 0,
+        };
+        if topic.subscribers.is_empty() && topic.presence.is_empty() {
+            shard.remove(key);
         }
+        sent
+    }
+
+    /// Everything tracked on every topic, but `skip`'s owners: (topic, owner,
+    /// presence key, payload). Each shard is locked in turn, briefly.
+    pub fn presences(&self, skip: impl Fn(SubId) -> bool) -> Vec<(TopicKey, SubId, String, Map<String, Value>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (key, topic) in lock(shard).iter() {
+                for (owner, presence_key, payload) in topic.presence.entries() {
+                    if !skip(owner) {
+                        out.push((key.clone(), owner, presence_key.to_owned(), payload.clone()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The `presence_state` payload for the topic.

@@ -16,6 +16,7 @@ pub mod presence;
 mod pressure;
 mod read_cache;
 mod relay;
+mod remote_presence;
 mod rest;
 mod session;
 mod stats;
@@ -81,6 +82,8 @@ pub struct Shared {
     relay_bytes: AtomicUsize,
     /// On a hot standby: the connection to the primary ([`relay`]).
     primary: relay::Primary,
+    /// What the other nodes' channels track.
+    remote_presence: remote_presence::RemotePresence,
     /// Commit → send over the last minute.
     commit_to_send: std::sync::Mutex<crate::bridge::latency::Window>,
     /// The latest snapshot the main thread published (`/api/stats`).
@@ -182,6 +185,7 @@ impl Network for ServerHandle {
         let message = format!("New epoch: timeline {timeline}; messages committed before it may have been missed");
         let epoch = json!({"system_identifier": system_identifier.to_string(), "timeline": timeline});
         self.shared.hub.system_to_all(&message, &epoch);
+        relay::track_all(&self.shared);
     }
 
     fn stats(&self) -> Stats {
@@ -216,6 +220,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         relay,
         relay_bytes: AtomicUsize::new(0),
         primary: relay::Primary::default(),
+        remote_presence: Default::default(),
         hub: Hub::default(),
         bridge,
         budget,
@@ -252,6 +257,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                         tokio::spawn(deliver_decoded(thread_shared.clone(), decoded_rx, grace));
                         tokio::spawn(pressure::watch(thread_shared.clone()));
                         tokio::spawn(relay::run(thread_shared.clone(), relay_rx));
+                        tokio::spawn(relay::keep_alive(thread_shared.clone()));
                         let rates = thread_shared.clone();
                         tokio::spawn(async move { rates.rates.run(&rates.metrics).await });
                         serve(thread_shared, stop_rx).await

@@ -101,6 +101,11 @@ impl TopicPresence {
         Value::Object(state)
     }
 
+    /// Each owner's presence key and payload.
+    pub fn entries(&self) -> impl Iterator<Item = (Owner, &str, &Map<String, Value>)> {
+        self.owners.iter().map(|(owner, t)| (*owner, t.key.as_str(), &t.payload))
+    }
+
     /// Whether nobody is tracked.
     pub fn is_empty(&self) -> bool {
         self.owners.is_empty()

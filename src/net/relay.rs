@@ -1,17 +1,20 @@
-//! Client broadcasts reach the other nodes through the
-//! bus (`realtime.bus`). Each is delivered here at once, then queued
-//! (bounded) for the primary to write to WAL: on the primary its own main
-//! thread writes it; on a hot standby `realtime.bus_relay` does, over one
+//! Client broadcasts and presence reach the other nodes through the bus
+//! (`realtime.bus`). Each is delivered here at once, then queued (bounded)
+//! for the primary to write to WAL: on the primary its own main thread
+//! writes it; on a hot standby `realtime.bus_relay` does, over one
 //! connection to the primary. Every node delivers relayed rows as they come
-//! back, but the one that relayed them (its origin is in the row).
+//! back, but the one that relayed them (its origin is in the row). Presence
+//! of other nodes is kept in [`super::remote_presence`].
 
 use super::Shared;
-use super::hub::{TopicKey, Wakeups};
-use crate::bridge::{ReadPermissions, Relayed, Request};
+use super::hub::{SubId, TopicKey, Wakeups};
+use super::remote_presence::ALIVE_EVERY;
+use crate::bridge::{ReadPermissions, RelayKind, Relayed, Request};
 use crate::protocol::{Body, Broadcast};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Client broadcasts waiting for the primary, at most; past it they reach
@@ -32,17 +35,79 @@ const CHECKS_IN_FLIGHT: usize = 256;
 
 /// Queues a client's broadcast for the other nodes, if this node is on the bus.
 pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
-    let config = shared.config();
-    let Some(bus) = &config.bus else { return };
     let (payload, binary) = broadcast.payload.to_row_text();
     let header = Relayed {
-        origin: bus.origin.clone(),
         topic: key.topic.clone(),
         private: key.private,
         event: broadcast.event.clone(),
         binary,
+        ..Relayed::default()
     };
-    let row = header.row(&payload);
+    queue(shared, header, &payload);
+}
+
+/// Queues a local channel's track for the other nodes.
+pub fn track(shared: &Shared, key: &TopicKey, owner: SubId, presence_key: &str, payload: &Map<String, Value>) {
+    let header = Relayed {
+        kind: RelayKind::Track,
+        topic: key.topic.clone(),
+        private: key.private,
+        event: presence_key.to_owned(),
+        owner,
+        ..Relayed::default()
+    };
+    queue(shared, header, &Value::Object(payload.clone()).to_string());
+}
+
+/// Queues a local channel's untrack (or leave, while tracking) for the other nodes.
+pub fn untrack(shared: &Shared, key: &TopicKey, owner: SubId) {
+    let header = Relayed {
+        kind: RelayKind::Untrack,
+        topic: key.topic.clone(),
+        private: key.private,
+        owner,
+        ..Relayed::default()
+    };
+    queue(shared, header, "");
+}
+
+/// Everything this node's channels track, again: for a node that has just
+/// started to hear this one, and after a new epoch, when relays in flight
+/// may have been lost.
+pub fn track_all(shared: &Shared) {
+    let remote = shared.remote_presence.ids();
+    for (key, owner, presence_key, payload) in shared.hub.presences(|id| remote.contains(&id)) {
+        track(shared, &key, owner, &presence_key, &payload);
+    }
+}
+
+/// Says this node is alive while any of its channels tracks presence (and
+/// once at start, so the others send it what they track), and drops the
+/// presence of nodes no longer heard.
+pub async fn keep_alive(shared: Arc<Shared>) {
+    let mut first = true;
+    let mut tick = tokio::time::interval(ALIVE_EVERY);
+    loop {
+        tick.tick().await;
+        if shared.config().bus.is_none() {
+            continue;
+        }
+        let remote = shared.remote_presence.ids();
+        if std::mem::take(&mut first) || !shared.hub.presences(|id| remote.contains(&id)).is_empty() {
+            queue(shared.as_ref(), Relayed { kind: RelayKind::Alive, ..Relayed::default() }, "");
+        }
+        let diffs = shared.remote_presence.expire(&shared.hub, Instant::now());
+        shared.rates.presence.add(diffs as u64);
+    }
+}
+
+/// Queues a row for the primary to write to the bus, within the queue's
+/// bounds, if this node is on the bus.
+fn queue(shared: &Shared, mut header: Relayed, payload: &str) {
+    let config = shared.config();
+    let Some(bus) = &config.bus else { return };
+    header.origin = bus.origin.clone();
+    let row = header.row(payload);
     let len = row.len();
     let queued = shared.relay_bytes.fetch_add(len, Ordering::Relaxed);
     if queued + len > queue_bytes(shared) || shared.relay.try_send(row).is_err() {
@@ -51,23 +116,39 @@ pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
     }
 }
 
-/// Delivers a client broadcast another node relayed; skips this node's own.
+/// Delivers what another node relayed; skips this node's own.
 pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
     let (relayed, payload) = match Relayed::parse(row) {
         Ok(parsed) => parsed,
-        Err(e) => return crate::log_warning!("realtime: skipping an undecodable relayed broadcast: {e}"),
+        Err(e) => return crate::log_warning!("realtime: skipping an undecodable relayed row: {e}"),
     };
     if shared.config().bus.as_ref().is_some_and(|b| b.origin == relayed.origin) {
         return;
     }
-    let payload = match Body::from_row_text(relayed.binary, payload) {
-        Ok(body) => body,
-        Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: {e}"),
-    };
+    if shared.remote_presence.heard(&relayed.origin, Instant::now()) {
+        track_all(shared);
+    }
     let key = TopicKey { private: relayed.private, topic: relayed.topic };
-    let delivered =
-        shared.hub.broadcast_deferred(&key, &Broadcast { event: relayed.event, payload }, None, None, wakeups);
-    shared.rates.events.add(delivered as u64);
+    let remote = &shared.remote_presence;
+    let delivered = match relayed.kind {
+        RelayKind::Broadcast => {
+            let payload = match Body::from_row_text(relayed.binary, payload) {
+                Ok(body) => body,
+                Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: {e}"),
+            };
+            let broadcast = Broadcast { event: relayed.event, payload };
+            let delivered = shared.hub.broadcast_deferred(&key, &broadcast, None, None, wakeups);
+            shared.rates.events.add(delivered as u64);
+            return;
+        }
+        RelayKind::Track => match serde_json::from_str::<Map<String, Value>>(payload) {
+            Ok(meta) => remote.track(&shared.hub, &relayed.origin, key, relayed.owner, &relayed.event, meta),
+            Err(e) => return crate::log_warning!("realtime: skipping a relayed presence track: {e}"),
+        },
+        RelayKind::Untrack => remote.untrack(&shared.hub, &relayed.origin, relayed.owner),
+        RelayKind::Alive => 0,
+    };
+    shared.rates.presence.add(delivered as u64);
 }
 
 /// One connection to the primary, shared by relays and checks, opened on

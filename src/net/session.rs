@@ -220,7 +220,9 @@ impl Session {
     /// Everything a channel holds elsewhere goes with it. The worker's part
     /// is a control message, which is never refused.
     pub fn end(&self, channel: &Channel) {
-        self.shared.hub.unsubscribe(&channel.key, channel.id);
+        if self.shared.hub.unsubscribe(&channel.key, channel.id) {
+            super::relay::untrack(&self.shared, &channel.key, channel.id);
+        }
         if channel.changes {
             self.shared.hub.remove_changes(channel.id);
             if !self.shared.bridge.tell(Request::UnsubscribeChanges { channel: channel.id }) {
@@ -400,17 +402,21 @@ impl Session {
                 // The reply goes first: the diff follows it to every member, this one too.
                 let (key, id, meta) = (channel.key.clone(), channel.id, meta.clone());
                 self.reply(msg, "ok", json!({}));
-                let diffs = self.shared.hub.track(&key, id, &presence_key, meta);
+                let diffs = self.shared.hub.track(&key, id, &presence_key, meta.clone());
                 self.shared.rates.presence.add(diffs as u64);
+                super::relay::track(&self.shared, &key, id, &presence_key, &meta);
             }
             "untrack" => {
                 let Some(channel) = self.channels.get(&msg.topic) else {
                     return;
                 };
-                let (key, id) = (channel.key.clone(), channel.id);
+                let (key, id, tracked) = (channel.key.clone(), channel.id, channel.presence_key.is_some());
                 self.reply(msg, "ok", json!({}));
                 let diffs = self.shared.hub.untrack(&key, id);
                 self.shared.rates.presence.add(diffs as u64);
+                if tracked {
+                    super::relay::untrack(&self.shared, &key, id);
+                }
             }
             _ => self.reply(msg, "error", json!({})),
         }

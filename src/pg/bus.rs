@@ -66,6 +66,9 @@ fn bus_relay(rows: Vec<String>) {
         error!("realtime.bus_relay writes WAL: call it on the primary");
     }
     write_relayed(&rows);
+    // Non-transactional messages wake no one at commit: the worker here
+    // decodes them for its own sockets at once, not on its fallback timer.
+    super::wake::wake_worker();
 }
 
 extension_sql!(

@@ -94,7 +94,8 @@ fn wrote_in_watched_database() -> bool {
         }
 }
 
-fn wake_worker() {
+/// Sets the worker's latch, if a worker runs.
+pub fn wake_worker() {
     if !SHMEM_READY.load(Ordering::Relaxed) {
         return;
     }

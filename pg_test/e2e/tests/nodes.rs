@@ -254,18 +254,18 @@ async fn postgres_changes_on_a_standby_are_checked_there_as_each_subscriber() {
     }
 }
 
-/// A standby setting changed with `ALTER SYSTEM` and a reload; reset when dropped.
-struct StandbySetting<'a>(&'a Node, &'static str);
+/// A node's setting changed with `ALTER SYSTEM` and a reload; reset when dropped.
+struct NodeSetting<'a>(&'a Node, &'static str);
 
-impl<'a> StandbySetting<'a> {
-    fn set(node: &'a Node, name: &'static str, value: &str) -> StandbySetting<'a> {
+impl<'a> NodeSetting<'a> {
+    fn set(node: &'a Node, name: &'static str, value: &str) -> NodeSetting<'a> {
         node.psql(&format!("ALTER SYSTEM SET {name} = '{value}'"));
         node.psql("SELECT pg_reload_conf()");
-        StandbySetting(node, name)
+        NodeSetting(node, name)
     }
 }
 
-impl Drop for StandbySetting<'_> {
+impl Drop for NodeSetting<'_> {
     fn drop(&mut self) {
         for sql in [format!("ALTER SYSTEM RESET {}", self.1), "SELECT pg_reload_conf()".into()] {
             if let Err(e) = try_psql_at(&self.0.pg, &sql) {
@@ -289,7 +289,7 @@ async fn a_recovery_conflict_cancels_a_check_and_the_change_still_arrives() {
     wait_until(&format!("standby2 to replay CREATE TABLE {t}"), || {
         s2.psql(&format!("SELECT to_regclass('{t}') IS NOT NULL")) == "t"
     });
-    let _delay = StandbySetting::set(&s2, "max_standby_streaming_delay", "100ms");
+    let _delay = NodeSetting::set(&s2, "max_standby_streaming_delay", "100ms");
     let worker = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'";
     let (pid, conflicts_before) = (s2.psql(worker), lock_conflicts(&s2));
     let url =
@@ -319,6 +319,100 @@ async fn a_recovery_conflict_cancels_a_check_and_the_change_still_arrives() {
 fn lock_conflicts(node: &Node) -> i64 {
     let count = node.psql("SELECT confl_lock FROM pg_stat_database_conflicts WHERE datname = current_database()");
     count.parse().unwrap_or_else(|e| panic!("confl_lock {count:?} on the {}: {e}", node.name))
+}
+
+/// A V2 client on `node` joined to `topic` with presence under `key`, and
+/// the `presence_state` it was sent.
+async fn member(node: &Node, topic: &str, key: &str) -> (Client, String, Value) {
+    let url = ws_url_at(&node.ws, Vsn::V2, &jwt("anon"));
+    let mut c = Client::connect_url(Vsn::V2, &url).await;
+    let jr = c.join_ok(&format!("realtime:{topic}"), json!({"presence": {"enabled": true, "key": key}})).await;
+    let state = c.recv_event("presence_state").await.payload;
+    (c, jr, state)
+}
+
+/// Tracks `{"name": key}`; the member's own join diff follows the reply.
+async fn track(c: &mut Client, jr: &str, topic: &str, key: &str) {
+    let payload = json!({"event": "track", "payload": {"name": key}});
+    c.push(Some(jr), Some("track"), &format!("realtime:{topic}"), "presence", payload).await;
+    assert_eq!(c.recv_event("phx_reply").await.payload["status"], "ok");
+    assert_eq!(c.recv_event("presence_diff").await.payload["joins"][key]["metas"][0]["name"], key);
+}
+
+/// The next presence diff, within `DB_WAIT`.
+async fn next_diff(node: &Node, c: &mut Client) -> Value {
+    next_diff_within(node, c, DB_WAIT).await
+}
+
+async fn next_diff_within(node: &Node, c: &mut Client, wait: Duration) -> Value {
+    loop {
+        let m = c.try_recv(wait).await.unwrap_or_else(|| panic!("the {}: no presence_diff within {wait:?}", node.name));
+        if m.event == "presence_diff" {
+            return m.payload;
+        }
+    }
+}
+
+fn names(side: &Value) -> Vec<&str> {
+    side.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn presence_is_shared_by_every_node_and_goes_with_its_node() {
+    let topic = unique("presence");
+    let (p, s1, s2) = (primary(), standby1(), standby2());
+    let (mut ann, ann_jr, _) = member(&s1, &topic, "ann").await;
+    let (mut bob, bob_jr, _) = member(&s2, &topic, "bob").await;
+    track(&mut ann, &ann_jr, &topic, "ann").await;
+    let joined = next_diff(&s2, &mut bob).await;
+    assert_eq!(names(&joined["joins"]), ["ann"], "{joined}");
+    assert_eq!(joined["joins"]["ann"]["metas"][0]["name"], "ann");
+    track(&mut bob, &bob_jr, &topic, "bob").await;
+    assert_eq!(names(&next_diff(&s1, &mut ann).await["joins"]), ["bob"]);
+    // A later member, on the primary, is sent both: in its presence_state,
+    // or (what the primary had not decoded yet when it joined) as a join.
+    let (mut cy, _, state) = member(&p, &topic, "cy").await;
+    let mut seen: Vec<String> = names(&state).into_iter().map(str::to_owned).collect();
+    while seen.len() < 2 {
+        let joined = next_diff(&p, &mut cy).await;
+        seen.extend(names(&joined["joins"]).into_iter().map(str::to_owned));
+    }
+    seen.sort();
+    assert_eq!(seen, ["ann", "bob"], "the primary's member, after {state}");
+    // An untrack on one node is a leave everywhere.
+    let untrack = json!({"event": "untrack", "payload": {}});
+    bob.push(Some(&bob_jr), Some("untrack"), &format!("realtime:{topic}"), "presence", untrack).await;
+    assert_eq!(bob.recv_event("phx_reply").await.payload["status"], "ok");
+    assert_eq!(names(&bob.recv_event("presence_diff").await.payload["leaves"]), ["bob"]);
+    for (node, c) in [(&s1, &mut ann), (&p, &mut cy)] {
+        let left = next_diff(node, c).await;
+        assert_eq!((names(&left["joins"]), names(&left["leaves"])), (vec![], vec!["bob"]), "the {}", node.name);
+    }
+    track(&mut bob, &bob_jr, &topic, "bob").await;
+    assert_eq!(names(&next_diff(&p, &mut cy).await["joins"]), ["bob"]);
+    // standby1's worker goes: what it tracked leaves the other nodes (it may
+    // not say so itself: the others stop hearing it, for 7 to 9 s).
+    s1.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'realtime'");
+    for (node, c) in [(&s2, &mut bob), (&p, &mut cy)] {
+        let left = next_diff_within(node, c, Duration::from_secs(20)).await;
+        assert_eq!(names(&left["leaves"]), ["ann"], "the {}: {left}", node.name);
+    }
+    // Back, it is sent what the others track.
+    let deadline = Instant::now() + DB_WAIT;
+    loop {
+        if listening(&s1.ws) {
+            let (_, _, state) = member(&s1, &topic, "dee").await;
+            if names(&state) == ["bob"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "standby1's presence_state after its restart: {state}");
+        }
+        assert!(Instant::now() < deadline, "standby1's worker did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for c in [&mut bob, &mut cy] {
+        c.expect_silence(Duration::from_millis(500)).await;
+    }
 }
 
 /// A client on `node` joined to `topic` with `self` and `ack` on.
@@ -396,22 +490,10 @@ fn listening(port: &str) -> bool {
     std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok()
 }
 
-/// `realtime.bus` turned off on a standby; on again when dropped.
-struct BusOff<'a>(&'a Node);
-
-impl Drop for BusOff<'_> {
-    fn drop(&mut self) {
-        let _ = try_psql_at(&self.0.pg, "ALTER SYSTEM RESET realtime.bus");
-        let _ = try_psql_at(&self.0.pg, "SELECT pg_reload_conf()");
-    }
-}
-
 #[test]
 fn a_standby_without_the_bus_opens_no_port() {
     let s1 = standby1();
-    let off = BusOff(&s1);
-    s1.psql("ALTER SYSTEM SET realtime.bus = off");
-    s1.psql("SELECT pg_reload_conf()");
+    let off = NodeSetting::set(&s1, "realtime.bus", "off");
     s1.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'realtime'");
     wait_until("standby1's worker to close its port", || !listening(&s1.ws));
     // Restarted (after a second), it waits without serving.
