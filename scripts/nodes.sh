@@ -8,7 +8,7 @@
 #   nodes.sh stop    stops whichever of the three runs
 #   nodes.sh crash-primary   stops the primary at once (-m immediate), as a
 #                    crash would (the failover test)
-# NODES_DIR (default target/nodes) holds primary/, standby1/ and standby2/.
+# NODES_DIR (default target/nodes) holds primary/, standby1/, standby2/ and tls/.
 # PRIMARY_PG_PORT, PRIMARY_WS_PORT (54410, 4110), STANDBY1_PG_PORT,
 # STANDBY1_WS_PORT (54411, 4111), STANDBY2_PG_PORT, STANDBY2_WS_PORT (54412,
 # 4112) pick the ports; a busy default moves to the next free port.
@@ -89,6 +89,28 @@ start_standby() {
   as_pg_user "$PG_BIN/pg_ctl" -D "$data" -l "$dir/postgres.log" -w start >/dev/null
 }
 
+# TLS for the standbys' connections to the primary, in $NODES_DIR/tls: a CA,
+# the primary's certificate from it (localhost, 127.0.0.1), and a second CA
+# that signed nothing (the tests' wrong root).
+make_certificates() {
+  local dir=$NODES_DIR/tls
+  [ -f "$dir/server.crt" ] && return
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then chown "$PG_OS_USER" "$dir"; fi
+  local ca
+  for ca in ca other-ca; do
+    as_pg_user openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=realtime test $ca" \
+      -keyout "$dir/$ca.key" -out "$dir/$ca.crt" 2>/dev/null
+  done
+  as_pg_user openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' |
+    as_pg_user tee "$dir/server.ext" >/dev/null
+  as_pg_user openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+  as_pg_user chmod 600 "$dir/server.key" "$dir/ca.key" "$dir/other-ca.key"
+}
+
 start() {
   # Nodes left running by an interrupted run stop first, freeing their ports.
   stop
@@ -98,13 +120,17 @@ start() {
   if [ "$(id -u)" = 0 ]; then ulimit -Hn 200000 2>/dev/null || true; fi
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-  log "primary: realtime.bus = on"
+  make_certificates
+  log "primary: realtime.bus = on, ssl = on"
   RUN_DIR=$NODES_DIR/primary PG_PORT=$PRIMARY_PG_PORT WS_PORT=$PRIMARY_WS_PORT TLS=0 \
     EXTRA_CONF="$LOAD_TEST_LIMITS
 realtime.bus = on
 hot_standby_feedback = on
 wal_keep_size = '256MB'
-max_standby_streaming_delay = '2s'" \
+max_standby_streaming_delay = '2s'
+ssl = on
+ssl_cert_file = '$NODES_DIR/tls/server.crt'
+ssl_key_file = '$NODES_DIR/tls/server.key'" \
     "$REPO_ROOT/scripts/cluster.sh" start >/dev/null
   wait_ready primary "$PRIMARY_PG_PORT" "$PRIMARY_WS_PORT" f
 

@@ -47,10 +47,12 @@ pub struct BusNode {
 }
 
 /// The connection string a standby's worker uses for the primary: the
-/// host, port, user and password of Postgres's `primary_conninfo` (the
-/// keyword/value form `pg_basebackup -R` writes), and the worker's database.
+/// host, port, user, password and TLS settings of Postgres's
+/// `primary_conninfo` (the keyword/value form `pg_basebackup -R` writes),
+/// and the worker's database.
 pub fn relay_conninfo(primary_conninfo: &str, database: &str) -> String {
-    const KEPT: [&str; 5] = ["host", "hostaddr", "port", "user", "password"];
+    const KEPT: [&str; 9] =
+        ["host", "hostaddr", "port", "user", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"];
     let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let mut kept: Vec<String> = conninfo_pairs(primary_conninfo)
         .into_iter()
@@ -63,7 +65,7 @@ pub fn relay_conninfo(primary_conninfo: &str, database: &str) -> String {
 
 /// `key=value` pairs of a libpq connection string; values may be quoted
 /// with `'`, and `\` escapes within them.
-fn conninfo_pairs(conninfo: &str) -> Vec<(String, String)> {
+pub fn conninfo_pairs(conninfo: &str) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     let mut chars = conninfo.chars().peekable();
     loop {
@@ -103,7 +105,7 @@ mod tests {
             host=127.0.0.1 port=54410 sslmode=prefer sslcompression=0 target_session_attrs=any";
         assert_eq!(
             relay_conninfo(written_by_basebackup, "postgres"),
-            "user='postgres' host='127.0.0.1' port='54410' dbname='postgres'"
+            "user='postgres' host='127.0.0.1' port='54410' sslmode='prefer' dbname='postgres'"
         );
         assert_eq!(
             relay_conninfo(r"host = db password='it''s \'a b\'' ", "my db"),

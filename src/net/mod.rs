@@ -16,6 +16,7 @@ pub mod presence;
 mod pressure;
 mod read_cache;
 mod relay;
+mod relay_tls;
 mod remote_presence;
 mod rest;
 mod session;

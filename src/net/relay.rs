@@ -153,7 +153,8 @@ pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
 
 /// One connection to the primary, shared by relays and checks, opened on
 /// first use and again after it broke or `realtime.primary_conninfo` changed;
-/// after a failed attempt, asked again only a second later.
+/// after a failed attempt, asked again only a second later (or at once with
+/// another conninfo).
 pub struct Primary {
     connection: tokio::sync::Mutex<Connection>,
     /// Room for permission checks waiting on the primary.
@@ -163,7 +164,8 @@ pub struct Primary {
 #[derive(Default)]
 struct Connection {
     client: Option<(String, Arc<tokio_postgres::Client>)>,
-    failed: Option<(std::time::Instant, String)>,
+    /// When connecting with which conninfo failed, and why.
+    failed: Option<(std::time::Instant, String, String)>,
 }
 
 impl Default for Primary {
@@ -181,23 +183,29 @@ impl Primary {
         {
             return Ok(client.clone());
         }
-        if let Some((at, e)) = &held.failed
+        if let Some((at, used, e)) = &held.failed
             && at.elapsed() < RECONNECT_AFTER
+            && used == conninfo
         {
             return Err(e.clone());
         }
-        let connecting = tokio_postgres::connect(conninfo, tokio_postgres::NoTls);
-        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        let connected = match super::relay_tls::connect(conninfo) {
+            Ok(c) => tokio::time::timeout(CONNECT_TIMEOUT, c.config.connect(c.tls))
+                .await
+                .map(|r| r.map_err(|e| with_causes(&e))),
+            Err(e) => Ok(Err(e)),
+        };
+        let connected = match connected {
             Ok(Ok(connected)) => connected,
             failed => {
                 let e = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e,
                     _ => "connecting timed out".to_owned(),
                 };
                 crate::log_warning!(
                     "realtime: this standby cannot connect to the primary (realtime.primary_conninfo): {e}"
                 );
-                held.failed = Some((std::time::Instant::now(), e.clone()));
+                held.failed = Some((std::time::Instant::now(), conninfo.to_owned(), e.clone()));
                 return Err(e);
             }
         };
@@ -209,6 +217,17 @@ impl Primary {
         *held = Connection { client: Some((conninfo.to_owned(), client.clone())), failed: None };
         Ok(client)
     }
+}
+
+/// An error and its causes (tokio-postgres leaves the TLS handshake's out).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// Answers a permission check on a hot standby by running it on the primary

@@ -94,7 +94,7 @@ pub fn define() {
     GucRegistry::define_string_guc(
         c"realtime.primary_conninfo",
         c"How a hot standby's worker connects to the primary to relay client broadcasts.",
-        c"Empty: the host, port, user and password of primary_conninfo, and realtime.database. Readable by superusers only.",
+        c"Empty: the host, port, user, password and ssl settings of primary_conninfo, and realtime.database. TLS as libpq reads sslmode. Readable by superusers only.",
         &PRIMARY_CONNINFO,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,

@@ -555,6 +555,67 @@ async fn private_channels_on_a_standby_are_checked_on_the_primary_as_there() {
     listener.expect_silence(Duration::from_secs(1)).await;
 }
 
+/// Joins a new private topic the policies allow (so no answer is cached);
+/// returns the join reply.
+async fn private_join(node: &Node) -> Value {
+    let mut c = user(node).await;
+    c.join(&format!("realtime:nodes-rw:{}", unique("tls")), json!({"config": {"private": true}})).await.1
+}
+
+/// How many of the primary's connections named `application_name` use TLS, and how many do not.
+fn relay_connections(p: &Node, application_name: &str) -> (i64, i64) {
+    let row = p.psql(&format!(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = '{application_name}'"
+    ));
+    let (with, without) = row.split_once('|').unwrap_or_else(|| panic!("{row:?}"));
+    (with.parse().unwrap(), without.parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_connection_to_the_primary_uses_tls_as_its_sslmode_says() {
+    let (p, s2) = (primary(), standby2());
+    private_policies(&p, &[&s2]);
+    let tls = format!("{}/tls", std::env::var("NODES_DIR").expect("NODES_DIR, set by pg_test/nodes/run.sh"));
+    // By default, primary_conninfo's own sslmode (prefer, from pg_basebackup -R): encrypted.
+    assert_eq!(private_join(&s2).await["status"], "ok");
+    let (with, without) = relay_connections(&p, "realtime bus relay");
+    assert!(with >= 1 && without == 0, "{with} relay connections with TLS, {without} without");
+    // verify-full against the CA that signed the primary's certificate.
+    let conninfo = |name: &str, root: &str| {
+        format!(
+            "host=localhost port={} user=postgres dbname=postgres application_name={name} \
+             sslmode=verify-full sslrootcert={tls}/{root}",
+            p.pg
+        )
+    };
+    let verified = NodeSetting::set(&s2, "realtime.primary_conninfo", &conninfo("relay_verified", "ca.crt"));
+    let deadline = Instant::now() + DB_WAIT;
+    while relay_connections(&p, "relay_verified") != (1, 0) {
+        assert!(Instant::now() < deadline, "standby2 did not connect with verify-full");
+        assert_eq!(private_join(&s2).await["status"], "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(verified);
+    // Against a CA that did not sign it: no connection, and joins say why.
+    let _wrong = NodeSetting::set(&s2, "realtime.primary_conninfo", &conninfo("relay_wrong_ca", "other-ca.crt"));
+    let deadline = Instant::now() + DB_WAIT;
+    loop {
+        let reply = private_join(&s2).await;
+        if reply["status"] == "error" {
+            let reason = reply["response"]["reason"].as_str().unwrap_or_default();
+            assert!(reason.starts_with("UnableToSetPolicies: this standby cannot reach the primary"), "{reply}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standby2 still joins with a root certificate that did not sign the primary's"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(relay_connections(&p, "relay_wrong_ca"), (0, 0));
+}
+
 /// The next `system` message naming an epoch; asserts it names `timeline`.
 async fn epoch_event(node: &Node, c: &mut Client, topic: &str, system_identifier: &str, timeline: i64) {
     let m = loop {
