@@ -5,6 +5,7 @@
 //! touches a socket.
 
 pub mod budget;
+pub mod gap;
 pub mod latency;
 pub mod log;
 pub mod outbound;
@@ -14,6 +15,7 @@ pub mod settings;
 pub mod stats;
 
 pub use budget::{Budget, Charge};
+pub use gap::{Commits, Gap};
 pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network, RelayKind, Relayed};
 pub use queue::{Bridge, Inbox, Share};
 pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};

@@ -180,6 +180,9 @@ pub trait Network {
     /// This node's epoch changed (a promotion, or a standby following a new
     /// timeline): every channel gets one `system` message naming it.
     fn new_epoch(&self, system_identifier: u64, timeline: u32);
+    /// What this node could not deliver: every channel gets one `system`
+    /// message saying so.
+    fn missed(&self, gap: &super::Gap);
     /// The network side's figures and rows for `realtime.stats` and its views.
     fn stats(&self) -> Stats;
     /// The whole snapshot as published, for `/api/stats`, and the main

@@ -444,13 +444,15 @@ impl Hub {
         lock(&self.connections).values().cloned().collect()
     }
 
-    /// A `system` message on every channel (rare: no frame sharing).
-    pub fn system_to_all(&self, message: &str, epoch: &Value) {
+    /// One `system` message to every channel, with `field` set to `value`
+    /// (rare: no frame sharing).
+    pub fn system_to_all(&self, message: &str, field: &str, value: &Value) {
         for shard in self.shards.iter() {
             for (key, topic) in lock(shard).iter() {
                 let channel = key.topic.strip_prefix("realtime:").unwrap_or(&key.topic);
-                let payload = json!({"extension": "system", "status": "ok", "message": message,
-                                     "epoch": epoch, "channel": channel});
+                let mut payload = json!({"extension": "system", "status": "ok", "message": message,
+                                         "channel": channel});
+                payload[field] = value.clone();
                 for s in topic.subscribers.values() {
                     s.conn.send_frame(protocol::encode(s.conn.vsn, None, None, &key.topic, "system", &payload));
                 }

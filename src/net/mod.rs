@@ -185,8 +185,14 @@ impl Network for ServerHandle {
     fn new_epoch(&self, system_identifier: u64, timeline: u32) {
         let message = format!("New epoch: timeline {timeline}; messages committed before it may have been missed");
         let epoch = json!({"system_identifier": system_identifier.to_string(), "timeline": timeline});
-        self.shared.hub.system_to_all(&message, &epoch);
+        self.shared.hub.system_to_all(&message, "epoch", &epoch);
         relay::track_all(&self.shared);
+    }
+
+    fn missed(&self, gap: &crate::bridge::Gap) {
+        let time = crate::changes::payload::commit_timestamp;
+        crate::log_warning!("realtime: {}", gap.message(time));
+        self.shared.hub.system_to_all(&gap.message(time), "missed", &gap.to_json(time));
     }
 
     fn stats(&self) -> Stats {

@@ -13,9 +13,9 @@
 
 use super::decoding::{available_end, read_available_page, wal_segment_close_raw, wal_segment_open_raw};
 use super::interrupts::shutdown_requested;
-use super::plugin::{BROADCAST, RELAYED, ROW_CHANGE};
+use super::plugin::{BROADCAST, GAP, MARK, RELAYED, ROW_CHANGE};
 use super::rls;
-use crate::bridge::{AuthContext, Extension};
+use crate::bridge::{AuthContext, Commits, Extension, Gap};
 use crate::decoded::Row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -50,6 +50,36 @@ pub fn row(message: &str) -> Option<Row> {
         ROW_CHANGE => Some(Row::Change(chars.as_str().to_owned())),
         RELAYED => Some(Row::Relayed(chars.as_str().to_owned())),
         _ => None,
+    }
+}
+
+/// Bus messages that are not rows: they tell where the bus stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Everything committed before this position that had rows for the bus
+    /// is on it (written by the primary after each batch, and about once a
+    /// second while its decoder moves on without rows).
+    Mark(u64),
+    /// What the nodes could not deliver (written by a promoted primary).
+    Gap(Gap),
+}
+
+impl Control {
+    pub fn message(&self) -> String {
+        match self {
+            Control::Mark(lsn) => format!("{MARK}{lsn}"),
+            Control::Gap(gap) => format!("{GAP}{}", serde_json::to_string(gap).expect("numbers serialize")),
+        }
+    }
+
+    /// The control a bus message carries, if it is one this version reads.
+    pub fn read(message: &str) -> Option<Control> {
+        let mut chars = message.chars();
+        match chars.next()? {
+            MARK => chars.as_str().parse().ok().map(Control::Mark),
+            GAP => serde_json::from_str(chars.as_str()).ok().map(Control::Gap),
+            _ => None,
+        }
     }
 }
 
@@ -149,6 +179,36 @@ pub fn write(messages: &[String]) -> u64 {
     end
 }
 
+fn main_data(record: &pg_sys::DecodedXLogRecord) -> &[u8] {
+    if record.main_data.is_null() {
+        return &[];
+    }
+    // SAFETY: the decoded record owns `main_data_len` bytes at `main_data`.
+    unsafe { std::slice::from_raw_parts(record.main_data as *const u8, record.main_data_len as usize) }
+}
+
+/// `access/xact.h`: the operation bits of an xact record's info, and the
+/// two that commit.
+const XLOG_XACT_OPMASK: u8 = 0x70;
+const XLOG_XACT_COMMIT: u8 = 0x00;
+const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
+/// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// A commit record's commit time (Unix microseconds); None for other records.
+fn commit_time(record: &pg_sys::DecodedXLogRecord) -> Option<i64> {
+    let header = &record.header;
+    let op = header.xl_info & XLOG_XACT_OPMASK;
+    if header.xl_rmid as u32 != pg_sys::RmgrIds::RM_XACT_ID
+        || !matches!(op, XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED)
+    {
+        return None;
+    }
+    // xl_xact_commit starts with its TimestampTz.
+    let time = main_data(record).get(..8)?;
+    Some(i64::from_ne_bytes(time.try_into().ok()?) + POSTGRES_EPOCH_US)
+}
+
 /// `xl_logical_message` as PostgreSQL 15 lays it out, before its payload
 /// (the NUL-terminated prefix, then the message).
 #[repr(C)]
@@ -221,6 +281,11 @@ impl Reader {
         }
     }
 
+    /// Where reading started.
+    pub fn started_at(&self) -> u64 {
+        self.start
+    }
+
     /// The end of the last record read.
     pub fn position(&self) -> u64 {
         // SAFETY: main thread; the reader is ours.
@@ -231,10 +296,50 @@ impl Reader {
     /// Appends the messages of records replayed since the last call to
     /// `out`, for up to `max_time` or `max_bytes` of messages.
     pub fn read(&mut self, out: &mut Vec<String>, max_bytes: usize, max_time: Duration) -> Result<Read, String> {
-        let started = Instant::now();
         let mut bytes = 0;
+        let database = self.database.to_u32();
+        self.each_record(u64::MAX, max_time, |record| {
+            if record.header.xl_rmid as u32 == pg_sys::RmgrIds::RM_LOGICALMSG_ID
+                && let Some((db, message)) = our_message(main_data(record))
+                && db == database
+            {
+                bytes += message.len();
+                out.push(String::from_utf8_lossy(message).into_owned());
+            }
+            bytes >= max_bytes
+        })
+    }
+
+    /// Counts the transactions that committed from here up to `until` (in
+    /// any database: a commit record does not always name its database).
+    pub fn commits_until(&mut self, until: u64, max_time: Duration) -> Result<Commits, String> {
+        let mut commits = Commits { count: 0, first_at_us: 0, last_at_us: 0 };
+        let read = self.each_record(until, max_time, |record| {
+            if let Some(at) = commit_time(record) {
+                commits.count += 1;
+                if commits.count == 1 {
+                    commits.first_at_us = at;
+                }
+                commits.last_at_us = at;
+            }
+            false
+        })?;
+        match read {
+            Read::CaughtUp => Ok(commits),
+            Read::Paused => Err(format!("counting commits took longer than {max_time:?}")),
+        }
+    }
+
+    /// Reads records up to `until` (or what is available), for up to
+    /// `max_time`, handing each to `visit`, which says when to pause.
+    fn each_record(
+        &mut self,
+        until: u64,
+        max_time: Duration,
+        mut visit: impl FnMut(&pg_sys::DecodedXLogRecord) -> bool,
+    ) -> Result<Read, String> {
+        let started = Instant::now();
         let reader = self.reader;
-        let database = self.database;
         let start = self.start;
         // SAFETY: main thread, outside a transaction; the reader allocates in
         // TopMemoryContext (trap A of the decoder), restored after.
@@ -242,14 +347,11 @@ impl Reader {
             let context = pg_sys::CurrentMemoryContext;
             let result = PgTryBuilder::new(AssertUnwindSafe(|| {
                 loop {
-                    if shutdown_requested() {
-                        return Ok(Read::Paused);
-                    }
-                    if bytes >= max_bytes || started.elapsed() >= max_time {
+                    if shutdown_requested() || started.elapsed() >= max_time {
                         return Ok(Read::Paused);
                     }
                     let end = if (*reader).EndRecPtr == 0 { start } else { (*reader).EndRecPtr };
-                    if available_end() <= end {
+                    if available_end().min(until) <= end {
                         return Ok(Read::CaughtUp);
                     }
                     pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
@@ -263,19 +365,8 @@ impl Reader {
                         }
                         return Ok(Read::CaughtUp);
                     }
-                    let decoded = (*reader).record;
-                    if (*decoded).header.xl_rmid as u32 != pg_sys::RmgrIds::RM_LOGICALMSG_ID {
-                        continue;
-                    }
-                    let data = std::slice::from_raw_parts(
-                        (*decoded).main_data as *const u8,
-                        (*decoded).main_data_len as usize,
-                    );
-                    if let Some((db, message)) = our_message(data)
-                        && db == database.to_u32()
-                    {
-                        bytes += message.len();
-                        out.push(String::from_utf8_lossy(message).into_owned());
+                    if visit(&*(*reader).record) {
+                        return Ok(Read::Paused);
                     }
                 }
             }))

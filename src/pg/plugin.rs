@@ -26,6 +26,11 @@ pub const COMMIT: char = 'C';
 pub const BROADCAST: char = 'B';
 pub const ROW_CHANGE: char = 'R';
 pub const RELAYED: char = 'X';
+/// Bus only: everything committed before this position that had rows for
+/// the bus is on it.
+pub const MARK: char = 'P';
+/// Bus only: a [`crate::bridge::Gap`] every node reports to its subscribers.
+pub const GAP: char = 'G';
 
 thread_local! {
     /// Tables whose row changes are decoded (by relation oid).

@@ -15,7 +15,7 @@ use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
 use crate::bridge::queue::Queued;
 use crate::bridge::stats::MainFigures;
-use crate::bridge::{Batch, Budget, Decoded, Inbox, Network, Settings, Stats, latency, log, queue};
+use crate::bridge::{Batch, Budget, Decoded, Gap, Inbox, Network, Settings, Stats, latency, log, queue};
 use crate::changes::RowChange;
 use crate::changes::registry::Registry;
 use crate::decoded::Row;
@@ -39,6 +39,10 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 /// How often a standby's worker looks for newly replayed bus messages
 /// (recovery cannot wake it).
 const BUS_POLL: Duration = Duration::from_millis(2);
+/// The longest a promoted standby's worker reads the old primary's last bus messages.
+const DRAIN_AT_PROMOTION: Duration = Duration::from_secs(2);
+/// The longest the commits of a failover's gap are counted.
+const GAP_COUNT_TIME: Duration = Duration::from_secs(5);
 /// A decoding step yields to requests after this long.
 const STEP_TIME: Duration = Duration::from_millis(20);
 /// The slot's confirmed position reaches disk about this often, so a crash
@@ -127,6 +131,23 @@ enum Stop {
     Restart,
 }
 
+/// Where the bus stands, so that what a node could not deliver is reported.
+#[derive(Default)]
+struct BusMarks {
+    /// On a standby: the last mark read; what committed before it is on the bus.
+    covered: u64,
+    /// On a primary: the end of the last mark written, and when.
+    written_end: u64,
+    written_at: Option<Instant>,
+    /// After a promotion: where the gap starts; the new slot tells where it ends.
+    failover_from: Option<u64>,
+    /// On a standby whose reader lost WAL it had not read: where that starts.
+    lost_from: Option<u64>,
+}
+
+/// While the decoder moves on without rows, a mark goes on the bus at most this often.
+const IDLE_MARK_EVERY: Duration = Duration::from_secs(1);
+
 struct Worker {
     network: Box<dyn Network>,
     /// The network side's log lines, written here with ereport.
@@ -138,6 +159,7 @@ struct Worker {
     /// On a hot standby: reads the bus from replayed WAL (opened on first use).
     standby: bool,
     bus: Option<bus::Reader>,
+    marks: BusMarks,
     /// The timeline last seen: a new one is announced to every channel.
     timeline: u32,
     caches: Caches,
@@ -181,6 +203,7 @@ impl Worker {
             decoder: None,
             standby,
             bus: None,
+            marks: BusMarks::default(),
             timeline: bus::epoch().1,
             caches: Caches::default(),
             next_open: now,
@@ -305,6 +328,9 @@ impl Worker {
         let limit = self.budget.limit();
         match Decoder::open(&self.budget, spill_path(), limit / 8) {
             Ok(decoder) => {
+                if let Some(from) = self.marks.failover_from.take() {
+                    self.report_failover_gap(from, decoder.confirmed_flush());
+                }
                 self.confirmed = self.confirmed.max(decoder.confirmed_flush());
                 self.saved = self.confirmed;
                 self.decoder = Some(decoder);
@@ -338,6 +364,26 @@ impl Worker {
                 }
                 self.failed_to_open();
             }
+        }
+    }
+
+    /// After a promotion: what committed between the old primary's last
+    /// mark and the new slot's start was not delivered anywhere. Every node
+    /// says so, with the transactions that committed there.
+    fn report_failover_gap(&mut self, from: u64, to: u64) {
+        let mut reader = bus::Reader::open(from);
+        let commits = reader.commits_until(to, GAP_COUNT_TIME);
+        reader.close();
+        let commits =
+            commits.map_err(|e| warning!("realtime: cannot count the commits of the failover's gap: {e}")).ok();
+        let gap = Gap { from, to, commits };
+        if gap.is_empty() {
+            log!("realtime: nothing committed was missed across the promotion");
+            return;
+        }
+        self.network.missed(&gap);
+        if settings::bus() {
+            bus::write(&[bus::Control::Gap(gap).message()]);
         }
     }
 
@@ -384,23 +430,39 @@ impl Worker {
         if !self.budget.can_hand_off() {
             return false;
         }
-        let reader = self.bus.get_or_insert_with(|| {
+        if self.bus.is_none() {
             // From what is replayed now: a starting worker has no sockets to
             // deliver anything older to.
-            let reader = bus::Reader::open(decoding::available_end());
+            let start = decoding::available_end();
+            if let Some(from) = self.marks.lost_from.take() {
+                self.network.missed(&Gap { from, to: start, commits: None });
+            }
+            self.bus = Some(bus::Reader::open(start));
             self.network.set_replication_ready(true);
-            reader
-        });
+        }
         let mut messages = Vec::new();
         let max = self.budget.handoff_room().clamp(MIN_HANDOFF, MAX_CHUNK);
+        let reader = self.bus.as_mut().expect("opened above");
         let read = reader.read(&mut messages, max, STEP_TIME);
-        if !messages.is_empty() {
+        let position = reader.position();
+        let mut gaps = Vec::new();
+        let mut rows = Vec::with_capacity(messages.len());
+        for message in &messages {
+            match bus::Control::read(message) {
+                Some(bus::Control::Mark(lsn)) => self.marks.covered = lsn,
+                Some(bus::Control::Gap(gap)) => gaps.push(gap),
+                None => rows.extend(bus::row(message)),
+            }
+        }
+        if !rows.is_empty() {
             // Row changes are routed here, against this replica, as the
             // subscribers' roles: RLS work spreads over the nodes.
-            let rows = messages.iter().filter_map(|m| bus::row(m)).collect();
             let items = self.outgoing(rows);
             let charge = self.budget.charge(items.iter().map(Decoded::bytes).sum());
             self.network.deliver(Batch { items, end_lsn: 0, commits: Vec::new(), charge });
+        }
+        for gap in gaps {
+            self.network.missed(&gap);
         }
         match read {
             Ok(read) => read == bus::Read::Paused,
@@ -408,6 +470,7 @@ impl Worker {
                 warning!(
                     "realtime: reading the bus from replayed WAL failed, reading on from the replay position: {e}"
                 );
+                self.marks.lost_from = Some(position);
                 self.close_bus();
                 false
             }
@@ -434,10 +497,20 @@ impl Worker {
     /// restart (its sockets stay open); it creates its slot and decodes.
     fn promoted(&mut self) {
         log!("realtime: this server was promoted: decoding on this node from now on");
+        // What the old primary put on the bus and recovery replayed goes out
+        // first; the new slot starts later, and what committed in between
+        // is reported once it has been created.
+        let draining = Instant::now();
+        while self.read_bus() && draining.elapsed() < DRAIN_AT_PROMOTION {}
+        if let Some(reader) = &self.bus {
+            self.marks.failover_from = Some(self.marks.covered.max(reader.started_at()));
+        }
         self.close_bus();
         self.standby = false;
         let now = Instant::now();
-        (self.next_slot_check, self.next_open, self.next_maintenance) = (now, now, now);
+        // The slot first: what commits before it exists is in the gap.
+        (self.next_slot_check, self.next_open) = (now, now);
+        self.next_maintenance = now + SLOT_CHECK_EVERY;
         self.network.set_replication_ready(false);
     }
 
@@ -466,8 +539,15 @@ impl Worker {
                 }
             };
             if settings::bus() {
-                let messages: Vec<String> = chunk.rows.iter().filter_map(bus::message).collect();
-                bus::write(&messages);
+                let mut messages: Vec<String> = chunk.rows.iter().filter_map(bus::message).collect();
+                let marked = !messages.is_empty() && chunk.end_lsn != 0;
+                if marked {
+                    messages.push(bus::Control::Mark(chunk.end_lsn).message());
+                }
+                let end = bus::write(&messages);
+                if marked {
+                    (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
+                }
             }
             let items = self.outgoing(chunk.rows);
             let bytes = items.iter().map(Decoded::bytes).sum();
@@ -536,6 +616,17 @@ impl Worker {
         if lsn > self.confirmed {
             decoder.confirm(lsn);
             self.confirmed = lsn;
+        }
+        // Decoding moved past WAL without rows (nor our own last mark): say
+        // so on the bus, so a failover's gap report starts from here.
+        let caught_up = decoder.caught_up_at();
+        if settings::bus()
+            && caught_up > self.marks.written_end
+            && decoder.output().is_empty()
+            && self.marks.written_at.is_none_or(|t| t.elapsed() >= IDLE_MARK_EVERY)
+        {
+            let end = bus::write(&[bus::Control::Mark(caught_up).message()]);
+            (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
         }
         if self.confirmed > self.saved && self.last_save.elapsed() >= SAVE_EVERY {
             decoder.save();

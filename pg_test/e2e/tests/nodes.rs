@@ -616,23 +616,45 @@ async fn the_connection_to_the_primary_uses_tls_as_its_sslmode_says() {
     assert_eq!(relay_connections(&p, "relay_wrong_ca"), (0, 0));
 }
 
-/// The next `system` message naming an epoch; asserts it names `timeline`.
-async fn epoch_event(node: &Node, c: &mut Client, topic: &str, system_identifier: &str, timeline: i64) {
-    let m = loop {
-        let m = c.try_recv(DB_WAIT).await.unwrap_or_else(|| panic!("the {}: no epoch message", node.name));
-        if m.event == "system" {
-            break m;
+/// The `system` messages a failover sends each channel: one naming the new
+/// epoch, one naming what was missed. Asserts the epoch; returns `missed`.
+async fn failover_events(node: &Node, c: &mut Client, topic: &str, system_identifier: &str, timeline: i64) -> Value {
+    let (mut epochs, mut missed) = (0, Vec::new());
+    let deadline = Instant::now() + DB_WAIT;
+    while epochs == 0 || missed.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = c
+            .try_recv(left)
+            .await
+            .unwrap_or_else(|| panic!("the {}: {epochs} epoch messages and {} gap reports", node.name, missed.len()));
+        if m.event != "system" {
+            continue;
         }
-    };
-    assert_eq!(m.payload["epoch"]["timeline"], timeline, "the {}: {m:?}", node.name);
-    assert_eq!(m.payload["epoch"]["system_identifier"], system_identifier, "the {}: {m:?}", node.name);
-    assert_eq!(m.payload["channel"], topic, "the {}: {m:?}", node.name);
+        assert_eq!(m.payload["channel"], topic, "the {}: {m:?}", node.name);
+        if m.payload.get("epoch").is_some() {
+            assert_eq!(m.payload["epoch"]["timeline"], timeline, "the {}: {m:?}", node.name);
+            assert_eq!(m.payload["epoch"]["system_identifier"], system_identifier, "the {}: {m:?}", node.name);
+            epochs += 1;
+        } else {
+            missed.push(m.payload["missed"].clone());
+        }
+    }
+    missed.remove(0)
+}
+
+/// `0/16B3748` as a number.
+fn lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').unwrap_or_else(|| panic!("not an LSN: {text:?}"));
+    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
 }
 
 /// Crashes the primary for good: `pg_test/nodes/run.sh` runs it alone,
-/// after the others. Standby1 is promoted and standby2 follows it; the
-/// sockets on both stay open, each gets one message naming the new epoch,
-/// and sends on the new primary reach both, in order, once.
+/// after the others. Sends commit on the primary without reaching the bus
+/// (its worker has the bus off), then it crashes; standby1 is promoted and
+/// standby2 follows it. The sockets on both stay open, each channel gets one
+/// message naming the new epoch and one naming the WAL whose messages were
+/// not delivered, with those sends in it; sends on the new primary reach
+/// both, in order, once.
 #[tokio::test]
 async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     let topic = unique("failover");
@@ -645,6 +667,19 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     receive_in_order(&s2, &mut on2, &topic, 10).await;
 
     private_policies(&p, &[&s2]);
+    // The gap: three sends the primary commits (and the standbys replay)
+    // but never puts on the bus.
+    p.psql("ALTER SYSTEM SET realtime.bus = off");
+    p.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(1)); // the worker reloads within its 200 ms loop
+    let gap_starts = lsn(&p.psql("SELECT pg_current_wal_lsn()"));
+    p.psql(&sends(&unique("unbused"), 3));
+    let gap_ends = lsn(&p.psql("SELECT pg_current_wal_insert_lsn()"));
+    for s in [&s1, &s2] {
+        wait_until(&format!("the {} to replay the unbused sends", s.name), || {
+            lsn(&s.psql("SELECT pg_last_wal_replay_lsn()")) >= gap_ends
+        });
+    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
     let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
     assert!(crashed.success(), "nodes.sh crash-primary failed");
@@ -659,8 +694,12 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     s2.psql("SELECT pg_reload_conf()");
 
     let timeline = before.timeline + 1;
-    epoch_event(&s1, &mut on1, &topic, &before.system_identifier, timeline).await;
-    epoch_event(&s2, &mut on2, &topic, &before.system_identifier, timeline).await;
+    for (node, c) in [(&s1, &mut on1), (&s2, &mut on2)] {
+        let missed = failover_events(node, c, &topic, &before.system_identifier, timeline).await;
+        let (from, to) = (lsn(missed["from"].as_str().unwrap()), lsn(missed["to"].as_str().unwrap()));
+        assert!(from <= gap_starts && to >= gap_ends, "the {}: {missed} does not hold the unbused sends", node.name);
+        assert!(missed["transactions"].as_u64().unwrap() >= 3, "the {}: {missed}", node.name);
+    }
     let after = s1.node();
     assert_eq!((after.role.as_str(), after.timeline), ("primary", timeline), "{after:?}");
     wait_until("standby2 to follow the new primary", || s2.node().timeline == timeline);
