@@ -112,8 +112,11 @@ make_certificates() {
 }
 
 start() {
-  # Nodes left running by an interrupted run stop first, freeing their ports.
+  # Nodes left running by an interrupted run stop first, freeing their ports;
+  # every start is from fresh data directories (a failover test leaves the
+  # old primary crashed, and its settings changed).
   stop
+  rm -rf "$NODES_DIR/primary"
   pick_node_ports 54410 4110
   mkdir -p "$NODES_DIR"
   # Every WebSocket is a descriptor of a worker: it inherits this limit.

@@ -4,6 +4,7 @@
 //! partition maintenance, and the settings.
 
 mod bus;
+mod bus_slot;
 mod conflict;
 mod decoding;
 mod interrupts;

@@ -9,7 +9,8 @@ use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
 use super::{
-    bus, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact, wake,
+    bus, bus_slot, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact,
+    wake,
 };
 use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
@@ -83,11 +84,16 @@ pub fn main(spawn: SpawnNetwork) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     interrupts::install();
     conflict::install();
-    // conflict::install();
     let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
-    if !maintenance::wait_for_extension(&database) || !bus::wait_until_serving() {
+    if !maintenance::wait_for_extension(&database) {
+        return exit_for_restart();
+    }
+    if bus::in_recovery() && !settings::bus() {
+        drop_bus_slot(); // it would keep WAL for a reader that does not run
+    }
+    if !bus::wait_until_serving() {
         return exit_for_restart();
     }
     maintenance::allow_output_plugin();
@@ -143,6 +149,9 @@ struct BusMarks {
     failover_from: Option<u64>,
     /// On a standby whose reader lost WAL it had not read: where that starts.
     lost_from: Option<u64>,
+    /// On a standby: where the bus slot was last moved to, and when.
+    slot_at: u64,
+    slot_moved: Option<Instant>,
 }
 
 /// While the decoder moves on without rows, a mark goes on the bus at most this often.
@@ -275,6 +284,10 @@ impl Worker {
             let mut more = false;
             if self.standby && settings::bus() {
                 more |= self.read_bus();
+            } else if self.standby && self.bus.is_some() {
+                // realtime.bus was turned off: nothing reads what the slot would keep.
+                self.close_bus();
+                drop_bus_slot();
             }
             if self.may_decode() && (self.decode_due || self.last_decode.elapsed() >= DECODE_FALLBACK) {
                 more |= self.decode();
@@ -431,12 +444,7 @@ impl Worker {
             return false;
         }
         if self.bus.is_none() {
-            // From what is replayed now: a starting worker has no sockets to
-            // deliver anything older to.
-            let start = decoding::available_end();
-            if let Some(from) = self.marks.lost_from.take() {
-                self.network.missed(&Gap { from, to: start, commits: None });
-            }
+            let start = self.bus_start();
             self.bus = Some(bus::Reader::open(start));
             self.network.set_replication_ready(true);
         }
@@ -459,7 +467,7 @@ impl Worker {
             // subscribers' roles: RLS work spreads over the nodes.
             let items = self.outgoing(rows);
             let charge = self.budget.charge(items.iter().map(Decoded::bytes).sum());
-            self.network.deliver(Batch { items, end_lsn: 0, commits: Vec::new(), charge });
+            self.network.deliver(Batch { items, end_lsn: position, commits: Vec::new(), charge });
         }
         for gap in gaps {
             self.network.missed(&gap);
@@ -474,6 +482,59 @@ impl Worker {
                 self.close_bus();
                 false
             }
+        }
+    }
+
+    /// Where a standby's bus reader starts: where its slot says delivery
+    /// stopped (a restarted worker's clients rejoin within the grace and get
+    /// what was replayed meanwhile), unless that is lost or further back than
+    /// `realtime.max_slot_wal`; else at what is replayed now. What is skipped
+    /// is reported.
+    fn bus_start(&mut self) -> u64 {
+        let now = decoding::available_end();
+        let kept = self
+            .in_transaction(|| {
+                subxact::committed(bus_slot::open).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
+            })
+            .map_err(|e| warning!("realtime: cannot open replication slot \"{}\": {e}", bus_slot::BUS_SLOT))
+            .ok()
+            .flatten();
+        let bound = settings::max_slot_wal_bytes().max(0) as u64;
+        let start = match kept {
+            Some(kept) if kept <= now && now - kept <= bound => kept,
+            Some(kept) if kept <= now => {
+                warning!(
+                    "realtime: replication slot \"{}\" is {} bytes behind, more than realtime.max_slot_wal ({bound} bytes): \
+                     reading the bus from what is replayed now",
+                    bus_slot::BUS_SLOT,
+                    now - kept
+                );
+                self.marks.lost_from = Some(self.marks.lost_from.unwrap_or(kept));
+                now
+            }
+            _ => now,
+        };
+        if let Some(from) = self.marks.lost_from.take() {
+            self.network.missed(&Gap { from, to: start, commits: None });
+        }
+        (self.marks.slot_at, self.marks.slot_moved) = (0, None);
+        self.move_bus_slot(start);
+        start
+    }
+
+    /// Moves the standby's bus slot up to `lsn`, at most once a `SAVE_EVERY`.
+    fn move_bus_slot(&mut self, lsn: u64) {
+        if lsn <= self.marks.slot_at || self.marks.slot_moved.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        let moved = self.in_transaction(|| {
+            subxact::committed(|| bus_slot::advance(lsn))
+                .map_err(String::from)
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        });
+        match moved {
+            Ok(()) => (self.marks.slot_at, self.marks.slot_moved) = (lsn, Some(Instant::now())),
+            Err(e) => warning!("realtime: cannot move replication slot \"{}\": {e}", bus_slot::BUS_SLOT),
         }
     }
 
@@ -501,11 +562,12 @@ impl Worker {
         // first; the new slot starts later, and what committed in between
         // is reported once it has been created.
         let draining = Instant::now();
-        while self.read_bus() && draining.elapsed() < DRAIN_AT_PROMOTION {}
+        while self.bus.is_some() && self.read_bus() && draining.elapsed() < DRAIN_AT_PROMOTION {}
         if let Some(reader) = &self.bus {
             self.marks.failover_from = Some(self.marks.covered.max(reader.started_at()));
         }
         self.close_bus();
+        drop_bus_slot();
         self.standby = false;
         let now = Instant::now();
         // The slot first: what commits before it exists is in the gap.
@@ -608,6 +670,9 @@ impl Worker {
     /// Confirms the slot up to what the network side has fanned out; once
     /// everything decoded has been, up to where decoding caught up.
     fn confirm(&mut self) {
+        if self.standby {
+            return self.confirm_bus();
+        }
         let Some(decoder) = self.decoder.as_mut() else { return };
         let mut lsn = self.network.delivered_lsn();
         if decoder.caught_up_at() != 0 && decoder.output().is_empty() && self.network.pending_batches() == 0 {
@@ -633,6 +698,27 @@ impl Worker {
             self.saved = self.confirmed;
             self.last_save = Instant::now();
         }
+    }
+
+    /// On a standby: moves the bus slot up to what the network side has
+    /// fanned out, or, with nothing waiting, to where the reader is; a reader
+    /// further behind than `realtime.max_slot_wal` skips ahead (reported).
+    fn confirm_bus(&mut self) {
+        let Some(reader) = &self.bus else { return };
+        let position = reader.position();
+        let behind = decoding::available_end().saturating_sub(position);
+        if behind > settings::max_slot_wal_bytes().max(0) as u64 {
+            warning!(
+                "realtime: the bus reader is {behind} bytes behind, more than realtime.max_slot_wal: \
+                 reading on from what is replayed now"
+            );
+            self.marks.lost_from = Some(position);
+            self.close_bus();
+            return;
+        }
+        let idle = self.network.pending_batches() == 0;
+        let delivered = if idle { position } else { self.network.delivered_lsn() };
+        self.move_bus_slot(delivered);
     }
 
     fn answer(&mut self, requests: Vec<Queued>) {
@@ -830,12 +916,23 @@ impl Worker {
         };
         self.network.shutdown(code, reason);
         self.write_log_lines();
-        self.close_bus();
+        self.marks.slot_moved = None; // the bus slot moves now, whenever it last did
         self.confirm();
+        self.close_bus();
         if let Some(decoder) = self.decoder.take() {
             decoder.save();
             decoder.close();
         }
+    }
+}
+
+/// Drops the standby's bus slot, in a transaction of its own; failures are logged.
+fn drop_bus_slot() {
+    let dropped = BackgroundWorker::transaction(|| {
+        subxact::committed(bus_slot::drop).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
+    });
+    if let Err(e) = dropped {
+        warning!("realtime: cannot drop replication slot \"{}\": {e}", bus_slot::BUS_SLOT);
     }
 }
 

@@ -321,6 +321,35 @@ fn lock_conflicts(node: &Node) -> i64 {
     count.parse().unwrap_or_else(|e| panic!("confl_lock {count:?} on the {}: {e}", node.name))
 }
 
+/// standby1's bus slot: its restart position, or None when there is none.
+fn bus_slot(s: &Node) -> Option<u64> {
+    let at = s.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'realtime_bus'");
+    (!at.is_empty()).then(|| lsn(&at))
+}
+
+#[tokio::test]
+async fn a_restarted_standby_worker_delivers_what_was_replayed_while_it_was_down() {
+    let (p, s1) = (primary(), standby1());
+    let topic = unique("busslot");
+    // The slot follows what standby1 delivers.
+    let mut before = s1.subscriber(&topic).await;
+    p.psql(&sends(&topic, 3));
+    receive_in_order(&s1, &mut before, &topic, 3).await;
+    let delivered = lsn(&s1.psql("SELECT pg_last_wal_replay_lsn()"));
+    wait_until("standby1's bus slot to reach what it delivered", || bus_slot(&s1).is_some_and(|at| at >= delivered));
+    // Down, while the primary sends; back, the sockets that rejoin within
+    // realtime.restart_grace get what was replayed meanwhile.
+    s1.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'realtime'");
+    wait_until("standby1's worker to close its port", || !listening(&s1.ws));
+    p.psql(&sends(&topic, 5));
+    wait_until("standby1's worker to come back", || listening(&s1.ws));
+    let mut after = s1.subscriber(&topic).await;
+    receive_in_order(&s1, &mut after, &topic, 5).await;
+    after.expect_silence(Duration::from_secs(1)).await;
+    // The primary holds no such slot: it is a standby's.
+    assert_eq!(bus_slot(&p), None);
+}
+
 /// A V2 client on `node` joined to `topic` with presence under `key`, and
 /// the `presence_state` it was sent.
 async fn member(node: &Node, topic: &str, key: &str) -> (Client, String, Value) {
@@ -707,6 +736,8 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     wait_until("the promoted standby's worker to decode", || {
         s1.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'realtime' AND active") == "1"
     });
+    assert_eq!(bus_slot(&s1), None, "a primary keeps no bus slot");
+    assert!(bus_slot(&s2).is_some(), "standby2 keeps its bus slot across the switch");
     s1.psql(&sends(&topic, 5));
     receive_in_order(&s1, &mut on1, &topic, 5).await;
     receive_in_order(&s2, &mut on2, &topic, 5).await;
