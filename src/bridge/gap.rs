@@ -30,6 +30,13 @@ pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+/// An LSN from the way Postgres writes it.
+pub fn lsn_from_text(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    let (high, low) = (u32::from_str_radix(high, 16).ok()?, u32::from_str_radix(low, 16).ok()?);
+    Some((u64::from(high) << 32) | u64::from(low))
+}
+
 impl Gap {
     /// Whether anything may be missing.
     pub fn is_empty(&self) -> bool {
@@ -76,6 +83,12 @@ mod tests {
     fn a_gap_reads_as_postgres_positions_and_times() {
         assert_eq!(lsn_text(0x016B_3748), "0/16B3748");
         assert_eq!(lsn_text(0x2_0000_0010), "2/10");
+        for lsn in [0, 0x016B_3748, 0x2_0000_0010, u64::MAX] {
+            assert_eq!(lsn_from_text(&lsn_text(lsn)), Some(lsn));
+        }
+        for bad in ["", "0", "0/", "/1", "g/1", "1/100000000", "0/1/2"] {
+            assert_eq!(lsn_from_text(bad), None, "{bad:?}");
+        }
         let commits = Commits { count: 3, first_at_us: 1, last_at_us: 2 };
         let gap = Gap { from: 0x300_0148, to: 0x30A_0000, commits: Some(commits) };
         assert!(!gap.is_empty());

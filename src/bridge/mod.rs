@@ -18,6 +18,6 @@ pub use budget::{Budget, Charge};
 pub use gap::{Commits, Gap};
 pub use outbound::{Batch, DbBroadcast, Decoded, Delivery, Network, RelayKind, Relayed};
 pub use queue::{Bridge, Inbox, Share};
-pub use request::{AuthContext, Extension, ReadPermissions, Request, StoredBroadcast};
+pub use request::{AuthContext, Extension, ReadPermissions, Request, Resumed, Resumption, StoredBroadcast};
 pub use settings::{Limits, Settings};
 pub use stats::Stats;

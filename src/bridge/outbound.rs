@@ -132,18 +132,19 @@ mod tests {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A broadcast row as the output plugin wrote it ([`DbBroadcast::row`]),
-    /// read on the network side.
-    Broadcast(String),
+    /// read on the network side, and its position on the bus (0: none).
+    Broadcast(String, u64),
     Change(Delivery),
-    /// A client's broadcast another node relayed ([`Relayed::row`]).
-    Relayed(String),
+    /// A client's broadcast another node relayed ([`Relayed::row`]), and its
+    /// position on the bus (0: not known here).
+    Relayed(String, u64),
 }
 
 impl Decoded {
     /// About what it holds in memory.
     pub fn bytes(&self) -> usize {
         match self {
-            Decoded::Broadcast(row) | Decoded::Relayed(row) => row.len() + 32,
+            Decoded::Broadcast(row, _) | Decoded::Relayed(row, _) => row.len() + 32,
             Decoded::Change(d) => d.data.len() + 4 * d.ids.len() + 48,
         }
     }

@@ -42,6 +42,28 @@ pub struct StoredBroadcast {
     pub binary: Option<Vec<u8>>,
 }
 
+/// A broadcast read back from the bus for a resuming channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// Its position on the bus.
+    pub position: u64,
+    /// A database broadcast's id (`realtime.messages`); none for a client's.
+    pub id: Option<String>,
+    pub event: String,
+    /// JSON text, or base64 when `binary`.
+    pub payload: String,
+    pub binary: bool,
+}
+
+/// What a resume found: the broadcasts, the position it read up to (held
+/// live broadcasts up to it were among them), and what it could not read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumption {
+    pub broadcasts: Vec<Resumed>,
+    pub until: u64,
+    pub missed: Option<super::Gap>,
+}
+
 /// Work only the main thread can do. `topic` is the sub-topic (no `realtime:`).
 pub enum Request {
     /// May this context read the topic (broadcast, and presence when asked)?
@@ -72,6 +94,15 @@ pub enum Request {
     ChangesAuth { channel: u64, ctx: AuthContext },
     /// Client broadcasts ([`super::Relayed`] rows) for the bus. No answer.
     BusRelay(Vec<String>),
+    /// The topic's broadcasts on the bus after `after` (a position of this
+    /// cluster, `system_identifier`'s if given), up to what this node has.
+    Resume {
+        topic: String,
+        private: bool,
+        after: u64,
+        system_identifier: Option<String>,
+        reply: oneshot::Sender<Result<Resumption, String>>,
+    },
     /// Stored private broadcasts of the topic since `since_ms`, oldest first.
     Replay {
         ctx: AuthContext,

@@ -11,6 +11,8 @@ pub struct JoinConfig {
     /// `config.broadcast.replication_ready`: say when database messages flow.
     pub replication_ready: bool,
     pub replay: Option<Replay>,
+    /// `config.broadcast.resume`: broadcasts on the bus after a position.
+    pub resume: Option<Resume>,
     pub presence_enabled: bool,
     /// `config.presence.key`; empty means "generate one".
     pub presence_key: String,
@@ -25,6 +27,27 @@ pub struct JoinConfig {
 pub struct Replay {
     pub since_ms: i64,
     pub limit: i64,
+}
+
+/// `{"position": "0/16B3748", "epoch": {"system_identifier": "…"}}`: the
+/// `position` of the last broadcast a client got (on any node), and the
+/// epoch it came from (optional; another cluster's positions mean nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub after: u64,
+    pub system_identifier: Option<String>,
+}
+
+impl Resume {
+    fn parse(v: &Value) -> Option<Resume> {
+        let after = v.get("position").and_then(Value::as_str).and_then(crate::bridge::gap::lsn_from_text)?;
+        let system_identifier = match v.get("epoch").and_then(|e| e.get("system_identifier")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return None,
+        };
+        Some(Resume { after, system_identifier })
+    }
 }
 
 /// `true`, `"true"` → true; anything else → false.
@@ -50,12 +73,20 @@ impl JoinConfig {
             None | Some(Value::Null) => None,
             Some(r) => Some(Replay::parse(r).ok_or("UnableToReplayMessages: Replay params are not valid")?),
         };
+        let resume = match broadcast.and_then(|b| b.get("resume")) {
+            None | Some(Value::Null) => None,
+            Some(r) => Some(Resume::parse(r).ok_or(
+                "UnableToResume: resume needs a position as Postgres writes it (0/16B3748), \
+                 and optionally an epoch with its system_identifier",
+            )?),
+        };
         let token = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
         Ok(JoinConfig {
             broadcast_self: flag(broadcast.and_then(|b| b.get("self"))),
             broadcast_ack: flag(broadcast.and_then(|b| b.get("ack"))),
             replication_ready: flag(broadcast.and_then(|b| b.get("replication_ready"))),
             replay,
+            resume,
             presence_enabled: flag(presence.and_then(|p| p.get("enabled"))),
             presence_key: presence
                 .and_then(|p| p.get("key"))
@@ -120,6 +151,7 @@ mod tests {
         assert_eq!(c.presence_key, "");
         assert_eq!(c.access_token.as_deref(), Some("tok"));
         assert_eq!(c.replay, None);
+        assert_eq!(c.resume, None);
         assert!(!c.replication_ready);
         let c = JoinConfig::parse(&json!({"config":{"broadcast":{"replication_ready":"true"}}})).unwrap();
         assert!(c.replication_ready);
@@ -165,6 +197,23 @@ mod tests {
         assert_eq!(bindings_with_ids(&b), out, "ids are stable");
         assert_ne!(out[0]["id"], out[1]["id"]);
     }
+
+    #[test]
+    fn resume_params() {
+        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"resume":{"position":"0/16B3748"}}}})).unwrap();
+        assert_eq!(c.resume, Some(Resume { after: 0x016B_3748, system_identifier: None }));
+        let epoch = json!({"config":{"broadcast":{"resume":{"position":"1/0","epoch":{"system_identifier":"73","timeline":2}}}}});
+        assert_eq!(JoinConfig::parse(&epoch).unwrap().resume.unwrap().system_identifier.as_deref(), Some("73"));
+        for bad in [
+            json!({"position": 5}),
+            json!({"position": "5"}),
+            json!({}),
+            json!({"position":"0/1","epoch":{"system_identifier":7}}),
+        ] {
+            let e = JoinConfig::parse(&json!({"config":{"broadcast":{"resume": bad}}})).unwrap_err();
+            assert!(e.starts_with("UnableToResume:"), "{e}");
+        }
+    }
 }
 
 /// Properties over untrusted join payloads (`make fuzz` runs them for millions of cases).
@@ -189,7 +238,10 @@ mod properties {
                         prop_assert!((1..=25).contains(&replay.limit));
                     }
                 }
-                Err(reason) => prop_assert!(reason.starts_with("UnableToReplayMessages: "), "{reason}"),
+                Err(reason) => prop_assert!(
+                    reason.starts_with("UnableToReplayMessages: ") || reason.starts_with("UnableToResume: "),
+                    "{reason}"
+                ),
             }
         }
     }

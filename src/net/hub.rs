@@ -5,6 +5,7 @@
 
 use super::auth::Auth;
 use super::presence::TopicPresence;
+use crate::bridge::gap::lsn_from_text;
 use crate::bridge::stats::ChannelRow;
 use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
@@ -318,7 +319,7 @@ pub struct Subscriber {
     pub presence: bool,
     /// While its replay runs, broadcasts wait here with their message id, so
     /// none of the replayed messages arrives twice or before the replay.
-    pub held: Option<Vec<(Option<String>, SharedFrame)>>,
+    pub held: Option<Vec<(Option<String>, u64, SharedFrame)>>,
 }
 
 impl Subscriber {
@@ -510,16 +511,18 @@ impl Hub {
         }
     }
 
-    /// Ends a subscriber's replay: the broadcasts held meanwhile go out, but
-    /// for those the replay already sent.
-    pub fn release(&self, key: &TopicKey, id: SubId, replayed: &HashSet<String>) {
+    /// Ends a subscriber's replay or resume: the broadcasts held meanwhile
+    /// go out, but for those the replay already sent (by id) and those the
+    /// resume already sent (on the bus up to `resumed_until`).
+    pub fn release(&self, key: &TopicKey, id: SubId, replayed: &HashSet<String>, resumed_until: u64) {
         let held = self.shard(key).get_mut(key).and_then(|t| t.subscribers.get_mut(&id)).and_then(|s| {
             let held = s.held.take()?;
             Some((s.conn.clone(), held))
         });
         let Some((conn, held)) = held else { return };
-        for (message_id, frame) in held {
-            if !message_id.is_some_and(|m| replayed.contains(&m)) {
+        for (message_id, position, frame) in held {
+            let resumed = position != 0 && position <= resumed_until;
+            if !resumed && !message_id.is_some_and(|m| replayed.contains(&m)) {
                 conn.send_shared(&frame);
             }
         }
@@ -580,8 +583,9 @@ impl Hub {
             }
             let Some(frame) = frames.get(&sub.conn) else { continue };
             if let Some(held) = &mut sub.held {
-                let id = meta.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_owned);
-                held.push((id, frame.clone()));
+                let field = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
+                let position = field("position").and_then(lsn_from_text).unwrap_or(0);
+                held.push((field("id").map(str::to_owned), position, frame.clone()));
                 delivered += 1;
                 continue;
             }

@@ -5,10 +5,11 @@
 //! same topic makes an earlier pending join's outcome moot.
 
 use super::auth::{Auth, unix_now};
-use super::channel::{JoinConfig, bindings_with_ids};
+use super::channel::{JoinConfig, Resume, bindings_with_ids};
 use super::hub::{Subscriber, TopicKey};
 use super::limits::ClientPresence;
 use super::session::{Channel, Done, Session};
+use crate::bridge::gap::lsn_text;
 use crate::bridge::{ReadPermissions, Request};
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
 use serde_json::{Value, json};
@@ -116,6 +117,9 @@ impl Session {
         }
         if join.replay.is_some() && !join.private {
             return Err("UnableToReplayMessages: Replay is not allowed for public channels".into());
+        }
+        if join.replay.is_some() && join.resume.is_some() {
+            return Err("UnableToResume: a join either replays or resumes, not both".into());
         }
         Ok((join, auth))
     }
@@ -237,7 +241,7 @@ impl Session {
             self.shared.rates.users.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let mut subscriber = Subscriber::new(self.conn.clone(), read.broadcast, presence);
-        if join.replay.is_some() {
+        if join.replay.is_some() || join.resume.is_some() {
             subscriber.held = Some(Vec::new());
         }
         self.shared.hub.subscribe(&key, id, subscriber);
@@ -251,7 +255,7 @@ impl Session {
             let state = self.shared.hub.presence_state(&key);
             self.send(msg.join_ref.as_deref(), None, &msg.topic, "presence_state", &state);
         }
-        let replay = join.replay;
+        let (replay, resume) = (join.replay, join.resume.clone());
         let channel = Channel {
             key,
             sub_topic,
@@ -274,6 +278,9 @@ impl Session {
         }
         if let Some(replay) = replay {
             self.replay(&channel, replay.since_ms, replay.limit);
+        }
+        if let Some(resume) = resume {
+            self.resume(&channel, resume);
         }
         if channel.config.replication_ready {
             self.announce_replication(&channel);
@@ -375,7 +382,67 @@ impl Session {
                 }
                 Err(e) => crate::log_warning!("realtime: replay of {sub_topic:?} failed: {e}"),
             }
-            shared.hub.release(&key, id, &replayed);
+            shared.hub.release(&key, id, &replayed, 0);
+            Done::Nothing
+        }));
+    }
+
+    /// The topic's broadcasts on the bus after the client's position, sent
+    /// after the join's reply with `resumed: true`; what could not be read
+    /// back is reported in a `system` message; then the live broadcasts held
+    /// meanwhile, but for those the resume sent.
+    fn resume(&mut self, channel: &Channel, resume: Resume) {
+        let (topic, private, after) = (channel.key.topic.clone(), channel.key.private, resume.after);
+        let system_identifier = resume.system_identifier;
+        let asked = self.shared.bridge.request(&self.share, |reply| Request::Resume {
+            topic,
+            private,
+            after,
+            system_identifier,
+            reply,
+        });
+        let (conn, key, id, sub_topic) =
+            (self.conn.clone(), channel.key.clone(), channel.id, channel.sub_topic.clone());
+        let join_ref = channel.join_ref.clone();
+        let shared = self.shared.clone();
+        self.pending.push(Box::pin(async move {
+            let found = match asked {
+                Ok(reply) => reply.await.unwrap_or_else(|_| Err("the realtime worker is shutting down".into())),
+                Err(e) => Err(e.to_string()),
+            };
+            let system = |status: &str, message: &str, missed: Option<Value>| {
+                let mut payload =
+                    json!({"extension": "system", "status": status, "message": message, "channel": sub_topic});
+                if let Some(missed) = missed {
+                    payload["missed"] = missed;
+                }
+                conn.send_frame(protocol::encode(conn.vsn, join_ref.as_deref(), None, &key.topic, "system", &payload));
+            };
+            let until = match found {
+                Ok(found) => {
+                    for b in found.broadcasts {
+                        let Ok(payload) = Body::from_row_text(b.binary, &b.payload) else { continue };
+                        let mut meta = json!({"position": lsn_text(b.position), "resumed": true});
+                        if let Some(id) = b.id {
+                            meta["id"] = id.into();
+                        }
+                        let broadcast = Broadcast { event: b.event, payload };
+                        if let Some(frame) = protocol::encode_broadcast(conn.vsn, &key.topic, &broadcast, Some(&meta)) {
+                            conn.send_frame(frame);
+                        }
+                    }
+                    if let Some(gap) = found.missed {
+                        let time = crate::changes::payload::commit_timestamp;
+                        system("ok", &gap.message(time), Some(gap.to_json(time)));
+                    }
+                    found.until
+                }
+                Err(e) => {
+                    system("error", &e, None);
+                    0
+                }
+            };
+            shared.hub.release(&key, id, &Default::default(), until);
             Done::Nothing
         }));
     }

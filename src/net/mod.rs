@@ -25,6 +25,7 @@ mod tls;
 
 pub use config::ServerConfig;
 
+use crate::bridge::gap::lsn_text;
 use crate::bridge::queue::CallError;
 use crate::bridge::stats::MainFigures;
 use crate::bridge::{Batch, Bridge, Budget, DbBroadcast, Decoded, Network, Settings, Share, Stats};
@@ -309,9 +310,9 @@ fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut
     shared.metrics.database_messages.inc_by(items.len() as u64);
     for item in items {
         match &item {
-            Decoded::Broadcast(row) => deliver_row(shared, row, wakeups),
+            Decoded::Broadcast(row, position) => deliver_row(shared, row, *position, wakeups),
             Decoded::Change(d) => shared.hub.send_change(d.channel, &d.ids, &d.data, frames, wakeups),
-            Decoded::Relayed(row) => relay::deliver(shared, row, wakeups),
+            Decoded::Relayed(row, position) => relay::deliver(shared, row, *position, wakeups),
         }
         // Now in the sockets' queues, counted there.
         charge.release(item.bytes());
@@ -324,7 +325,7 @@ fn fan_out(shared: &Shared, (batch, handed_over): (Batch, Instant), frames: &mut
     stats::sent(shared, &commits);
 }
 
-fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
+fn deliver_row(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups) {
     let (message, payload) = match DbBroadcast::parse(row) {
         Ok((m, p)) => match Body::from_row_text(m.binary, p) {
             Ok(payload) => (m, payload),
@@ -339,7 +340,10 @@ fn deliver_row(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
         );
     }
     let key = TopicKey { private: message.private, topic: format!("realtime:{}", message.topic) };
-    let meta = json!({"id": message.id});
+    let mut meta = json!({"id": message.id});
+    if position != 0 {
+        meta["position"] = lsn_text(position).into();
+    }
     let delivered =
         shared.hub.broadcast_deferred(&key, &Broadcast { event: message.event, payload }, Some(&meta), None, wakeups);
     shared.rates.events.add(delivered as u64);

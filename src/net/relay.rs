@@ -9,9 +9,10 @@
 use super::Shared;
 use super::hub::{SubId, TopicKey, Wakeups};
 use super::remote_presence::ALIVE_EVERY;
+use crate::bridge::gap::lsn_text;
 use crate::bridge::{ReadPermissions, RelayKind, Relayed, Request};
 use crate::protocol::{Body, Broadcast};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -117,7 +118,7 @@ fn queue(shared: &Shared, mut header: Relayed, payload: &str) {
 }
 
 /// Delivers what another node relayed; skips this node's own.
-pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
+pub fn deliver(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups) {
     let (relayed, payload) = match Relayed::parse(row) {
         Ok(parsed) => parsed,
         Err(e) => return crate::log_warning!("realtime: skipping an undecodable relayed row: {e}"),
@@ -137,7 +138,8 @@ pub fn deliver(shared: &Shared, row: &str, wakeups: &mut Wakeups) {
                 Err(e) => return crate::log_warning!("realtime: skipping a relayed broadcast: {e}"),
             };
             let broadcast = Broadcast { event: relayed.event, payload };
-            let delivered = shared.hub.broadcast_deferred(&key, &broadcast, None, None, wakeups);
+            let meta = (position != 0).then(|| json!({"position": lsn_text(position)}));
+            let delivered = shared.hub.broadcast_deferred(&key, &broadcast, meta.as_ref(), None, wakeups);
             shared.rates.events.add(delivered as u64);
             return;
         }

@@ -15,7 +15,7 @@ use super::decoding::{available_end, read_available_page, wal_segment_close_raw,
 use super::interrupts::shutdown_requested;
 use super::plugin::{BROADCAST, GAP, MARK, RELAYED, ROW_CHANGE};
 use super::rls;
-use crate::bridge::{AuthContext, Commits, Extension, Gap};
+use crate::bridge::{AuthContext, Commits, DbBroadcast, Extension, Gap, RelayKind, Relayed, Resumed, Resumption};
 use crate::decoded::Row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -81,6 +81,80 @@ impl Control {
             _ => None,
         }
     }
+}
+
+/// The most broadcasts one resume sends; past it, the rest is reported missed.
+const RESUME_MAX: usize = 1000;
+/// The most bus bytes, and the longest time, one resume reads.
+const RESUME_BYTES: usize = 16 * 1024 * 1024;
+const RESUME_TIME: Duration = Duration::from_secs(2);
+
+/// A resuming channel's broadcasts: `topic`'s (the full `realtime:…` one)
+/// database and client broadcasts on the bus after `after`, read back from
+/// this node's WAL while it is kept. What cannot be read (WAL removed, a
+/// position that is no record's end, more than a resume sends) is reported
+/// as missed.
+pub fn resume(topic: &str, private: bool, after: u64, system_identifier: Option<&str>) -> Result<Resumption, String> {
+    if !super::settings::bus() {
+        return Err("UnableToResume: realtime.bus is off on this node".into());
+    }
+    let ours = epoch().0.to_string();
+    if let Some(asked) = system_identifier
+        && asked != ours
+    {
+        return Err(format!(
+            "UnableToResume: the position is from another database cluster (system identifier {asked}, this one is {ours})"
+        ));
+    }
+    let until = available_end();
+    if after >= until {
+        return Ok(Resumption { broadcasts: Vec::new(), until: after, missed: None });
+    }
+    let mut reader = Reader::open(after);
+    let mut messages = Vec::new();
+    let read = reader.read_until(until, &mut messages, RESUME_BYTES, RESUME_TIME);
+    let reached = reader.position();
+    reader.close();
+    let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+    let mut broadcasts = Vec::new();
+    let mut upto = match read {
+        Ok(Read::CaughtUp) => until,
+        Ok(Read::Paused) => reached,
+        Err(_) => after, // nothing could be read
+    };
+    for (position, message) in &messages {
+        if broadcasts.len() == RESUME_MAX {
+            upto = broadcasts.last().map_or(after, |b: &Resumed| b.position);
+            break;
+        }
+        let mut chars = message.chars();
+        let resumed = match chars.next() {
+            Some(BROADCAST) => DbBroadcast::parse(chars.as_str())
+                .ok()
+                .filter(|(m, _)| m.topic == sub_topic && m.private == private)
+                .map(|(m, payload)| Resumed {
+                    position: *position,
+                    id: Some(m.id),
+                    event: m.event,
+                    payload: payload.into(),
+                    binary: m.binary,
+                }),
+            Some(RELAYED) => Relayed::parse(chars.as_str())
+                .ok()
+                .filter(|(r, _)| r.kind == RelayKind::Broadcast && r.topic == topic && r.private == private)
+                .map(|(r, payload)| Resumed {
+                    position: *position,
+                    id: None,
+                    event: r.event,
+                    payload: payload.into(),
+                    binary: r.binary,
+                }),
+            _ => None,
+        };
+        broadcasts.extend(resumed);
+    }
+    let missed = (upto < until).then_some(Gap { from: upto, to: until, commits: None });
+    Ok(Resumption { broadcasts, until, missed })
 }
 
 /// Writes client broadcasts ([`crate::bridge::Relayed`] rows) to the bus.
@@ -156,27 +230,29 @@ REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, tex
     requires = [bus_read_permissions, bus_write_permission]
 );
 
-/// Writes bus messages and flushes them; returns the end of the last one
-/// (0 when there were none).
-pub fn write(messages: &[String]) -> u64 {
+/// Writes bus messages and flushes them; returns the end of each, its
+/// position on the bus (none on a standby).
+pub fn write(messages: &[String]) -> Vec<u64> {
     if in_recovery() {
-        return 0; // a standby cannot write WAL; its relays go to the primary
+        return Vec::new(); // a standby cannot write WAL; its relays go to the primary
     }
-    let mut end = 0;
-    for row in messages {
-        // SAFETY: main thread, on a primary, outside any critical section;
-        // both buffers outlive the call; an ERROR becomes a Rust panic.
-        end = unsafe {
-            pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false)
-            })
-        };
-    }
-    if end != 0 {
+    let ends: Vec<u64> = messages
+        .iter()
+        .map(|row| {
+            // SAFETY: main thread, on a primary, outside any critical section;
+            // both buffers outlive the call; an ERROR becomes a Rust panic.
+            unsafe {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false)
+                })
+            }
+        })
+        .collect();
+    if let Some(&end) = ends.last() {
         // SAFETY: main thread; flushing WAL this process wrote.
         unsafe { pg_sys::XLogFlush(end) };
     }
-    end
+    ends
 }
 
 fn main_data(record: &pg_sys::DecodedXLogRecord) -> &[u8] {
@@ -294,17 +370,32 @@ impl Reader {
     }
 
     /// Appends the messages of records replayed since the last call to
-    /// `out`, for up to `max_time` or `max_bytes` of messages.
-    pub fn read(&mut self, out: &mut Vec<String>, max_bytes: usize, max_time: Duration) -> Result<Read, String> {
+    /// `out`, each with its position (its record's end), for up to
+    /// `max_time` or `max_bytes` of messages.
+    pub fn read(&mut self, out: &mut Vec<(u64, String)>, max_bytes: usize, max_time: Duration) -> Result<Read, String> {
+        self.read_until(u64::MAX, out, max_bytes, max_time)
+    }
+
+    /// [`Reader::read`], up to `until` at most.
+    pub fn read_until(
+        &mut self,
+        until: u64,
+        out: &mut Vec<(u64, String)>,
+        max_bytes: usize,
+        max_time: Duration,
+    ) -> Result<Read, String> {
         let mut bytes = 0;
         let database = self.database.to_u32();
-        self.each_record(u64::MAX, max_time, |record| {
+        let reader = self.reader;
+        self.each_record(until, max_time, |record| {
             if record.header.xl_rmid as u32 == pg_sys::RmgrIds::RM_LOGICALMSG_ID
                 && let Some((db, message)) = our_message(main_data(record))
                 && db == database
             {
                 bytes += message.len();
-                out.push(String::from_utf8_lossy(message).into_owned());
+                // SAFETY: the reader is ours; EndRecPtr is this record's end.
+                let end = unsafe { (*reader).EndRecPtr };
+                out.push((end, String::from_utf8_lossy(message).into_owned()));
             }
             bytes >= max_bytes
         })

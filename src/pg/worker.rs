@@ -454,18 +454,23 @@ impl Worker {
         let read = reader.read(&mut messages, max, STEP_TIME);
         let position = reader.position();
         let mut gaps = Vec::new();
-        let mut rows = Vec::with_capacity(messages.len());
-        for message in &messages {
+        let (mut rows, mut positions) = (Vec::with_capacity(messages.len()), Vec::with_capacity(messages.len()));
+        for (at, message) in &messages {
             match bus::Control::read(message) {
                 Some(bus::Control::Mark(lsn)) => self.marks.covered = lsn,
                 Some(bus::Control::Gap(gap)) => gaps.push(gap),
-                None => rows.extend(bus::row(message)),
+                None => {
+                    if let Some(row) = bus::row(message) {
+                        rows.push(row);
+                        positions.push(*at);
+                    }
+                }
             }
         }
         if !rows.is_empty() {
             // Row changes are routed here, against this replica, as the
             // subscribers' roles: RLS work spreads over the nodes.
-            let items = self.outgoing(rows);
+            let items = self.outgoing(rows, &positions);
             let charge = self.budget.charge(items.iter().map(Decoded::bytes).sum());
             self.network.deliver(Batch { items, end_lsn: position, commits: Vec::new(), charge });
         }
@@ -600,18 +605,22 @@ impl Worker {
                     return false;
                 }
             };
+            // Each row's position on the bus, which clients may resume from.
+            let mut positions = Vec::new();
             if settings::bus() {
                 let mut messages: Vec<String> = chunk.rows.iter().filter_map(bus::message).collect();
                 let marked = !messages.is_empty() && chunk.end_lsn != 0;
                 if marked {
                     messages.push(bus::Control::Mark(chunk.end_lsn).message());
                 }
-                let end = bus::write(&messages);
-                if marked {
+                let mut ends = bus::write(&messages).into_iter();
+                positions =
+                    chunk.rows.iter().map(|row| bus::message(row).and_then(|_| ends.next()).unwrap_or(0)).collect();
+                if marked && let Some(end) = ends.next() {
                     (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
                 }
             }
-            let items = self.outgoing(chunk.rows);
+            let items = self.outgoing(chunk.rows, &positions);
             let bytes = items.iter().map(Decoded::bytes).sum();
             let charge = self.budget.charge(bytes);
             self.network.deliver(Batch { items, end_lsn: chunk.end_lsn, commits: chunk.commits, charge });
@@ -620,17 +629,19 @@ impl Worker {
 
     /// The decoded rows as the network side sends them, in commit order: row
     /// changes routed to the channels whose bindings and policies admit them.
-    fn outgoing(&mut self, rows: Vec<Row>) -> Vec<Decoded> {
+    /// `positions` are the rows' positions on the bus, if they are on it.
+    fn outgoing(&mut self, rows: Vec<Row>, positions: &[u64]) -> Vec<Decoded> {
         enum Item {
             Decoded(Decoded),
             Change(usize),
         }
         let mut order = Vec::with_capacity(rows.len());
         let mut changes = Vec::new();
-        for row in rows {
+        for (i, row) in rows.into_iter().enumerate() {
+            let position = positions.get(i).copied().unwrap_or(0);
             match row {
-                Row::Broadcast(json) => order.push(Item::Decoded(Decoded::Broadcast(json))),
-                Row::Relayed(row) => order.push(Item::Decoded(Decoded::Relayed(row))),
+                Row::Broadcast(json) => order.push(Item::Decoded(Decoded::Broadcast(json, position))),
+                Row::Relayed(row) => order.push(Item::Decoded(Decoded::Relayed(row, position))),
                 Row::Change(json) => match serde_json::from_str::<RowChange>(&json) {
                     Ok(change) => {
                         order.push(Item::Change(changes.len()));
@@ -690,7 +701,7 @@ impl Worker {
             && decoder.output().is_empty()
             && self.marks.written_at.is_none_or(|t| t.elapsed() >= IDLE_MARK_EVERY)
         {
-            let end = bus::write(&[bus::Control::Mark(caught_up).message()]);
+            let end = bus::write(&[bus::Control::Mark(caught_up).message()]).pop().unwrap_or(0);
             (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
         }
         if self.confirmed > self.saved && self.last_save.elapsed() >= SAVE_EVERY {

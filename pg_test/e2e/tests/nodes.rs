@@ -350,6 +350,73 @@ async fn a_restarted_standby_worker_delivers_what_was_replayed_while_it_was_down
     assert_eq!(bus_slot(&p), None);
 }
 
+/// The next `count` broadcasts on `c`, whole (payload and meta).
+async fn broadcasts(node: &Node, c: &mut Client, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let m = c
+            .try_recv(DB_WAIT)
+            .await
+            .unwrap_or_else(|| panic!("the {}: {} of {count} broadcasts arrived: {got:?}", node.name, got.len()));
+        if m.event == "broadcast" {
+            got.push(m.payload);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_from_its_last_position() {
+    let (p, s1, s2) = (primary(), standby1(), standby2());
+    let topic = unique("resume");
+    let system_identifier = p.node().system_identifier;
+    // On standby1, the client gets three database broadcasts, each with its
+    // position on the bus, and goes away.
+    let mut away = s1.subscriber(&topic).await;
+    let mut listener = s2.subscriber(&topic).await;
+    p.psql(&sends(&topic, 3));
+    let seen = broadcasts(&s1, &mut away, 3).await;
+    let last = seen[2]["meta"]["position"].as_str().unwrap_or_else(|| panic!("no position: {seen:?}")).to_owned();
+    drop(away);
+    // Meanwhile: four database broadcasts, then two client broadcasts from
+    // standby1, which standby2 has replayed once its own listener got them.
+    p.psql(&sends(&topic, 4));
+    let (mut sender, jr) = sender(&s1, &topic).await;
+    broadcast(&s1, &mut sender, &jr, &topic, 2).await;
+    broadcasts(&s2, &mut listener, 3 + 4 + 2).await;
+    // Resuming on standby2 from the last position it saw.
+    let url = ws_url_at(&s2.ws, Vsn::V2, &jwt("anon"));
+    let mut back = Client::connect_url(Vsn::V2, &url).await;
+    let resume = json!({"position": last, "epoch": {"system_identifier": system_identifier}});
+    back.join_ok(&format!("realtime:{topic}"), json!({"broadcast": {"resume": resume}})).await;
+    let resumed = broadcasts(&s2, &mut back, 6).await;
+    let ns: Vec<i64> = resumed.iter().map(|b| b["payload"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, [0, 1, 2, 3, 0, 1], "bus order: the four sends, then the two client broadcasts: {resumed:?}");
+    let mut previous = lsn(&last);
+    for b in &resumed {
+        assert_eq!(b["meta"]["resumed"], true, "{b}");
+        let at = lsn(b["meta"]["position"].as_str().unwrap());
+        assert!(at > previous, "positions grow: {resumed:?}");
+        previous = at;
+    }
+    assert!(resumed[..4].iter().all(|b| b["meta"]["id"].is_string()), "database broadcasts keep their ids");
+    // Then live, once.
+    p.psql(&sends(&topic, 1));
+    let live = broadcasts(&s2, &mut back, 1).await;
+    assert_eq!(live[0]["meta"].get("resumed"), None, "{live:?}");
+    back.expect_silence(Duration::from_secs(1)).await;
+    // Another cluster's position means nothing here: the channel says so.
+    let mut elsewhere = Client::connect_url(Vsn::V2, &url).await;
+    let wrong = json!({"position": last, "epoch": {"system_identifier": "1"}});
+    elsewhere.join_ok(&format!("realtime:{topic}"), json!({"broadcast": {"resume": wrong}})).await;
+    let m = elsewhere.recv_event("system").await;
+    assert_eq!(m.payload["status"], "error", "{m:?}");
+    assert!(
+        m.payload["message"].as_str().unwrap().starts_with("UnableToResume: the position is from another"),
+        "{m:?}"
+    );
+}
+
 /// A V2 client on `node` joined to `topic` with presence under `key`, and
 /// the `presence_state` it was sent.
 async fn member(node: &Node, topic: &str, key: &str) -> (Client, String, Value) {
