@@ -26,6 +26,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reading a flag Postgres sets while it loads preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg::wake::init();
+        pg::bus::wake_on_replay();
         pg::stats::init();
         pg::worker::register();
     }

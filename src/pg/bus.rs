@@ -285,6 +285,41 @@ fn commit_time(record: &pg_sys::DecodedXLogRecord) -> Option<i64> {
     Some(i64::from_ne_bytes(time.try_into().ok()?) + POSTGRES_EPOCH_US)
 }
 
+/// Recovery's redo of logical messages (`logicalmsg_redo`, which does nothing).
+static mut REDO_LOGICAL_MESSAGE: Option<unsafe extern "C-unwind" fn(*mut pg_sys::XLogReaderState)> = None;
+
+/// On a hot standby, recovery wakes the worker as it replays a bus message,
+/// rather than the worker looking every few milliseconds. PostgreSQL 15 has
+/// no hook for this, but its resource manager table is writable (for custom
+/// resource managers): the redo of logical messages, which does nothing, is
+/// wrapped; the original runs first. From `_PG_init` while preloading, so the
+/// startup process, forked from the postmaster, inherits it.
+pub fn wake_on_replay() {
+    // SAFETY: the postmaster, single-threaded, before any process replays WAL;
+    // RM_LOGICALMSG_ID is a built-in entry of the table.
+    unsafe {
+        let table = (&raw mut pg_sys::RmgrTable).cast::<pg_sys::RmgrData>();
+        let entry = table.add(pg_sys::RmgrIds::RM_LOGICALMSG_ID as usize);
+        REDO_LOGICAL_MESSAGE = (*entry).rm_redo;
+        (*entry).rm_redo = Some(redo_logical_message);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn redo_logical_message(record: *mut pg_sys::XLogReaderState) {
+    // SAFETY: a record recovery decoded, valid for the call; the saved redo
+    // function is Postgres's own.
+    unsafe {
+        if let Some(redo) = REDO_LOGICAL_MESSAGE {
+            redo(record);
+        }
+        let decoded = (*record).record;
+        if !decoded.is_null() && our_message(main_data(&*decoded)).is_some() {
+            super::wake::bus_replayed((*record).EndRecPtr);
+        }
+    }
+}
+
 /// `xl_logical_message` as PostgreSQL 15 lays it out, before its payload
 /// (the NUL-terminated prefix, then the message).
 #[repr(C)]

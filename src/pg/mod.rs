@@ -3,7 +3,7 @@
 //! output plugin, authorization probes, Postgres Changes checks and routing,
 //! partition maintenance, and the settings.
 
-mod bus;
+pub mod bus;
 mod bus_slot;
 mod conflict;
 mod decoding;

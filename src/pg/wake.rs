@@ -2,17 +2,21 @@
 //! (a statement trigger notes it) sets the worker's latch as it commits, so
 //! the worker decodes at once instead of on its fallback timer. While any
 //! channel has `postgres_changes` bindings, every transaction that wrote in
-//! the worker's database does the same.
+//! the worker's database does the same. On a hot standby, recovery does it
+//! as it replays a bus message ([`super::bus::wake_on_replay`]).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, pg_shmem_init};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 /// The worker's PGPROC number, -1 when no worker runs.
 static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"realtime_worker_procno") };
 /// The worker's database while it routes row changes, else 0 (InvalidOid).
 static WATCHED_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"realtime_watched_database") };
+/// On a hot standby: the end of the last bus message recovery replayed
+/// (the replay position passes it just after).
+static BUS_REPLAYED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"realtime_bus_replayed") };
 /// Set once the shared memory above exists (the library was preloaded).
 static SHMEM_READY: AtomicBool = AtomicBool::new(false);
 /// This backend's transaction wrote a message.
@@ -22,6 +26,7 @@ static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
 pub fn init() {
     pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(-1));
     pg_shmem_init!(WATCHED_DATABASE = AtomicU32::new(0));
+    pg_shmem_init!(BUS_REPLAYED = AtomicU64::new(0));
     SHMEM_READY.store(true, Ordering::Relaxed);
     // SAFETY: registering a process-lifetime callback with no argument.
     unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
@@ -32,6 +37,19 @@ pub fn set_worker(procno: Option<i32>) {
     if SHMEM_READY.load(Ordering::Relaxed) {
         WORKER_PROCNO.get().store(procno.unwrap_or(-1), Ordering::SeqCst);
     }
+}
+
+/// Recovery replayed a bus message ending at `end`: wakes the worker.
+pub fn bus_replayed(end: u64) {
+    if SHMEM_READY.load(Ordering::Relaxed) {
+        BUS_REPLAYED.get().fetch_max(end, Ordering::SeqCst);
+        wake_worker();
+    }
+}
+
+/// The end of the last bus message recovery replayed (0: none yet).
+pub fn last_bus_replayed() -> u64 {
+    if SHMEM_READY.load(Ordering::Relaxed) { BUS_REPLAYED.get().load(Ordering::SeqCst) } else { 0 }
 }
 
 /// The worker routes row changes (or stops): writes in its database wake it.

@@ -37,9 +37,12 @@ const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
 const WILDCARD_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often `realtime.stats` is refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(1);
-/// How often a standby's worker looks for newly replayed bus messages
-/// (recovery cannot wake it).
-const BUS_POLL: Duration = Duration::from_millis(2);
+/// Recovery wakes a standby's worker as it replays a bus message
+/// (`bus::wake_on_replay`); the replay position passes the message just
+/// after, so the worker looks again this soon until it has; and, whatever
+/// happens, this often.
+const BUS_REPLAYING: Duration = Duration::from_millis(1);
+const BUS_FALLBACK: Duration = Duration::from_millis(100);
 /// The longest a promoted standby's worker reads the old primary's last bus messages.
 const DRAIN_AT_PROMOTION: Duration = Duration::from_secs(2);
 /// The longest the commits of a failover's gap are counted.
@@ -303,7 +306,8 @@ impl Worker {
             let timeout = if more {
                 Duration::ZERO
             } else if self.standby {
-                BUS_POLL
+                let replayed = wake::last_bus_replayed();
+                if self.bus.as_ref().is_some_and(|r| r.position() < replayed) { BUS_REPLAYING } else { BUS_FALLBACK }
             } else if self.output_waiting() {
                 BUDGET_POLL
             } else if self.decoder.is_none() {
