@@ -101,6 +101,7 @@ pub enum Request {
         private: bool,
         after: u64,
         system_identifier: Option<String>,
+        timeline: Option<u32>,
         reply: oneshot::Sender<Result<Resumption, String>>,
     },
     /// Stored private broadcasts of the topic since `since_ms`, oldest first.

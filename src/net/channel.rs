@@ -36,6 +36,9 @@ pub struct Replay {
 pub struct Resume {
     pub after: u64,
     pub system_identifier: Option<String>,
+    /// The epoch's timeline: positions of another timeline name other WAL
+    /// past the point where the timelines parted.
+    pub timeline: Option<u32>,
 }
 
 impl Resume {
@@ -46,7 +49,11 @@ impl Resume {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return None,
         };
-        Some(Resume { after, system_identifier })
+        let timeline = match v.get("epoch").and_then(|e| e.get("timeline")) {
+            None | Some(Value::Null) => None,
+            Some(t) => Some(u32::try_from(t.as_u64()?).ok()?),
+        };
+        Some(Resume { after, system_identifier, timeline })
     }
 }
 
@@ -201,9 +208,10 @@ mod tests {
     #[test]
     fn resume_params() {
         let c = JoinConfig::parse(&json!({"config":{"broadcast":{"resume":{"position":"0/16B3748"}}}})).unwrap();
-        assert_eq!(c.resume, Some(Resume { after: 0x016B_3748, system_identifier: None }));
+        assert_eq!(c.resume, Some(Resume { after: 0x016B_3748, system_identifier: None, timeline: None }));
         let epoch = json!({"config":{"broadcast":{"resume":{"position":"1/0","epoch":{"system_identifier":"73","timeline":2}}}}});
-        assert_eq!(JoinConfig::parse(&epoch).unwrap().resume.unwrap().system_identifier.as_deref(), Some("73"));
+        let resume = JoinConfig::parse(&epoch).unwrap().resume.unwrap();
+        assert_eq!((resume.system_identifier.as_deref(), resume.timeline), (Some("73"), Some(2)));
         for bad in [
             json!({"position": 5}),
             json!({"position": "5"}),

@@ -320,11 +320,14 @@ pub struct Subscriber {
     /// While its replay runs, broadcasts wait here with their message id, so
     /// none of the replayed messages arrives twice or before the replay.
     pub held: Option<Vec<(Option<String>, u64, SharedFrame)>>,
+    /// After a resume: broadcasts on the bus up to here were sent by it, and
+    /// are not sent again when they arrive live.
+    pub resumed_until: u64,
 }
 
 impl Subscriber {
     pub fn new(conn: Arc<ConnHandle>, broadcast: bool, presence: bool) -> Subscriber {
-        Subscriber { conn, broadcast, presence, held: None }
+        Subscriber { conn, broadcast, presence, held: None, resumed_until: 0 }
     }
 }
 
@@ -516,6 +519,7 @@ impl Hub {
     /// resume already sent (on the bus up to `resumed_until`).
     pub fn release(&self, key: &TopicKey, id: SubId, replayed: &HashSet<String>, resumed_until: u64) {
         let held = self.shard(key).get_mut(key).and_then(|t| t.subscribers.get_mut(&id)).and_then(|s| {
+            s.resumed_until = resumed_until;
             let held = s.held.take()?;
             Some((s.conn.clone(), held))
         });
@@ -577,14 +581,14 @@ impl Hub {
         let mut frames =
             PerVsn::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, broadcast, meta).map(to_message));
         let mut delivered = 0;
+        let field = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
+        let position = field("position").and_then(lsn_from_text).unwrap_or(0);
         for (id, sub) in &mut topic.subscribers {
-            if !sub.broadcast || Some(*id) == except {
+            if !sub.broadcast || Some(*id) == except || (position != 0 && position <= sub.resumed_until) {
                 continue;
             }
             let Some(frame) = frames.get(&sub.conn) else { continue };
             if let Some(held) = &mut sub.held {
-                let field = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
-                let position = field("position").and_then(lsn_from_text).unwrap_or(0);
                 held.push((field("id").map(str::to_owned), position, frame.clone()));
                 delivered += 1;
                 continue;

@@ -393,12 +393,13 @@ impl Session {
     /// meanwhile, but for those the resume sent.
     fn resume(&mut self, channel: &Channel, resume: Resume) {
         let (topic, private, after) = (channel.key.topic.clone(), channel.key.private, resume.after);
-        let system_identifier = resume.system_identifier;
+        let (system_identifier, timeline) = (resume.system_identifier, resume.timeline);
         let asked = self.shared.bridge.request(&self.share, |reply| Request::Resume {
             topic,
             private,
             after,
             system_identifier,
+            timeline,
             reply,
         });
         let (conn, key, id, sub_topic) =

@@ -86,6 +86,11 @@ pub struct Shared {
     primary: relay::Primary,
     /// What the other nodes' channels track.
     remote_presence: remote_presence::RemotePresence,
+    /// This node heard a node it did not know: it asks every node for what
+    /// it tracks ([`relay::keep_alive`]).
+    presence_ask: AtomicBool,
+    /// Another node asked: this node sends what it tracks, at the next tick.
+    presence_asked: AtomicBool,
     /// Commit → send over the last minute.
     commit_to_send: std::sync::Mutex<crate::bridge::latency::Window>,
     /// The latest snapshot the main thread published (`/api/stats`).
@@ -229,6 +234,8 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         relay_bytes: AtomicUsize::new(0),
         primary: relay::Primary::default(),
         remote_presence: Default::default(),
+        presence_ask: AtomicBool::new(false),
+        presence_asked: AtomicBool::new(false),
         hub: Hub::default(),
         bridge,
         budget,

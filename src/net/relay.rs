@@ -82,8 +82,13 @@ pub fn track_all(shared: &Shared) {
     }
 }
 
-/// Says this node is alive while any of its channels tracks presence (and
-/// once at start, so the others send it what they track), and drops the
+/// An `Alive` whose `owner` is this asks every node for what it tracks.
+const ASK: u64 = 1;
+
+/// Says this node is alive while any of its channels tracks presence; asks
+/// every node for what it tracks at start and whenever it hears a node it
+/// did not know (one that started, or that it had stopped hearing, say
+/// while its replay stalled); sends what it tracks when asked; and drops the
 /// presence of nodes no longer heard.
 pub async fn keep_alive(shared: Arc<Shared>) {
     let mut first = true;
@@ -93,9 +98,14 @@ pub async fn keep_alive(shared: Arc<Shared>) {
         if shared.config().bus.is_none() {
             continue;
         }
+        let ask = std::mem::take(&mut first) | shared.presence_ask.swap(false, Ordering::Relaxed);
         let remote = shared.remote_presence.ids();
-        if std::mem::take(&mut first) || !shared.hub.presences(|id| remote.contains(&id)).is_empty() {
-            queue(shared.as_ref(), Relayed { kind: RelayKind::Alive, ..Relayed::default() }, "");
+        if ask || !shared.hub.presences(|id| remote.contains(&id)).is_empty() {
+            let owner = if ask { ASK } else { 0 };
+            queue(shared.as_ref(), Relayed { kind: RelayKind::Alive, owner, ..Relayed::default() }, "");
+        }
+        if shared.presence_asked.swap(false, Ordering::Relaxed) {
+            track_all(&shared);
         }
         let diffs = shared.remote_presence.expire(&shared.hub, Instant::now());
         shared.rates.presence.add(diffs as u64);
@@ -126,8 +136,13 @@ pub fn deliver(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
     if shared.config().bus.as_ref().is_some_and(|b| b.origin == relayed.origin) {
         return;
     }
-    if shared.remote_presence.heard(&relayed.origin, Instant::now()) {
-        track_all(shared);
+    // Presence rows say who is up; broadcasts do not (a node that only
+    // broadcasts would otherwise be heard anew every few seconds).
+    if relayed.kind != RelayKind::Broadcast && shared.remote_presence.heard(&relayed.origin, Instant::now()) {
+        shared.presence_ask.store(true, Ordering::Relaxed);
+    }
+    if relayed.kind == RelayKind::Alive && relayed.owner == ASK {
+        shared.presence_asked.store(true, Ordering::Relaxed);
     }
     let key = TopicKey { private: relayed.private, topic: relayed.topic };
     let remote = &shared.remote_presence;

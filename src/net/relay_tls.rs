@@ -19,14 +19,13 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// libpq's keys that tokio-postgres does not know: read here, or (those
-/// about Kerberos, services and password files) not used by the worker.
-const LIBPQ_ONLY: [&str; 16] = [
+/// about compression, protocol bounds, Kerberos, services and password
+/// files) not used by the worker.
+const LIBPQ_ONLY: [&str; 13] = [
     "sslmode",
     "sslrootcert",
     "sslcert",
     "sslkey",
-    "sslcrl",
-    "sslcrldir",
     "sslsni",
     "sslcompression",
     "ssl_min_protocol_version",
@@ -35,9 +34,11 @@ const LIBPQ_ONLY: [&str; 16] = [
     "gssencmode",
     "krbsrvname",
     "gsslib",
-    "requirepeer",
     "service",
 ];
+/// Checks libpq would make that this connection does not: refused rather
+/// than skipped, so a revoked certificate is never silently accepted.
+const UNSUPPORTED: [&str; 3] = ["sslcrl", "sslcrldir", "requirepeer"];
 
 /// What the worker connects with.
 pub struct Connect {
@@ -48,6 +49,9 @@ pub struct Connect {
 /// Reads a connection string; an error names what is wrong with it.
 pub fn connect(conninfo: &str) -> Result<Connect, String> {
     let pairs = conninfo_pairs(conninfo);
+    if let Some((key, _)) = pairs.iter().find(|(k, _)| UNSUPPORTED.contains(&k.as_str())) {
+        return Err(format!("realtime.primary_conninfo: {key} is not supported for this connection"));
+    }
     let get = |key: &str| pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let rest: Vec<String> = pairs
         .iter()
@@ -258,5 +262,7 @@ mod tests {
         assert!(e.contains("/nonexistent/root.crt"), "a named root is used under require too: {e}");
         let e = connect("host=h sslcert=/c.crt").err().unwrap();
         assert!(e.contains("sslcert and sslkey go together"), "{e}");
+        let e = connect("host=h sslmode=verify-full sslcrl=/crl.pem").err().unwrap();
+        assert!(e.contains("sslcrl is not supported"), "{e}");
     }
 }

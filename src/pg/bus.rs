@@ -23,8 +23,10 @@ use std::ffi::{CStr, c_char};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-/// The version is part of the prefix: a reader skips envelopes it does not know.
-pub const PREFIX: &CStr = c"realtime.bus.v1";
+/// The version is part of the prefix: a reader skips envelopes it does not
+/// know (v2: presence rows, marks and gaps; a v1 reader would take presence
+/// for broadcasts). Every node runs the same version.
+pub const PREFIX: &CStr = c"realtime.bus.v2";
 
 unsafe extern "C-unwind" {
     /// `replication/message.h`, which pgrx does not bind.
@@ -85,20 +87,29 @@ impl Control {
 
 /// The most broadcasts one resume sends; past it, the rest is reported missed.
 const RESUME_MAX: usize = 1000;
-/// The most bus bytes, and the longest time, one resume reads.
-const RESUME_BYTES: usize = 16 * 1024 * 1024;
-const RESUME_TIME: Duration = Duration::from_secs(2);
+/// The most bus bytes, and the longest time, one resume reads (the main
+/// thread does nothing else meanwhile; each socket has few requests in
+/// flight, and joins are rate-limited).
+const RESUME_BYTES: usize = 4 * 1024 * 1024;
+const RESUME_TIME: Duration = Duration::from_millis(250);
 
 /// A resuming channel's broadcasts: `topic`'s (the full `realtime:…` one)
 /// database and client broadcasts on the bus after `after`, read back from
 /// this node's WAL while it is kept. What cannot be read (WAL removed, a
 /// position that is no record's end, more than a resume sends) is reported
 /// as missed.
-pub fn resume(topic: &str, private: bool, after: u64, system_identifier: Option<&str>) -> Result<Resumption, String> {
+pub fn resume(
+    topic: &str,
+    private: bool,
+    after: u64,
+    system_identifier: Option<&str>,
+    timeline: Option<u32>,
+) -> Result<Resumption, String> {
     if !super::settings::bus() {
         return Err("UnableToResume: realtime.bus is off on this node".into());
     }
-    let ours = epoch().0.to_string();
+    let (ours, our_timeline) = epoch();
+    let ours = ours.to_string();
     if let Some(asked) = system_identifier
         && asked != ours
     {
@@ -106,6 +117,17 @@ pub fn resume(topic: &str, private: bool, after: u64, system_identifier: Option<
             "UnableToResume: the position is from another database cluster (system identifier {asked}, this one is {ours})"
         ));
     }
+    // Past the point where two timelines parted, the same position names
+    // other WAL: a position of an older timeline resumes from that point.
+    let after = match timeline {
+        Some(asked) if asked > our_timeline => {
+            return Err(format!(
+                "UnableToResume: the position is from timeline {asked}, and this node is still on timeline {our_timeline}"
+            ));
+        }
+        Some(asked) if asked < our_timeline => after.min(timeline_end(asked, our_timeline)?),
+        _ => after,
+    };
     let until = available_end();
     if after >= until {
         return Ok(Resumption { broadcasts: Vec::new(), until: after, missed: None });
@@ -155,6 +177,24 @@ pub fn resume(topic: &str, private: bool, after: u64, system_identifier: Option<
     }
     let missed = (upto < until).then_some(Gap { from: upto, to: until, commits: None });
     Ok(Resumption { broadcasts, until, missed })
+}
+
+unsafe extern "C-unwind" {
+    /// `access/timeline.h`, which pgrx does not bind.
+    fn readTimeLineHistory(target: pg_sys::TimeLineID) -> *mut pg_sys::List;
+    fn tliSwitchPoint(tli: pg_sys::TimeLineID, history: *mut pg_sys::List, next: *mut pg_sys::TimeLineID) -> u64;
+}
+
+/// Where timeline `old` ended in the history of timeline `current`.
+fn timeline_end(old: u32, current: u32) -> Result<u64, String> {
+    // SAFETY: main thread, in a transaction; the history list is palloc'd in
+    // the subtransaction, and an ERROR (a timeline not in the history) rolls
+    // it back.
+    super::subxact::rolled_back(|| unsafe {
+        let history = readTimeLineHistory(current);
+        tliSwitchPoint(old, history, std::ptr::null_mut())
+    })
+    .map_err(|e| format!("UnableToResume: timeline {old} is not in this node's history: {e}"))
 }
 
 /// Writes client broadcasts ([`crate::bridge::Relayed`] rows) to the bus.
@@ -568,10 +608,21 @@ mod tests {
     }
 
     #[test]
+    fn controls_round_trip_and_rows_are_not_controls() {
+        let gap = Gap { from: 1, to: 2, commits: Some(Commits { count: 3, first_at_us: 4, last_at_us: 5 }) };
+        for control in [Control::Mark(0x4B08_A7D8), Control::Gap(gap)] {
+            assert_eq!(Control::read(&control.message()), Some(control));
+        }
+        assert_eq!(Control::read("P"), None);
+        assert_eq!(Control::read("Gnot json"), None);
+        assert_eq!(Control::read(&message(&Row::Broadcast("{}".into())).unwrap()), None);
+    }
+
+    #[test]
     fn our_prefix_only() {
         let row = br#"{"topic":"t"}"#;
         assert_eq!(our_message(&record(5, PREFIX.to_bytes_with_nul(), row)), Some((5, &row[..])));
-        assert_eq!(our_message(&record(5, b"realtime.bus.v2\0", row)), None);
+        assert_eq!(our_message(&record(5, b"realtime.bus.v1\0", row)), None, "another version's");
         assert_eq!(our_message(&record(5, b"other\0", row)), None);
         let mut transactional = record(5, PREFIX.to_bytes_with_nul(), row);
         transactional[4] = 1;

@@ -40,7 +40,8 @@ unsafe extern "C" {
 
 unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
     // SAFETY: sig_atomic_t flags of this process, read and written as
-    // Postgres's own handlers do; PREVIOUS is written once before install.
+    // Postgres's own handlers do; PREVIOUS is written once, with SIGUSR1
+    // blocked.
     unsafe {
         let (dying, cancelling) = (pg_sys::ProcDiePending, pg_sys::QueryCancelPending);
         if let Some(previous) = PREVIOUS {
@@ -61,10 +62,18 @@ unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
 }
 
 /// Wraps Postgres's SIGUSR1 handler; call once (the worker's process
-/// starts once), on the main thread.
+/// starts once), on the main thread. SIGUSR1 waits while the handlers
+/// change, so none finds the wrapper without Postgres's handler behind it.
 pub fn install() {
-    // SAFETY: main thread, before any conflict can be signalled to us.
-    unsafe { PREVIOUS = pg_sys::pqsignal(libc::SIGUSR1, Some(on_sigusr1)) };
+    // SAFETY: main thread; sigset_t is plain data; the mask is restored.
+    unsafe {
+        let (mut usr1, mut previous_mask) = (std::mem::zeroed(), std::mem::zeroed());
+        libc::sigemptyset(&mut usr1);
+        libc::sigaddset(&mut usr1, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, &mut previous_mask);
+        PREVIOUS = pg_sys::pqsignal(libc::SIGUSR1, Some(on_sigusr1));
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous_mask, std::ptr::null_mut());
+    }
 }
 
 /// Conflicts signalled to the worker since it started.

@@ -94,8 +94,18 @@ pub struct QueryGuard(());
 
 impl QueryGuard {
     pub fn start(timeout_ms: i32) -> QueryGuard {
+        Self::arm(timeout_ms, true)
+    }
+
+    /// Under the statement timeout only: for the little a stopping worker
+    /// still writes down (where its slot stands), which SIGTERM must not cancel.
+    pub fn start_for_shutdown(timeout_ms: i32) -> QueryGuard {
+        Self::arm(timeout_ms, false)
+    }
+
+    fn arm(timeout_ms: i32, cancel_on_sigterm: bool) -> QueryGuard {
         DEPTH.fetch_add(1, Ordering::Relaxed);
-        IN_QUERY.store(true, Ordering::Relaxed);
+        IN_QUERY.store(cancel_on_sigterm, Ordering::Relaxed);
         if timeout_ms > 0 {
             // SAFETY: main thread; STATEMENT_TIMEOUT is registered by InitPostgres,
             // whose handler sends this process SIGINT, which a bgworker with a
@@ -103,7 +113,7 @@ impl QueryGuard {
             unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms)) };
         }
         // A SIGTERM that came just before: cancel at the first check.
-        if shutdown_requested() {
+        if cancel_on_sigterm && shutdown_requested() {
             // SAFETY: plain flag writes on the main thread.
             unsafe {
                 pg_sys::QueryCancelPending = 1;

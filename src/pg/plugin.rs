@@ -37,6 +37,13 @@ thread_local! {
     static WATCHED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
     /// Also every table in the `supabase_realtime` publication.
     static ALL_PUBLISHED: Cell<bool> = const { Cell::new(false) };
+    /// Transactions decoded in this process, rows or not.
+    static COMMITS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Transactions this process has decoded, with rows for it or not.
+pub fn commits_decoded() -> u64 {
+    COMMITS.with(Cell::get)
 }
 
 /// Names the tables whose changes the next decoding calls in this process
@@ -147,6 +154,7 @@ unsafe extern "C-unwind" fn commit(
     txn: *mut pg_sys::ReorderBufferTXN,
     _commit_lsn: pg_sys::XLogRecPtr,
 ) {
+    COMMITS.with(|c| c.set(c.get() + 1));
     // SAFETY: valid context and transaction from Postgres.
     unsafe {
         if state(ctx).wrote {

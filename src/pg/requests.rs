@@ -67,8 +67,8 @@ fn answer(request: Request, registry: &mut Registry) {
             let _ = reply.send(rls::replay(&ctx, &topic, since_ms, limit));
         }
         Request::BusRelay(rows) => super::bus::write_relayed(&rows),
-        Request::Resume { topic, private, after, system_identifier, reply } => {
-            let _ = reply.send(super::bus::resume(&topic, private, after, system_identifier.as_deref()));
+        Request::Resume { topic, private, after, system_identifier, timeline, reply } => {
+            let _ = reply.send(super::bus::resume(&topic, private, after, system_identifier.as_deref(), timeline));
         }
     }
 }

@@ -55,16 +55,21 @@ impl From<SqlError> for String {
 
 /// Runs `f` in a subtransaction and commits it; an ERROR inside becomes `Err`.
 pub fn committed<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
-    run(f, true)
+    run(f, true, QueryGuard::start(settings::statement_timeout_ms()))
+}
+
+/// [`committed`], but not cancelled by SIGTERM: what a stopping worker
+/// still writes down.
+pub fn committed_at_shutdown<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
+    run(f, true, QueryGuard::start_for_shutdown(settings::statement_timeout_ms()))
 }
 
 /// Runs `f` in a subtransaction and rolls it back whatever happens.
 pub fn rolled_back<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
-    run(f, false)
+    run(f, false, QueryGuard::start(settings::statement_timeout_ms()))
 }
 
-fn run<R>(f: impl FnOnce() -> R, commit: bool) -> Result<R, SqlError> {
-    let _guard = QueryGuard::start(settings::statement_timeout_ms());
+fn run<R>(f: impl FnOnce() -> R, commit: bool, _guard: QueryGuard) -> Result<R, SqlError> {
     let signalled = conflict::signalled();
     // SAFETY: main thread, inside a transaction; the standard PL error-block
     // pattern: remember context and owner, restore them after the subxact ends.

@@ -93,8 +93,10 @@ pub fn main(spawn: SpawnNetwork) {
     if !maintenance::wait_for_extension(&database) {
         return exit_for_restart();
     }
-    if bus::in_recovery() && !settings::bus() {
-        drop_bus_slot(); // it would keep WAL for a reader that does not run
+    if !bus::in_recovery() || !settings::bus() {
+        // It would keep WAL for a reader that does not run (a primary, say
+        // one promoted while its worker was down).
+        drop_bus_slot();
     }
     if !bus::wait_until_serving() {
         return exit_for_restart();
@@ -145,9 +147,11 @@ enum Stop {
 struct BusMarks {
     /// On a standby: the last mark read; what committed before it is on the bus.
     covered: u64,
-    /// On a primary: the end of the last mark written, and when.
+    /// On a primary: the end of the last mark written, and when; and the
+    /// transactions decoded by then.
     written_end: u64,
     written_at: Option<Instant>,
+    commits_then: u64,
     /// After a promotion: where the gap starts; the new slot tells where it ends.
     failover_from: Option<u64>,
     /// On a standby whose reader lost WAL it had not read: where that starts.
@@ -537,7 +541,7 @@ impl Worker {
             return;
         }
         let moved = self.in_transaction(|| {
-            subxact::committed(|| bus_slot::advance(lsn))
+            subxact::committed_at_shutdown(|| bus_slot::advance(lsn))
                 .map_err(String::from)
                 .and_then(|r| r.map_err(|e| e.to_string()))
         });
@@ -697,14 +701,19 @@ impl Worker {
             decoder.confirm(lsn);
             self.confirmed = lsn;
         }
-        // Decoding moved past WAL without rows (nor our own last mark): say
-        // so on the bus, so a failover's gap report starts from here.
+        // Decoding moved past transactions without rows: say so on the bus,
+        // so a failover's gap report starts from here. Only after commits:
+        // WAL that commits nothing (our own marks, checkpoints' records)
+        // must not keep an idle server writing.
         let caught_up = decoder.caught_up_at();
+        let commits = plugin::commits_decoded();
         if settings::bus()
             && caught_up > self.marks.written_end
+            && commits != self.marks.commits_then
             && decoder.output().is_empty()
             && self.marks.written_at.is_none_or(|t| t.elapsed() >= IDLE_MARK_EVERY)
         {
+            self.marks.commits_then = commits;
             let end = bus::write(&[bus::Control::Mark(caught_up).message()]).pop().unwrap_or(0);
             (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
         }
@@ -769,11 +778,6 @@ impl Worker {
     /// figures and rows, and this thread's own.
     fn publish_stats(&mut self) {
         self.next_stats = Instant::now() + STATS_EVERY;
-        // The worker never idles the way a backend does, where Postgres
-        // flushes its activity: its reads and any recovery conflicts it met
-        // reach pg_stat_database here.
-        // SAFETY: main thread, outside a transaction.
-        unsafe { pg_sys::pgstat_report_stat(false) };
         // The worker never idles the way a backend does, where Postgres
         // flushes its activity: its reads and any recovery conflicts it met
         // reach pg_stat_database here.

@@ -380,8 +380,9 @@ async fn a_client_resumes_on_another_node_from_its_last_position() {
     drop(away);
     // Meanwhile: four database broadcasts, then two client broadcasts from
     // standby1, which standby2 has replayed once its own listener got them.
-    p.psql(&sends(&topic, 4));
     let (mut sender, jr) = sender(&s1, &topic).await;
+    p.psql(&sends(&topic, 4));
+    broadcasts(&s1, &mut sender, 4).await; // the sender listens too
     broadcast(&s1, &mut sender, &jr, &topic, 2).await;
     broadcasts(&s2, &mut listener, 3 + 4 + 2).await;
     // Resuming on standby2 from the last position it saw.
@@ -750,7 +751,8 @@ fn lsn(text: &str) -> u64 {
 /// standby2 follows it. The sockets on both stay open, each channel gets one
 /// message naming the new epoch and one naming the WAL whose messages were
 /// not delivered, with those sends in it; sends on the new primary reach
-/// both, in order, once.
+/// both, in order, once, and a client resumes there from a position of the
+/// old timeline.
 #[tokio::test]
 async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     let topic = unique("failover");
@@ -760,7 +762,10 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     let mut on2 = s2.subscriber(&topic).await;
     p.psql(&sends(&topic, 10));
     receive_in_order(&s1, &mut on1, &topic, 10).await;
-    receive_in_order(&s2, &mut on2, &topic, 10).await;
+    let seen = broadcasts(&s2, &mut on2, 10).await;
+    let ns: Vec<i64> = seen.iter().map(|b| b["payload"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, (0..10).collect::<Vec<_>>(), "{seen:?}");
+    let last = seen[9]["meta"]["position"].as_str().expect("a position").to_owned();
 
     private_policies(&p, &[&s2]);
     // The gap: three sends the primary commits (and the standbys replay)
@@ -810,4 +815,17 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     receive_in_order(&s2, &mut on2, &topic, 5).await;
     on1.expect_silence(Duration::from_secs(1)).await;
     on2.expect_silence(Duration::from_secs(1)).await;
+    // A client that saw the ten on the old timeline resumes on the new
+    // primary: it gets the five sent since, once (the unbused sends are in
+    // the gap reported above).
+    let epoch = json!({"system_identifier": before.system_identifier, "timeline": before.timeline});
+    let url = ws_url_at(&s1.ws, Vsn::V2, &jwt("anon"));
+    let mut back = Client::connect_url(Vsn::V2, &url).await;
+    let resume = json!({"position": last, "epoch": epoch});
+    back.join_ok(&format!("realtime:{topic}"), json!({"broadcast": {"resume": resume}})).await;
+    let resumed = broadcasts(&s1, &mut back, 5).await;
+    let ns: Vec<i64> = resumed.iter().map(|b| b["payload"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, [0, 1, 2, 3, 4], "{resumed:?}");
+    assert!(resumed.iter().all(|b| b["meta"]["resumed"] == true), "{resumed:?}");
+    back.expect_silence(Duration::from_secs(1)).await;
 }
