@@ -18,8 +18,9 @@ pub enum Row {
     Broadcast(String),
     /// A row change of a watched table (JSON).
     Change(String),
-    /// A client's broadcast another node relayed through the bus.
-    Relayed(String),
+    /// A client's broadcast another node relayed through the bus, and its
+    /// position there (when decoded: the message's end; else 0).
+    Relayed(String, u64),
     /// The end of a transaction that wrote rows: its end LSN and commit time
     /// (Unix microseconds; 0 when unknown).
     Commit { lsn: u64, committed_at_us: i64 },
@@ -30,7 +31,7 @@ impl Row {
     pub fn bytes(&self) -> usize {
         const OVERHEAD: usize = 40;
         match self {
-            Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s) => s.len() + OVERHEAD,
+            Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s, _) => s.len() + OVERHEAD,
             Row::Commit { .. } => OVERHEAD,
         }
     }
@@ -167,7 +168,7 @@ impl Drop for Output {
 
 fn write_row(w: &mut impl Write, row: &Row) -> io::Result<()> {
     match row {
-        Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s) => {
+        Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s, _) => {
             let tag = match row {
                 Row::Broadcast(_) => b'B',
                 Row::Change(_) => b'R',
@@ -176,7 +177,11 @@ fn write_row(w: &mut impl Write, row: &Row) -> io::Result<()> {
             let len = u32::try_from(s.len()).map_err(|_| io::Error::other("a decoded row over 4 GB"))?;
             w.write_all(&[tag])?;
             w.write_all(&len.to_le_bytes())?;
-            w.write_all(s.as_bytes())
+            w.write_all(s.as_bytes())?;
+            if let Row::Relayed(_, position) = row {
+                w.write_all(&position.to_le_bytes())?;
+            }
+            Ok(())
         }
         Row::Commit { lsn, committed_at_us } => {
             w.write_all(b"C")?;
@@ -203,7 +208,11 @@ fn read_row(r: &mut impl Read) -> io::Result<Row> {
     match tag[0] {
         b'B' => Ok(Row::Broadcast(text)),
         b'R' => Ok(Row::Change(text)),
-        b'X' => Ok(Row::Relayed(text)),
+        b'X' => {
+            let mut position = [0u8; 8];
+            r.read_exact(&mut position)?;
+            Ok(Row::Relayed(text, u64::from_le_bytes(position)))
+        }
         other => Err(io::Error::other(format!("unknown spilled row tag {other}"))),
     }
 }
@@ -235,7 +244,7 @@ mod tests {
                 out.push(c(n as u64)).unwrap();
             }
             if n == 45 {
-                out.push(Row::Relayed("relayed".into())).unwrap();
+                out.push(Row::Relayed("relayed".into(), 42)).unwrap();
             }
         }
         assert!(out.spilled_bytes() > 0, "past the memory limit rows go to the file");
@@ -246,8 +255,8 @@ mod tests {
         got.extend(std::iter::from_fn(|| out.pop().unwrap()).take(30));
         out.push(b(50)).unwrap();
         got.extend(std::iter::from_fn(|| out.pop().unwrap()));
-        assert!(got.contains(&Row::Relayed("relayed".into())), "relayed rows come back from the file");
-        got.retain(|r| !matches!(r, Row::Relayed(_)));
+        assert!(got.contains(&Row::Relayed("relayed".into(), 42)), "relayed rows come back from the file");
+        got.retain(|r| !matches!(r, Row::Relayed(..)));
         let (broadcasts, commits): (Vec<Row>, Vec<Row>) = got.into_iter().partition(|r| matches!(r, Row::Broadcast(_)));
         assert_eq!(broadcasts, (0..=50).map(b).collect::<Vec<_>>());
         assert_eq!(commits, [9, 19, 29, 39, 49].map(c), "commit rows keep their LSN and time through the file");

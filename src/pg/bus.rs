@@ -40,7 +40,7 @@ pub fn message(row: &Row) -> Option<String> {
     match row {
         Row::Broadcast(text) => Some(format!("{BROADCAST}{text}")),
         Row::Change(text) => Some(format!("{ROW_CHANGE}{text}")),
-        Row::Commit { .. } | Row::Relayed(_) => None,
+        Row::Commit { .. } | Row::Relayed(..) => None,
     }
 }
 
@@ -50,7 +50,7 @@ pub fn row(message: &str) -> Option<Row> {
     match chars.next()? {
         BROADCAST => Some(Row::Broadcast(chars.as_str().to_owned())),
         ROW_CHANGE => Some(Row::Change(chars.as_str().to_owned())),
-        RELAYED => Some(Row::Relayed(chars.as_str().to_owned())),
+        RELAYED => Some(Row::Relayed(chars.as_str().to_owned(), 0)),
         _ => None,
     }
 }
@@ -600,8 +600,8 @@ mod tests {
         for row in [Row::Broadcast(r#"{"topic":"t"}"#.into()), Row::Change(r#"{"rel":1}"#.into())] {
             assert_eq!(super::row(&message(&row).unwrap()), Some(row));
         }
-        assert_eq!(message(&Row::Relayed("r".into())), None, "relayed rows are on the bus already");
-        assert_eq!(super::row("Xr"), Some(Row::Relayed("r".into())));
+        assert_eq!(message(&Row::Relayed("r".into(), 7)), None, "relayed rows are on the bus already");
+        assert_eq!(super::row("Xr"), Some(Row::Relayed("r".into(), 0)));
         assert_eq!(message(&Row::Commit { lsn: 1, committed_at_us: 2 }), None);
         assert_eq!(super::row("Z{}"), None, "unknown tags are skipped");
         assert_eq!(super::row(""), None);

@@ -331,7 +331,8 @@ unsafe extern "C-unwind" fn write(
         let row = match bytes.first() {
             Some(&b) if b == BROADCAST as u8 => Row::Broadcast(String::from_utf8_lossy(&bytes[1..]).into_owned()),
             Some(&b) if b == ROW_CHANGE as u8 => Row::Change(String::from_utf8_lossy(&bytes[1..]).into_owned()),
-            Some(&b) if b == RELAYED as u8 => Row::Relayed(String::from_utf8_lossy(&bytes[1..]).into_owned()),
+            // A message's write location is its end: its position on the bus.
+            Some(&b) if b == RELAYED as u8 => Row::Relayed(String::from_utf8_lossy(&bytes[1..]).into_owned(), lsn),
             Some(&b) if b == COMMIT as u8 => {
                 let committed_at_us = std::str::from_utf8(&bytes[1..]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
                 Row::Commit { lsn, committed_at_us }

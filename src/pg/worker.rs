@@ -649,7 +649,9 @@ impl Worker {
             let position = positions.get(i).copied().unwrap_or(0);
             match row {
                 Row::Broadcast(json) => order.push(Item::Decoded(Decoded::Broadcast(json, position))),
-                Row::Relayed(row) => order.push(Item::Decoded(Decoded::Relayed(row, position))),
+                Row::Relayed(row, at) => {
+                    order.push(Item::Decoded(Decoded::Relayed(row, if at != 0 { at } else { position })))
+                }
                 Row::Change(json) => match serde_json::from_str::<RowChange>(&json) {
                     Ok(change) => {
                         order.push(Item::Change(changes.len()));

@@ -374,6 +374,7 @@ async fn a_client_resumes_on_another_node_from_its_last_position() {
     // position on the bus, and goes away.
     let mut away = s1.subscriber(&topic).await;
     let mut listener = s2.subscriber(&topic).await;
+    let mut on_primary = p.subscriber(&topic).await;
     p.psql(&sends(&topic, 3));
     let seen = broadcasts(&s1, &mut away, 3).await;
     let last = seen[2]["meta"]["position"].as_str().unwrap_or_else(|| panic!("no position: {seen:?}")).to_owned();
@@ -385,6 +386,10 @@ async fn a_client_resumes_on_another_node_from_its_last_position() {
     broadcasts(&s1, &mut sender, 4).await; // the sender listens too
     broadcast(&s1, &mut sender, &jr, &topic, 2).await;
     broadcasts(&s2, &mut listener, 3 + 4 + 2).await;
+    // Everyone else gets positions too, the primary's sockets for what a
+    // standby relayed included.
+    let all = broadcasts(&p, &mut on_primary, 3 + 4 + 2).await;
+    assert!(all.iter().all(|b| b["meta"]["position"].is_string()), "{all:?}");
     // Resuming on standby2 from the last position it saw.
     let url = ws_url_at(&s2.ws, Vsn::V2, &jwt("anon"));
     let mut back = Client::connect_url(Vsn::V2, &url).await;
