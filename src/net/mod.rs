@@ -89,7 +89,8 @@ pub struct Shared {
     /// This node heard a node it did not know: it asks every node for what
     /// it tracks ([`relay::keep_alive`]).
     presence_ask: AtomicBool,
-    /// Another node asked: this node sends what it tracks, at the next tick.
+    /// Another node asked (or a new epoch began): this node sends what it
+    /// tracks, at the next tick.
     presence_asked: AtomicBool,
     /// Commit → send over the last minute.
     commit_to_send: std::sync::Mutex<crate::bridge::latency::Window>,
@@ -192,7 +193,8 @@ impl Network for ServerHandle {
         let message = format!("New epoch: timeline {timeline}; messages committed before it may have been missed");
         let epoch = json!({"system_identifier": system_identifier.to_string(), "timeline": timeline});
         self.shared.hub.system_to_all(&message, "epoch", &epoch);
-        relay::track_all(&self.shared);
+        // Relays in flight may have been lost: send everything tracked again.
+        self.shared.presence_asked.store(true, Ordering::Relaxed);
     }
 
     fn missed(&self, gap: &crate::bridge::Gap) {

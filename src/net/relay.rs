@@ -49,6 +49,11 @@ pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
 
 /// Queues a local channel's track for the other nodes.
 pub fn track(shared: &Shared, key: &TopicKey, owner: SubId, presence_key: &str, payload: &Map<String, Value>) {
+    let (header, payload) = track_row(key, owner, presence_key, payload);
+    queue(shared, header, &payload);
+}
+
+fn track_row(key: &TopicKey, owner: SubId, presence_key: &str, payload: &Map<String, Value>) -> (Relayed, String) {
     let header = Relayed {
         kind: RelayKind::Track,
         topic: key.topic.clone(),
@@ -57,7 +62,7 @@ pub fn track(shared: &Shared, key: &TopicKey, owner: SubId, presence_key: &str, 
         owner,
         ..Relayed::default()
     };
-    queue(shared, header, &Value::Object(payload.clone()).to_string());
+    (header, Value::Object(payload.clone()).to_string())
 }
 
 /// Queues a local channel's untrack (or leave, while tracking) for the other nodes.
@@ -72,14 +77,25 @@ pub fn untrack(shared: &Shared, key: &TopicKey, owner: SubId) {
     queue(shared, header, "");
 }
 
-/// Everything this node's channels track, again: for a node that has just
-/// started to hear this one, and after a new epoch, when relays in flight
-/// may have been lost.
-pub fn track_all(shared: &Shared) {
+/// Everything this node's channels track, again, when another node asks
+/// (it started, or heard this one anew) and after a new epoch, when relays
+/// in flight may have been lost. Paced by the relay queue rather than
+/// dropped when it is full: a node may track many.
+async fn track_all(shared: &Shared) {
     let remote = shared.remote_presence.ids();
     for (key, owner, presence_key, payload) in shared.hub.presences(|id| remote.contains(&id)) {
-        track(shared, &key, owner, &presence_key, &payload);
+        let (header, payload) = track_row(&key, owner, &presence_key, &payload);
+        let waited = std::time::Instant::now();
+        while !has_room(shared, header.topic.len() + payload.len()) && waited.elapsed() < CALL_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        queue(shared, header, &payload);
     }
+}
+
+/// Whether the relay queue has room for about `bytes` more.
+fn has_room(shared: &Shared, bytes: usize) -> bool {
+    shared.relay.capacity() > 0 && shared.relay_bytes.load(Ordering::Relaxed) + bytes + 256 <= queue_bytes(shared)
 }
 
 /// An `Alive` whose `owner` is this asks every node for what it tracks.
@@ -105,7 +121,7 @@ pub async fn keep_alive(shared: Arc<Shared>) {
             queue(shared.as_ref(), Relayed { kind: RelayKind::Alive, owner, ..Relayed::default() }, "");
         }
         if shared.presence_asked.swap(false, Ordering::Relaxed) {
-            track_all(&shared);
+            track_all(&shared).await;
         }
         let diffs = shared.remote_presence.expire(&shared.hub, Instant::now());
         shared.rates.presence.add(diffs as u64);
