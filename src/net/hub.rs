@@ -5,7 +5,6 @@
 
 use super::auth::Auth;
 use super::presence::TopicPresence;
-use crate::bridge::gap::lsn_from_text;
 use crate::bridge::stats::ChannelRow;
 use crate::bridge::{Budget, Charge};
 use crate::protocol::{self, Broadcast, Frame, Vsn};
@@ -560,17 +559,19 @@ impl Hub {
         except: Option<SubId>,
     ) -> usize {
         let mut wakeups = Wakeups::default();
-        let delivered = self.broadcast_deferred(key, broadcast, meta, except, &mut wakeups);
+        let delivered = self.broadcast_deferred(key, broadcast, meta, 0, except, &mut wakeups);
         wakeups.wake();
         delivered
     }
 
-    /// [`Hub::broadcast`], leaving the writers to wake to `wakeups`.
+    /// [`Hub::broadcast`] of a broadcast at `position` on the bus (0: none,
+    /// else also in `meta`), leaving the writers to wake to `wakeups`.
     pub fn broadcast_deferred(
         &self,
         key: &TopicKey,
         broadcast: &Broadcast,
         meta: Option<&Value>,
+        position: u64,
         except: Option<SubId>,
         wakeups: &mut Wakeups,
     ) -> usize {
@@ -581,15 +582,14 @@ impl Hub {
         let mut frames =
             PerVsn::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, broadcast, meta).map(to_message));
         let mut delivered = 0;
-        let field = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
-        let position = field("position").and_then(lsn_from_text).unwrap_or(0);
         for (id, sub) in &mut topic.subscribers {
             if !sub.broadcast || Some(*id) == except || (position != 0 && position <= sub.resumed_until) {
                 continue;
             }
             let Some(frame) = frames.get(&sub.conn) else { continue };
             if let Some(held) = &mut sub.held {
-                held.push((field("id").map(str::to_owned), position, frame.clone()));
+                let id = meta.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_owned);
+                held.push((id, position, frame.clone()));
                 delivered += 1;
                 continue;
             }
@@ -621,6 +621,11 @@ impl Hub {
             shard.remove(key);
         }
         sent
+    }
+
+    /// Whether anyone but `skip`'s owners is tracked on any topic.
+    pub fn tracks_any(&self, skip: impl Fn(SubId) -> bool) -> bool {
+        self.shards.iter().any(|shard| lock(shard).values().any(|t| t.presence.entries().any(|(o, ..)| !skip(o))))
     }
 
     /// Everything tracked on every topic, but `skip`'s owners: (topic, owner,

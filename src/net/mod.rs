@@ -353,8 +353,8 @@ fn deliver_row(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
     if position != 0 {
         meta["position"] = lsn_text(position).into();
     }
-    let delivered =
-        shared.hub.broadcast_deferred(&key, &Broadcast { event: message.event, payload }, Some(&meta), None, wakeups);
+    let broadcast = Broadcast { event: message.event, payload };
+    let delivered = shared.hub.broadcast_deferred(&key, &broadcast, Some(&meta), position, None, wakeups);
     shared.rates.events.add(delivered as u64);
 }
 

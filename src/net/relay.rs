@@ -62,7 +62,7 @@ fn track_row(key: &TopicKey, owner: SubId, presence_key: &str, payload: &Map<Str
         owner,
         ..Relayed::default()
     };
-    (header, Value::Object(payload.clone()).to_string())
+    (header, serde_json::to_string(payload).expect("a JSON map serializes"))
 }
 
 /// Queues a local channel's untrack (or leave, while tracking) for the other nodes.
@@ -116,7 +116,7 @@ pub async fn keep_alive(shared: Arc<Shared>) {
         }
         let ask = std::mem::take(&mut first) | shared.presence_ask.swap(false, Ordering::Relaxed);
         let remote = shared.remote_presence.ids();
-        if ask || !shared.hub.presences(|id| remote.contains(&id)).is_empty() {
+        if ask || shared.hub.tracks_any(|id| remote.contains(&id)) {
             let owner = if ask { ASK } else { 0 };
             queue(shared.as_ref(), Relayed { kind: RelayKind::Alive, owner, ..Relayed::default() }, "");
         }
@@ -170,7 +170,7 @@ pub fn deliver(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
             };
             let broadcast = Broadcast { event: relayed.event, payload };
             let meta = (position != 0).then(|| json!({"position": lsn_text(position)}));
-            let delivered = shared.hub.broadcast_deferred(&key, &broadcast, meta.as_ref(), None, wakeups);
+            let delivered = shared.hub.broadcast_deferred(&key, &broadcast, meta.as_ref(), position, None, wakeups);
             shared.rates.events.add(delivered as u64);
             return;
         }

@@ -7,6 +7,7 @@
 //! chain against `sslrootcert` (by default `~/.postgresql/root.crt`), and
 //! `verify-full` the host name too.
 
+use super::tls::pem_certificates;
 use crate::bridge::settings::conninfo_pairs;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -100,11 +101,10 @@ enum Check {
 fn client_config(check: Check, client_cert: Option<(PathBuf, PathBuf)>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match &check {
-        Check::Nothing => Arc::new(Unchecked(provider.clone())),
+        Check::Nothing => Arc::new(Lenient { chain: None, provider: provider.clone() }),
         Check::Chain(root) | Check::ChainAndName(root) => {
             let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(root)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            let certs = pem_certificates(root)
                 .map_err(|e| format!("cannot read root certificates from \"{}\": {e}", root.display()))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
@@ -115,7 +115,7 @@ fn client_config(check: Check, client_cert: Option<(PathBuf, PathBuf)>) -> Resul
                 .map_err(|e| e.to_string())?;
             match check {
                 Check::ChainAndName(_) => webpki,
-                _ => Arc::new(AnyName(webpki)),
+                _ => Arc::new(Lenient { chain: Some(webpki), provider: provider.clone() }),
             }
         }
     };
@@ -127,9 +127,8 @@ fn client_config(check: Check, client_cert: Option<(PathBuf, PathBuf)>) -> Resul
     match client_cert {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(&cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read sslcert \"{}\": {e}", cert.display()))?;
+            let chain =
+                pem_certificates(&cert).map_err(|e| format!("cannot read sslcert \"{}\": {e}", cert.display()))?;
             let key = PrivateKeyDer::from_pem_file(&key)
                 .map_err(|e| format!("cannot read sslkey \"{}\": {e}", key.display()))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| format!("sslcert and sslkey: {e}"))
@@ -137,54 +136,17 @@ fn client_config(check: Check, client_cert: Option<(PathBuf, PathBuf)>) -> Resul
     }
 }
 
-/// `sslmode` without verification: encrypted, the server unchecked (libpq's
-/// `prefer` and `require`). Signatures are still checked, so the handshake
-/// is what it claims.
+/// The lenient `sslmode`s: `prefer` and `require` check nothing of the
+/// server (no `chain`); `verify-ca` checks the chain but not the host name.
+/// Handshake signatures are always checked, so the handshake is what it
+/// claims.
 #[derive(Debug)]
-struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-/// `verify-ca`: the chain is checked, the host name is not.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -193,7 +155,8 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(CertificateError::NotValidForName))
             | Err(Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
                 Ok(ServerCertVerified::assertion())
@@ -208,7 +171,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -217,11 +180,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -17,11 +17,15 @@ pub enum Tls {
     Unavailable,
 }
 
+/// Every certificate in a PEM file.
+pub fn pem_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error> {
+    CertificateDer::pem_file_iter(path)?.collect()
+}
+
 /// A rustls configuration from PEM files, or why there is none.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
     let cert_path = files.cert_file.display();
-    let certs = CertificateDer::pem_file_iter(&files.cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let certs = pem_certificates(&files.cert_file)
         .map_err(|e| format!("cannot read certificates from ssl_cert_file \"{cert_path}\": {e}"))?;
     if certs.is_empty() {
         return Err(format!("ssl_cert_file \"{cert_path}\" holds no certificate"));

@@ -3,7 +3,7 @@
 //! probes Supabase Realtime runs, so the same policies on `realtime.messages`
 //! apply.
 
-use super::subxact::rolled_back;
+use super::subxact::{as_text, rolled_back};
 use crate::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -83,12 +83,7 @@ pub fn read_permissions(probes: &[ReadProbe]) -> Vec<Result<ReadPermissions, Str
     }
     probes
         .iter()
-        .map(|probe| {
-            rolled_back(|| probe_reads(std::slice::from_ref(probe)))
-                .map_err(String::from)
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map(|mut one| one.remove(0))
-        })
+        .map(|probe| as_text(rolled_back(|| probe_reads(std::slice::from_ref(probe)))).map(|mut one| one.remove(0)))
         .collect()
 }
 

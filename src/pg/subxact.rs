@@ -94,6 +94,11 @@ fn run<R>(f: impl FnOnce() -> R, commit: bool, _guard: QueryGuard) -> Result<R, 
     }
 }
 
+/// A subtransaction's SPI result with both kinds of error as text.
+pub fn as_text<R>(result: Result<Result<R, pgrx::spi::Error>, SqlError>) -> Result<R, String> {
+    result.map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 pub fn describe(e: &CaughtError) -> SqlError {
     let report = match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,

@@ -368,10 +368,8 @@ impl Worker {
                      it is created again, and database broadcasts committed meanwhile are not delivered",
                     slot::SLOT
                 );
-                self.in_transaction(|| {
-                    subxact::committed(slot::drop).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
-                })
-                .unwrap_or_else(|e| warning!("realtime: cannot drop replication slot \"{}\": {e}", slot::SLOT));
+                self.in_transaction(|| subxact::as_text(subxact::committed(slot::drop)))
+                    .unwrap_or_else(|e| warning!("realtime: cannot drop replication slot \"{}\": {e}", slot::SLOT));
                 self.next_slot_check = Instant::now();
                 self.failed_to_open();
             }
@@ -506,9 +504,7 @@ impl Worker {
     fn bus_start(&mut self) -> u64 {
         let now = decoding::available_end();
         let kept = self
-            .in_transaction(|| {
-                subxact::committed(bus_slot::open).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
-            })
+            .in_transaction(|| subxact::as_text(subxact::committed(bus_slot::open)))
             .map_err(|e| warning!("realtime: cannot open replication slot \"{}\": {e}", bus_slot::BUS_SLOT))
             .ok()
             .flatten();
@@ -540,11 +536,7 @@ impl Worker {
         if lsn <= self.marks.slot_at || self.marks.slot_moved.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
             return;
         }
-        let moved = self.in_transaction(|| {
-            subxact::committed_at_shutdown(|| bus_slot::advance(lsn))
-                .map_err(String::from)
-                .and_then(|r| r.map_err(|e| e.to_string()))
-        });
+        let moved = self.in_transaction(|| subxact::as_text(subxact::committed_at_shutdown(|| bus_slot::advance(lsn))));
         match moved {
             Ok(()) => (self.marks.slot_at, self.marks.slot_moved) = (lsn, Some(Instant::now())),
             Err(e) => warning!("realtime: cannot move replication slot \"{}\": {e}", bus_slot::BUS_SLOT),
@@ -616,15 +608,24 @@ impl Worker {
             // Each row's position on the bus, which clients may resume from.
             let mut positions = Vec::new();
             if settings::bus() {
-                let mut messages: Vec<String> = chunk.rows.iter().filter_map(bus::message).collect();
+                // The bus messages, and the row each carries.
+                let (mut messages, mut carried) = (Vec::new(), Vec::new());
+                for (i, row) in chunk.rows.iter().enumerate() {
+                    if let Some(message) = bus::message(row) {
+                        messages.push(message);
+                        carried.push(i);
+                    }
+                }
                 let marked = !messages.is_empty() && chunk.end_lsn != 0;
                 if marked {
                     messages.push(bus::Control::Mark(chunk.end_lsn).message());
                 }
-                let mut ends = bus::write(&messages).into_iter();
-                positions =
-                    chunk.rows.iter().map(|row| bus::message(row).and_then(|_| ends.next()).unwrap_or(0)).collect();
-                if marked && let Some(end) = ends.next() {
+                let ends = bus::write(&messages);
+                positions = vec![0; chunk.rows.len()];
+                for (&i, &end) in carried.iter().zip(&ends) {
+                    positions[i] = end;
+                }
+                if marked && let Some(&end) = ends.last() {
                     (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
                 }
             }
@@ -838,11 +839,9 @@ impl Worker {
     fn check_slot(&mut self) {
         self.next_slot_check = Instant::now() + SLOT_CHECK_EVERY;
         let checked = self.in_transaction(|| {
-            subxact::committed(|| -> Result<(bool, Option<slot::Held>), pgrx::spi::Error> {
+            subxact::as_text(subxact::committed(|| -> Result<(bool, Option<slot::Held>), pgrx::spi::Error> {
                 Ok((slot::ensure()?, slot::held()?))
-            })
-            .map_err(String::from)
-            .and_then(|r| r.map_err(|e| e.to_string()))
+            }))
         });
         let (created, held) = match checked {
             Ok(found) => found,
@@ -870,9 +869,7 @@ impl Worker {
         if held.unconfirmed_bytes > bound / 2 {
             // The worker is behind: skip, rather than fill the disk.
             self.close_decoder();
-            let skipped = self.in_transaction(|| {
-                subxact::committed(slot::skip_to_end).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
-            });
+            let skipped = self.in_transaction(|| subxact::as_text(subxact::committed(slot::skip_to_end)));
             warning!(
                 "realtime: replication slot \"{}\" held {} bytes of WAL, more than realtime.max_slot_wal ({bound} bytes); \
                  skipped ahead to {:?}: database broadcasts committed in between are not delivered",
@@ -949,9 +946,7 @@ impl Worker {
 
 /// Drops the standby's bus slot, in a transaction of its own; failures are logged.
 fn drop_bus_slot() {
-    let dropped = BackgroundWorker::transaction(|| {
-        subxact::committed(bus_slot::drop).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
-    });
+    let dropped = BackgroundWorker::transaction(|| subxact::as_text(subxact::committed(bus_slot::drop)));
     if let Err(e) = dropped {
         warning!("realtime: cannot drop replication slot \"{}\": {e}", bus_slot::BUS_SLOT);
     }

@@ -60,6 +60,15 @@ impl Node {
     }
 }
 
+/// An anon socket on each node, joined to the public `topic`.
+async fn subscribers(nodes: &[Node], topic: &str) -> Vec<Client> {
+    let mut sockets = Vec::new();
+    for node in nodes {
+        sockets.push(node.subscriber(topic).await);
+    }
+    sockets
+}
+
 #[derive(Debug)]
 struct NodeRow {
     role: String,
@@ -157,10 +166,7 @@ fn every_node_says_what_it_is() {
 async fn a_send_on_the_primary_reaches_every_node_once_in_order() {
     let topic = unique("bus");
     let nodes = [primary(), standby1(), standby2()];
-    let mut sockets = Vec::new();
-    for node in &nodes {
-        sockets.push(node.subscriber(&topic).await);
-    }
+    let mut sockets = subscribers(&nodes, &topic).await;
     nodes[0].psql(&sends(&topic, 50));
     let mut on_primary = None;
     for (node, c) in nodes.iter().zip(&mut sockets) {
@@ -551,10 +557,7 @@ async fn broadcast(node: &Node, c: &mut Client, jr: &str, topic: &str, count: us
 async fn client_broadcasts_reach_every_node_once_from_a_standby_and_from_the_primary() {
     let topic = unique("relay");
     let nodes = [primary(), standby1(), standby2()];
-    let mut listeners = Vec::new();
-    for node in &nodes {
-        listeners.push(node.subscriber(&topic).await);
-    }
+    let mut listeners = subscribers(&nodes, &topic).await;
     // From standby1, through the primary and back: no echo twice on standby1.
     let (mut on_standby, standby_jr) = sender(&nodes[1], &topic).await;
     broadcast(&nodes[1], &mut on_standby, &standby_jr, &topic, 20).await;
