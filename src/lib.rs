@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 #[cfg(test)]
 mod arbitrary_json;
 mod bridge;
+mod bus_seal;
 mod changes;
 mod decoded;
 mod jwt;

@@ -16,17 +16,20 @@ use super::interrupts::shutdown_requested;
 use super::plugin::{BROADCAST, GAP, MARK, RELAYED, ROW_CHANGE};
 use super::rls;
 use crate::bridge::{AuthContext, Commits, DbBroadcast, Extension, Gap, RelayKind, Relayed, Resumed, Resumption};
+use crate::bus_seal::{Refusal, Sealer, Verifier};
 use crate::decoded::Row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::cell::RefCell;
 use std::ffi::{CStr, c_char};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 /// The version is part of the prefix: a reader skips envelopes it does not
 /// know (v2: presence rows, marks and gaps; a v1 reader would take presence
-/// for broadcasts). Every node runs the same version.
-pub const PREFIX: &CStr = c"realtime.bus.v2";
+/// for broadcasts; v3: every message sealed, `crate::bus_seal`). Every node
+/// runs the same version.
+pub const PREFIX: &CStr = c"realtime.bus.v3";
 
 unsafe extern "C-unwind" {
     /// `replication/message.h`, which pgrx does not bind.
@@ -203,8 +206,9 @@ pub fn write_relayed(rows: &[String]) {
 }
 
 /// A hot standby's worker relays its clients' broadcasts here, on the
-/// primary (over `realtime.primary_conninfo`, as a superuser).
+/// primary (over `realtime.primary_conninfo`, as `realtime_relay`).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn bus_relay(rows: Vec<String>) {
     if in_recovery() {
         error!("realtime.bus_relay writes WAL: call it on the primary");
@@ -218,15 +222,18 @@ fn bus_relay(rows: Vec<String>) {
 extension_sql!(
     r#"
 REVOKE ALL ON FUNCTION realtime.bus_relay(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION realtime.bus_relay(text[]) TO realtime_relay;
 "#,
     name = "bus_relay_grants",
     requires = [bus_relay]
 );
 
 /// A standby's private-channel read check, run here on the primary as the
-/// worker runs it (the probe writes). The checks act as the client's role,
-/// so the caller must be a superuser.
+/// worker runs it (the probe writes). The checks act as the client's role:
+/// the caller is `realtime_relay` (a member of the roles the worker may
+/// act as) or a superuser; EXECUTE is granted to no one else.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn bus_read_permissions(
     role: String,
     claims: String,
@@ -234,7 +241,6 @@ fn bus_read_permissions(
     topic: String,
     presence: bool,
 ) -> TableIterator<'static, (name!(broadcast, bool), name!(presence, bool))> {
-    must_be_superuser();
     let ctx = AuthContext { role, claims_json: claims, sub };
     match rls::read_permissions(&[rls::ReadProbe { ctx: &ctx, topic: &topic, presence }]).remove(0) {
         Ok(read) => TableIterator::once((read.broadcast, read.presence)),
@@ -244,8 +250,8 @@ fn bus_read_permissions(
 
 /// A standby's private-channel write check (`broadcast` or `presence`).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn bus_write_permission(role: String, claims: String, sub: Option<String>, topic: String, extension: String) -> bool {
-    must_be_superuser();
     let ctx = AuthContext { role, claims_json: claims, sub };
     let extension = match extension.as_str() {
         "presence" => Extension::Presence,
@@ -254,36 +260,43 @@ fn bus_write_permission(role: String, claims: String, sub: Option<String>, topic
     rls::write_permission(&ctx, &topic, extension).unwrap_or_else(|e| error!("{e}"))
 }
 
-fn must_be_superuser() {
-    // SAFETY: reads the current user's role.
-    if !unsafe { pg_sys::superuser() } {
-        error!("realtime: private-channel checks for standbys act as the client's role: connect as a superuser");
-    }
-}
 
 extension_sql!(
     r#"
 REVOKE ALL ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) TO realtime_relay;
+GRANT EXECUTE ON FUNCTION realtime.bus_write_permission(text, text, text, text, text) TO realtime_relay;
 "#,
     name = "bus_check_grants",
     requires = [bus_read_permissions, bus_write_permission]
 );
 
-/// Writes bus messages and flushes them; returns the end of each, its
-/// position on the bus (none on a standby).
+thread_local! {
+    /// This process's seals: a random writer id, then a counter.
+    static SEALER: RefCell<Sealer> = RefCell::new(Sealer::new(uuid::Uuid::new_v4().as_u64_pair().0));
+}
+
+/// Writes bus messages, each sealed, and flushes them; returns the end of
+/// each, its position on the bus (none on a standby, or without a key).
 pub fn write(messages: &[String]) -> Vec<u64> {
     if in_recovery() {
         return Vec::new(); // a standby cannot write WAL; its relays go to the primary
     }
+    let Some(key) = super::bus_key::key() else {
+        refused(Refusal::NoKey);
+        return Vec::new();
+    };
     let ends: Vec<u64> = messages
         .iter()
-        .map(|row| {
+        .map(|body| {
             // SAFETY: main thread, on a primary, outside any critical section;
             // both buffers outlive the call; an ERROR becomes a Rust panic.
             unsafe {
                 pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    LogLogicalMessage(PREFIX.as_ptr(), row.as_ptr().cast(), row.len(), false)
+                    let position = pg_sys::GetXLogInsertRecPtr();
+                    let sealed = SEALER.with(|s| s.borrow_mut().seal(key, position, body));
+                    LogLogicalMessage(PREFIX.as_ptr(), sealed.as_ptr().cast(), sealed.len(), false)
                 })
             }
         })
@@ -293,6 +306,38 @@ pub fn write(messages: &[String]) -> Vec<u64> {
         unsafe { pg_sys::XLogFlush(end) };
     }
     ends
+}
+
+/// The body of a bus message that ends at `end`, if this node's key seals
+/// it and `verifier` has not seen it; None otherwise (said in the log, at
+/// most once a minute). With `realtime.bus` off, none.
+pub fn open(verifier: &mut Verifier, end: u64, sealed: &[u8]) -> Option<String> {
+    if !super::settings::bus() {
+        return None;
+    }
+    match verifier.open(super::bus_key::key(), end, sealed) {
+        Ok(body) => std::str::from_utf8(body).ok().map(str::to_owned),
+        Err(refusal) => {
+            refused(refusal);
+            None
+        }
+    }
+}
+
+/// Says why bus messages are dropped, once a minute at most: a forged one
+/// is somebody's attempt, and they could send a million.
+fn refused(refusal: Refusal) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+        static SINCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    SINCE.with(|n| n.set(n.get() + 1));
+    if LAST.with(|l| l.get()).is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+        return;
+    }
+    LAST.with(|l| l.set(Some(Instant::now())));
+    let dropped = SINCE.with(|n| n.replace(0));
+    warning!("realtime: dropped {dropped} bus message(s) with prefix {PREFIX:?}: {refusal}");
 }
 
 fn main_data(record: &pg_sys::DecodedXLogRecord) -> &[u8] {
@@ -404,6 +449,7 @@ pub struct Reader {
     database: pg_sys::Oid,
     /// Where reading started, until the first record is read.
     start: u64,
+    verifier: Verifier,
 }
 
 impl Reader {
@@ -428,7 +474,7 @@ impl Reader {
                 error!("realtime: out of memory for the bus reader");
             }
             pg_sys::XLogBeginRead(reader, start);
-            Reader { reader, database: pg_sys::MyDatabaseId, start }
+            Reader { reader, database: pg_sys::MyDatabaseId, start, verifier: Verifier::default() }
         }
     }
 
@@ -462,18 +508,23 @@ impl Reader {
         let mut bytes = 0;
         let database = self.database.to_u32();
         let reader = self.reader;
-        self.each_record(until, max_time, |record| {
+        let mut verifier = std::mem::take(&mut self.verifier);
+        let read = self.each_record(until, max_time, |record| {
             if record.header.xl_rmid as u32 == pg_sys::RmgrIds::RM_LOGICALMSG_ID
                 && let Some((db, message)) = our_message(main_data(record))
                 && db == database
             {
-                bytes += message.len();
                 // SAFETY: the reader is ours; EndRecPtr is this record's end.
                 let end = unsafe { (*reader).EndRecPtr };
-                out.push((end, String::from_utf8_lossy(message).into_owned()));
+                if let Some(body) = open(&mut verifier, end, message) {
+                    bytes += body.len();
+                    out.push((end, body));
+                }
             }
             bytes >= max_bytes
-        })
+        });
+        self.verifier = verifier;
+        read
     }
 
     /// Counts the transactions that committed from here up to `until` (in

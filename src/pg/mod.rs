@@ -4,6 +4,7 @@
 //! partition maintenance, and the settings.
 
 pub mod bus;
+mod bus_key;
 mod bus_slot;
 mod conflict;
 mod decoding;

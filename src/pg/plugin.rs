@@ -83,6 +83,8 @@ struct State {
     /// in a transaction, and a million changes would otherwise pile up in
     /// its memory until the end.
     memory: pg_sys::MemoryContext,
+    /// Which bus messages are genuine and new.
+    verifier: crate::bus_seal::Verifier,
 }
 
 /// The entry point Postgres looks up by name when a slot uses this plugin.
@@ -125,7 +127,7 @@ unsafe extern "C-unwind" fn startup(
             8 * 1024,
             8 * 1024 * 1024,
         );
-        let state = Box::new(State { realtime_namespace, wrote: false, memory });
+        let state = Box::new(State { realtime_namespace, wrote: false, memory, verifier: Default::default() });
         (*ctx).output_plugin_private = Box::into_raw(state).cast();
     }
 }
@@ -165,11 +167,13 @@ unsafe extern "C-unwind" fn commit(
 
 /// A logical message: the client broadcasts other nodes relayed to the bus
 /// (`X{row}`, written by `realtime.bus_relay`) reach this node's sockets too.
+/// Only sealed ones (`crate::bus_seal`), with `realtime.bus` on: anyone can
+/// call `pg_logical_emit_message`.
 #[pg_guard]
 unsafe extern "C-unwind" fn message(
     ctx: *mut pg_sys::LogicalDecodingContext,
     _txn: *mut pg_sys::ReorderBufferTXN,
-    _lsn: pg_sys::XLogRecPtr,
+    end: pg_sys::XLogRecPtr,
     transactional: bool,
     prefix: *const std::ffi::c_char,
     size: pg_sys::Size,
@@ -181,10 +185,10 @@ unsafe extern "C-unwind" fn message(
             return;
         }
         let bytes = std::slice::from_raw_parts(message as *const u8, size);
-        if bytes.first() == Some(&(RELAYED as u8))
-            && let Ok(text) = std::str::from_utf8(bytes)
+        if let Some(body) = super::bus::open(&mut state(ctx).verifier, end, bytes)
+            && body.starts_with(RELAYED)
         {
-            write(ctx, text);
+            write(ctx, &body);
         }
     }
 }
