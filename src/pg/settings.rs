@@ -5,7 +5,8 @@ use crate::bridge::log::Level;
 use crate::bridge::settings::{BusNode, TlsFiles, relay_conninfo};
 use crate::bridge::{Limits, Settings};
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
-use std::ffi::{CStr, CString};
+use pgrx::pg_guard;
+use std::ffi::{CStr, CString, c_char};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -56,6 +57,68 @@ pub static MAX_POSTGRES_CHANGES_PER_JOIN: GucSetting<i32> = GucSetting::<i32>::n
 /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
 
+/// A secret setting: `GUC_SUPERUSER_ONLY` alone still lets members of
+/// `pg_read_all_settings` (and so `pg_monitor`) read it, through `SHOW`,
+/// `current_setting()` and `pg_settings` (whose `reset_val` bypasses any show
+/// hook). So it is left out of `pg_settings` and `SHOW ALL`
+/// (`GUC_NO_SHOW_ALL`), and its show hook gives its value to superusers and
+/// `********` to everyone else.
+fn define_secret(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<Option<CString>>,
+    show: unsafe extern "C-unwind" fn() -> *const c_char,
+) {
+    // SAFETY: while loading the library; the setting is a static.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            name.as_ptr(),
+            short.as_ptr(),
+            long.as_ptr(),
+            setting.as_ptr(),
+            std::ptr::null(),
+            pg_sys::GucContext::PGC_SIGHUP,
+            (GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL).bits(),
+            None,
+            None,
+            Some(show),
+        );
+    }
+}
+
+/// What a secret setting shows: its value to a superuser in a transaction
+/// (where the role can be looked up), a mask otherwise, empty when unset.
+fn show_secret(setting: &GucSetting<Option<CString>>) -> *const c_char {
+    // SAFETY: reads the setting's current value, owned by the GUC machinery,
+    // and the current user's role (catalog access only inside a transaction).
+    unsafe {
+        let value = *setting.as_ptr();
+        if value.is_null() || *value == 0 {
+            return c"".as_ptr();
+        }
+        if pg_sys::IsTransactionState() && pg_sys::superuser() {
+            return value;
+        }
+    }
+    c"********".as_ptr()
+}
+
+macro_rules! show_hooks {
+    ($($hook:ident => $setting:ident),*) => {$(
+        #[pg_guard]
+        unsafe extern "C-unwind" fn $hook() -> *const c_char {
+            show_secret(&$setting)
+        }
+    )*};
+}
+show_hooks!(
+    show_jwt_secret => JWT_SECRET,
+    show_primary_conninfo => PRIMARY_CONNINFO,
+    show_metrics_token => METRICS_TOKEN,
+    show_jwt_jwks => JWT_JWKS
+);
+
 pub fn define() {
     GucRegistry::define_string_guc(
         c"realtime.database",
@@ -83,37 +146,33 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"realtime.jwt_secret",
         c"Secret that signs the HS256 JWTs clients present.",
-        c"Changing it disconnects every socket. Readable by superusers only.",
+        c"Changing it disconnects every socket. Shown to superusers only.",
         &JWT_SECRET,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY,
+        show_jwt_secret,
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"realtime.primary_conninfo",
         c"How a hot standby's worker connects to the primary to relay client broadcasts.",
-        c"Empty: the host, port, user, password and ssl settings of primary_conninfo, and realtime.database. TLS as libpq reads sslmode. Readable by superusers only.",
+        c"Empty: the host, port, user, password and ssl settings of primary_conninfo, and realtime.database. TLS as libpq reads sslmode. Shown to superusers only.",
         &PRIMARY_CONNINFO,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY,
+        show_primary_conninfo,
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"realtime.metrics_token",
         c"Bearer token that /metrics asks for; unset, /metrics answers 404.",
-        c"Prometheus scrapes with `Authorization: Bearer <token>`. Readable by superusers only.",
+        c"Prometheus scrapes with `Authorization: Bearer <token>`. Shown to superusers only.",
         &METRICS_TOKEN,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY,
+        show_metrics_token,
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"realtime.jwt_jwks",
         c"JSON Web Key Set for asymmetric JWTs (RS256, ES256, EdDSA) and oct keys.",
-        c"A JSON object {\"keys\": [...]}; keys are picked by kid. Changing it disconnects every socket.",
+        c"A JSON object {\"keys\": [...]}; keys are picked by kid. Changing it disconnects every socket. Shown to superusers only.",
         &JWT_JWKS,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY,
+        show_jwt_jwks,
     );
     GucRegistry::define_string_guc(
         c"realtime.jwt_claim_validators",
