@@ -73,10 +73,11 @@ CONF
     as_pg_user touch "$PG_LOG"
     as_pg_user "$PG_BIN/pg_ctl" -D "$DATA" -l "$PG_LOG" -w start >/dev/null
   fi
-  # Version 0.1.0 has no upgrade scripts: when the installed SQL changed since
-  # this cluster created the extension, it is created again.
+  # A development cluster: when the installed SQL changed since this cluster
+  # created the extension, it is created again (installed databases take
+  # ALTER EXTENSION realtime UPDATE instead).
   local sql_sum marker=$RUN_DIR/extension.sha256
-  sql_sum=$(sha256sum "$($PG_CONFIG --sharedir)/extension/realtime--0.1.0.sql" | cut -d' ' -f1)
+  sql_sum=$(sha256sum "$($PG_CONFIG --sharedir)/extension/realtime--$EXT_VERSION.sql" | cut -d' ' -f1)
   if [ "$(cat "$marker" 2>/dev/null)" != "$sql_sum" ]; then
     log "creating the extension from its installed SQL (dropping an older one, its realtime.messages and policies)"
     "${PSQL[@]}" -c 'DROP EXTENSION IF EXISTS realtime CASCADE'

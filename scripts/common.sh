@@ -6,6 +6,8 @@ PG_VERSION=${PG_VERSION:-15}
 PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin
 PG_CONFIG=$PG_BIN/pg_config
 PGRX_VERSION=0.18.0
+# The extension's version, as Cargo.toml gives it to the control file.
+EXT_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/Cargo.toml" | head -1)
 
 # The development JWT secret, the same default as the Supabase CLI's local stack.
 DEV_JWT_SECRET=${DEV_JWT_SECRET:-super-secret-jwt-token-with-at-least-32-characters-long}

@@ -5,13 +5,13 @@
 -- Roles that Supabase policies name. Roles are cluster-wide, so create only the missing ones.
 DO $roles$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
     CREATE ROLE anon NOLOGIN NOINHERIT;
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
     CREATE ROLE authenticated NOLOGIN NOINHERIT;
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
     CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
   END IF;
 END
@@ -19,21 +19,51 @@ $roles$;
 
 GRANT USAGE ON SCHEMA realtime TO anon, authenticated, service_role;
 
+-- Owns realtime.messages and its partitions, so that the worker can run the
+-- table's own code (defaults, triggers, checks its owner adds) as the
+-- table's owner and nobody else while it writes probe rows. NOLOGIN; the
+-- database's owner is made a member (below) so it can write policies.
+DO $admin$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'realtime_admin') THEN
+    CREATE ROLE realtime_admin NOLOGIN NOINHERIT;
+  END IF;
+END
+$admin$;
+GRANT USAGE ON SCHEMA realtime TO realtime_admin;
+
+-- What a hot standby's worker connects to the primary as (realtime.primary_conninfo)
+-- to relay its clients' broadcasts and run their private-channel checks
+-- there: a member of realtime_worker (so it may act as the client roles) and
+-- of realtime_admin (so its probe rows run the table's code as the table's
+-- owner), allowed to call the three bus functions, and nothing else. NOLOGIN
+-- until a DBA gives it LOGIN and a password. Never a superuser.
+DO $relay$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'realtime_relay') THEN
+    CREATE ROLE realtime_relay NOLOGIN NOINHERIT;
+  END IF;
+END
+$relay$;
+GRANT USAGE ON SCHEMA realtime TO realtime_relay;
+
 -- The role the worker acts as for clients: authorization probes, Postgres
 -- Changes checks and filters, replay. Not a superuser and cannot log in; a
 -- member of exactly the roles clients may assume (anon, authenticated,
 -- service_role and realtime.allowed_roles, kept in step by the worker through
 -- realtime.sync_worker_roles), so a token naming any other role is refused by
--- Postgres itself. It owns realtime.messages, so its probe rows pass RLS.
+-- Postgres itself. A role with superuser-like powers (a superuser, or a
+-- member of pg_execute_server_program, pg_read_server_files or
+-- pg_write_server_files) is never one, whatever its name. It owns nothing.
 DO $worker$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_worker') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'realtime_worker') THEN
     CREATE ROLE realtime_worker NOLOGIN NOINHERIT;
   END IF;
 END
 $worker$;
-GRANT anon, authenticated, service_role TO realtime_worker;
 GRANT USAGE ON SCHEMA realtime TO realtime_worker;
+GRANT realtime_worker, realtime_admin TO realtime_relay;
 
 -- Timestamps are UTC wall-clock time whatever the session TimeZone is, because
 -- partitions are cut on UTC days: a plain now() default would route a row written
@@ -62,29 +92,50 @@ CREATE INDEX messages_inserted_at_topic_index ON realtime.messages (inserted_at 
   WHERE extension = 'broadcast' AND private IS TRUE;
 
 GRANT SELECT, INSERT, UPDATE ON realtime.messages TO anon, authenticated, service_role;
-ALTER TABLE realtime.messages OWNER TO realtime_worker;
+ALTER TABLE realtime.messages OWNER TO realtime_admin;
+
+-- A database owner that is not a superuser (Supabase's migrations run as
+-- one) writes the policies of realtime.messages, which takes ownership.
+DO $owner$
+DECLARE
+  owner name := (SELECT d.datdba::pg_catalog.regrole::pg_catalog.text FROM pg_catalog.pg_database d
+                 WHERE d.datname = pg_catalog.current_database());
+BEGIN
+  IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = owner) THEN
+    EXECUTE pg_catalog.format('GRANT realtime_admin TO %I', owner);
+  END IF;
+END
+$owner$;
 
 CREATE FUNCTION realtime.topic() RETURNS text
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT nullif(current_setting('realtime.topic', true), '')::text $$;
 
 -- Stores one broadcast (a JSON or a binary payload) for realtime.send and
 -- realtime.send_binary. Never raises: a broadcast must not abort the caller's
--- statement. Runs as the caller (not SECURITY DEFINER), so the caller's INSERT
+-- statement (a cancel, such as the caller's statement_timeout, still
+-- cancels). Runs as the caller (not SECURITY DEFINER), so the caller's INSERT
 -- policies apply.
 --
--- A caller to whom no row-level security applies (a superuser, the owner, a
--- BYPASSRLS role such as service_role) inserts directly once today's partition
--- is known to exist: nothing it can be refused remains, and it saves a
--- subtransaction per call, which logical decoding pays for dearly (a
--- transaction of a million sends would otherwise carry a million of them).
--- Every other caller goes through an exception block that turns a failure
--- (an RLS denial, a missing partition) into a WARNING.
+-- The first send of a transaction goes through an exception block that
+-- turns a failure (an RLS denial, a missing partition, a lock timeout) into a
+-- WARNING. Later ones by a caller to whom no row-level security applies (a
+-- superuser, the owner, a BYPASSRLS role such as service_role) insert
+-- directly when this transaction already inserted into today's partition:
+-- it then holds the locks an insert takes, so nothing it could wait for or
+-- be refused remains, and it saves a subtransaction per call, which logical
+-- decoding pays for dearly (a transaction of a million sends would
+-- otherwise carry a million of them). The mark is transaction-local, so a
+-- rolled-back subtransaction takes it away with its locks.
 CREATE FUNCTION realtime.insert_broadcast(
   message_id uuid, payload jsonb, binary_payload bytea, event text, topic text, private boolean)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  today text := 'messages_' || to_char(timezone('utc', now()), 'YYYY_MM_DD');
 BEGIN
   IF topic IS NULL THEN
     RAISE WARNING 'WarnSendingBroadcastMessage: topic must not be null';
@@ -92,8 +143,8 @@ BEGIN
   END IF;
   -- Policies read the topic through realtime.topic().
   PERFORM set_config('realtime.topic', topic, true);
-  IF NOT row_security_active('realtime.messages')
-     AND to_regclass('realtime.messages_' || to_char(timezone('utc', now()), 'YYYY_MM_DD')) IS NOT NULL THEN
+  IF current_setting('realtime.sent_into', true) = today
+     AND NOT row_security_active('realtime.messages') THEN
     INSERT INTO realtime.messages (id, payload, binary_payload, event, topic, private, extension)
     VALUES (message_id, payload, binary_payload, event, topic, private, 'broadcast');
     RETURN;
@@ -101,6 +152,9 @@ BEGIN
   BEGIN
     INSERT INTO realtime.messages (id, payload, binary_payload, event, topic, private, extension)
     VALUES (message_id, payload, binary_payload, event, topic, private, 'broadcast');
+    IF to_regclass('realtime.' || today) IS NOT NULL THEN
+      PERFORM set_config('realtime.sent_into', today, true);
+    END IF;
   EXCEPTION
     WHEN check_violation THEN
       -- Raised by partition routing when the day's partition is missing.
@@ -116,6 +170,7 @@ $$;
 CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   message_id uuid := gen_random_uuid();
@@ -134,6 +189,7 @@ $$;
 CREATE FUNCTION realtime.send_binary(payload bytea, event text, topic text, private boolean DEFAULT true)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM realtime.insert_broadcast(gen_random_uuid(), NULL, payload, event, topic, private);
@@ -148,6 +204,7 @@ CREATE FUNCTION realtime.broadcast_changes(
   new record, old record, level text DEFAULT 'ROW')
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF level = 'STATEMENT' THEN
@@ -169,6 +226,7 @@ $$;
 CREATE FUNCTION realtime.create_partitions(as_of timestamptz DEFAULT now())
 RETURNS SETOF text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   today date := timezone('utc', as_of)::date;
@@ -182,6 +240,9 @@ BEGIN
     BEGIN
       EXECUTE format('CREATE TABLE realtime.%I PARTITION OF realtime.messages FOR VALUES FROM (%L) TO (%L)',
                      partition_name, day::timestamp, (day + 1)::timestamp);
+      -- Owned like the table, whoever runs this.
+      EXECUTE format('ALTER TABLE realtime.%I OWNER TO %I', partition_name,
+                     (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = 'realtime.messages'::regclass));
       RETURN NEXT partition_name;
     EXCEPTION
       -- Another session created it first.
@@ -196,6 +257,7 @@ $$;
 -- The retention setting (realtime.retention, default 3 days) as an interval.
 CREATE FUNCTION realtime.retention() RETURNS interval
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT coalesce(nullif(current_setting('realtime.retention', true), ''), '3d')::interval $$;
 
 -- Drops the day partitions whose every row is older than the retention: a day
@@ -203,6 +265,7 @@ AS $$ SELECT coalesce(nullif(current_setting('realtime.retention', true), ''), '
 CREATE FUNCTION realtime.drop_old_partitions(as_of timestamptz DEFAULT now())
 RETURNS SETOF text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   cutoff timestamp := timezone('utc', as_of - realtime.retention());
@@ -238,7 +301,7 @@ $$;
 
 -- Wakes the worker when a transaction that wrote messages commits.
 CREATE FUNCTION realtime.wake_worker() RETURNS trigger
-LANGUAGE c AS 'MODULE_PATHNAME', 'realtime_wake_worker';
+LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'realtime_wake_worker';
 CREATE TRIGGER wake_worker AFTER INSERT ON realtime.messages
   FOR EACH STATEMENT EXECUTE FUNCTION realtime.wake_worker();
 
@@ -248,10 +311,17 @@ CREATE TRIGGER wake_worker AFTER INSERT ON realtime.messages
 CREATE FUNCTION realtime.sync_worker_roles(allowed text[])
 RETURNS SETOF text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  wanted text[] := array['anon', 'authenticated', 'service_role'] ||
-    coalesce(array(SELECT r.rolname::text FROM pg_roles r WHERE r.rolname = ANY (allowed) AND NOT r.rolsuper), '{}');
+  wanted text[] := coalesce(array(
+    SELECT r.rolname::text FROM pg_roles r
+    WHERE r.rolname = ANY (array['anon', 'authenticated', 'service_role'] || allowed)
+      AND NOT r.rolsuper
+      AND NOT pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER')
+      AND NOT pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER')
+      AND NOT pg_has_role(r.oid, 'pg_write_server_files', 'MEMBER')
+    ORDER BY r.rolname), '{}');
   member text;
 BEGIN
   FOR member IN
@@ -269,6 +339,25 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION realtime.sync_worker_roles(text[]) FROM PUBLIC;
+-- The defaults that qualify, until the worker syncs realtime.allowed_roles
+-- (only granted here: the roles are the cluster's, and a worker serving
+-- another database may have granted more).
+DO $grant$
+DECLARE
+  member text;
+BEGIN
+  FOR member IN
+    SELECT r.rolname FROM pg_catalog.pg_roles r
+    WHERE r.rolname IN ('anon', 'authenticated', 'service_role')
+      AND NOT r.rolsuper
+      AND NOT pg_catalog.pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER')
+      AND NOT pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER')
+      AND NOT pg_catalog.pg_has_role(r.oid, 'pg_write_server_files', 'MEMBER')
+  LOOP
+    EXECUTE pg_catalog.format('GRANT %I TO realtime_worker', member);
+  END LOOP;
+END
+$grant$;
 
 REVOKE ALL ON FUNCTION realtime.create_partitions(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.drop_old_partitions(timestamptz) FROM PUBLIC;
@@ -281,23 +370,23 @@ SELECT count(*) FROM realtime.create_partitions();
 -- sets while it checks a subscriber.
 DO $auth$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'auth') THEN
     CREATE SCHEMA auth;
   END IF;
   IF to_regprocedure('auth.uid()') IS NULL THEN
-    CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
+    CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
       SELECT nullif(coalesce(current_setting('request.jwt.claim.sub', true),
                              current_setting('request.jwt.claims', true)::jsonb ->> 'sub'), '')::uuid
     $f$;
   END IF;
   IF to_regprocedure('auth.role()') IS NULL THEN
-    CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $f$
+    CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
       SELECT nullif(coalesce(current_setting('request.jwt.claim.role', true),
                              current_setting('request.jwt.claims', true)::jsonb ->> 'role'), '')::text
     $f$;
   END IF;
   IF to_regprocedure('auth.jwt()') IS NULL THEN
-    CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $f$
+    CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
       SELECT coalesce(nullif(current_setting('request.jwt.claim', true), ''),
                       nullif(current_setting('request.jwt.claims', true), ''))::jsonb
     $f$;
@@ -310,7 +399,7 @@ GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
 -- ALTER PUBLICATION supabase_realtime ADD TABLE ...
 DO $publication$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'supabase_realtime') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = 'supabase_realtime') THEN
     CREATE PUBLICATION supabase_realtime;
   END IF;
 END

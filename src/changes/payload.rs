@@ -16,6 +16,10 @@ pub struct TableMeta {
     /// (name, pg_type.typname, format_type), in attribute order.
     pub columns: Vec<(String, String, String)>,
     pub primary_key: Vec<String>,
+    /// Columns whose type initdb did not make (a domain, an extension's or
+    /// a user's type): casting or comparing them runs code another role
+    /// owns, so only as the subscriber's role.
+    pub user_typed: Vec<String>,
 }
 
 pub const ERROR_NO_PRIMARY_KEY: &str = "Error 400: Bad Request, no primary key";
@@ -154,6 +158,7 @@ mod tests {
                 ("secret".into(), "text".into(), "text".into()),
             ],
             primary_key: vec!["id".into()],
+            user_typed: vec![],
         }
     }
 

@@ -46,10 +46,42 @@ pub fn wait_until(waiting: &str, poll: std::time::Duration, mut ready: impl FnMu
     true
 }
 
+/// The `search_path` the worker's session started with (the server's and
+/// the database's setting): what clients' checks run with, as they would in
+/// a session of their own.
+static CLIENT_SEARCH_PATH: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// The worker's own queries resolve names in `pg_catalog` alone: a role that
+/// may create objects in `public` (or any schema on the database's path)
+/// could otherwise plant a better-matching function or operator there that
+/// the worker, a superuser, would run. Clients' checks switch to the
+/// session's original path once they act as the client's role
+/// ([`client_search_path`]). Called right after connecting, before any query.
+pub fn pin_search_path() {
+    // SAFETY: main thread; GetConfigOption returns the setting's current
+    // string, copied before the setting changes.
+    unsafe {
+        let current = pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false);
+        let current = if current.is_null() { c"" } else { std::ffi::CStr::from_ptr(current) };
+        let _ = CLIENT_SEARCH_PATH.set(current.to_owned());
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
+}
+
+/// The path clients' checks resolve names with, as their own sessions would.
+pub fn client_search_path() -> &'static str {
+    CLIENT_SEARCH_PATH.get().and_then(|p| p.to_str().ok()).unwrap_or("\"$user\", public")
+}
+
 /// Sets a setting for the worker's own session.
 pub fn set_session(name: &str, value: &str) {
     let set = BackgroundWorker::transaction(|| {
-        Spi::connect(|c| c.select("SELECT set_config($1, $2, false)", None, &[name.into(), value.into()]).map(|_| ()))
+        Spi::connect(|c| c.select("SELECT pg_catalog.set_config($1, $2, false)", None, &[name.into(), value.into()]).map(|_| ()))
     });
     if let Err(e) = set {
         warning!("realtime: cannot set {name} to {value} for the worker: {e}");
@@ -140,8 +172,8 @@ fn roles_or_defaults(
     doing: &str,
 ) -> Vec<String> {
     let failed = match result {
-        Ok(Ok(roles)) if !roles.is_empty() => return roles,
-        Ok(Ok(_)) => return DEFAULT_CLIENT_ROLES.map(String::from).into(),
+        // Possibly none: a default role that is a superuser is never one.
+        Ok(Ok(roles)) => return roles,
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };

@@ -7,6 +7,7 @@ use super::stats;
 use pgrx::prelude::*;
 
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn node() -> TableIterator<
     'static,
     (name!(role, String), name!(system_identifier, String), name!(timeline, i32), name!(bus_lag_bytes, Option<i64>)),

@@ -10,12 +10,32 @@ use pgrx::prelude::*;
 
 /// The role the worker acts as for clients (created by the extension).
 pub const WORKER_ROLE: &str = "realtime_worker";
+/// The owner of `realtime.messages` (created by the extension).
+const OWNER_ROLE: &str = "realtime_admin";
 
 /// For the rest of the (sub)transaction, act as `realtime_worker` rather than
 /// as the superuser the worker connects as: a client's role can then only be
 /// one `realtime_worker` is a member of.
 pub fn act_for_clients() {
-    set_local("session_authorization", WORKER_ROLE);
+    act_as(WORKER_ROLE);
+}
+
+/// The worker's session (a superuser's) changes its session user, so a
+/// client's role is then one `role` may become; `realtime_relay`, which
+/// cannot, changes its current role, and may become what its memberships
+/// allow.
+fn act_as(role: &str) {
+    // SAFETY: reads the session user's role, in a transaction.
+    let superuser_session = unsafe { pg_sys::superuser_arg(pg_sys::GetSessionUserId()) };
+    set_local(if superuser_session { "session_authorization" } else { "role" }, role);
+}
+
+/// For the rest of the (sub)transaction, act as the owner of
+/// `realtime.messages`: its defaults, checks and triggers, which its owner
+/// (and the database owner, a member) may change, run as that owner alone,
+/// and its policies do not apply.
+fn act_as_owner() {
+    act_as(OWNER_ROLE);
 }
 
 /// Sets what policies read, for the transaction: `role`, `realtime.topic`,
@@ -26,6 +46,9 @@ pub fn act_for_clients() {
 pub fn assume(ctx: &AuthContext, topic: &str) {
     act_for_clients();
     set_local("role", &ctx.role);
+    // What the client's own session would resolve names with; only now that
+    // whatever it finds runs as the client's role.
+    set_local("search_path", super::maintenance::client_search_path());
     set_local("realtime.topic", topic);
     assume_claims(ctx);
 }
@@ -69,7 +92,7 @@ pub struct ReadProbe<'a> {
     pub presence: bool,
 }
 
-/// Inserts probe rows as `realtime_worker` (their owner: RLS does not apply),
+/// Inserts probe rows as `realtime_admin` (their owner: RLS does not apply),
 /// then selects them back under each subscriber's role: the rows it can see
 /// are the extensions it may read. Joins that arrive together are probed in
 /// one subtransaction, with one insert and one prepared select; if anything
@@ -89,7 +112,7 @@ pub fn read_permissions(probes: &[ReadProbe]) -> Vec<Result<ReadPermissions, Str
 
 fn probe_reads(probes: &[ReadProbe]) -> Result<Vec<ReadPermissions>, pgrx::spi::Error> {
     Spi::connect_mut(|client| {
-        act_for_clients();
+        act_as_owner();
         let new_id = || pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
         let ids: Vec<(pgrx::Uuid, pgrx::Uuid)> = probes.iter().map(|_| (new_id(), new_id())).collect();
         let (mut all_ids, mut topics, mut extensions) = (Vec::new(), Vec::new(), Vec::new());

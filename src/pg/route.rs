@@ -85,11 +85,25 @@ fn route_table(
     max_record_bytes: usize,
     out: &mut [Vec<Delivery>],
 ) -> Vec<CheckTime> {
-    // Filters: each distinct one evaluated once over the whole batch.
-    let distinct: HashSet<&Filter> =
-        channels.iter().flat_map(|(_, _, bs)| bs.iter().flat_map(|b| b.filters.iter())).collect();
-    let passing: HashMap<&Filter, HashSet<usize>> =
-        distinct.into_iter().map(|f| (f, evaluate_filter(meta, f, changes, indexes))).collect();
+    // Filters: each distinct one evaluated once over the whole batch; on a
+    // column of a user's type, once per subscriber group, as its role.
+    let filter_key = |f: &Filter, ctx: &AuthContext| -> Option<(String, String)> {
+        meta.user_typed.contains(&f.column).then(|| (ctx.role.clone(), ctx.claims_json.clone()))
+    };
+    let mut distinct: HashMap<(&Filter, Option<(String, String)>), &AuthContext> = HashMap::new();
+    for (_, ctx, bindings) in channels {
+        for f in bindings.iter().flat_map(|b| b.filters.iter()) {
+            distinct.entry((f, filter_key(f, ctx))).or_insert(*ctx);
+        }
+    }
+    let passing: HashMap<(&Filter, Option<(String, String)>), HashSet<usize>> = distinct
+        .into_iter()
+        .map(|((f, key), ctx)| {
+            let as_subscriber = key.is_some().then_some(ctx);
+            let rows = evaluate_filter(meta, f, as_subscriber, changes, indexes);
+            ((f, key), rows)
+        })
+        .collect();
 
     // Subscribers that share a role read the same columns; those that also
     // share claims see the same rows.
@@ -130,7 +144,10 @@ fn route_table(
         for (channel, ctx, bindings) in channels {
             let matching: Vec<&&Binding> = bindings
                 .iter()
-                .filter(|b| b.event.matches(&change.op) && b.filters.iter().all(|f| passing[f].contains(&i)))
+                .filter(|b| {
+                    b.event.matches(&change.op)
+                        && b.filters.iter().all(|f| passing[&(f, filter_key(f, ctx))].contains(&i))
+                })
                 .collect();
             // Bindings with different column lists get a message each.
             let mut selects: Vec<Option<&[String]>> = matching.iter().map(|b| b.select.as_deref()).collect();
@@ -308,11 +325,21 @@ impl KeyLookup {
     }
 }
 
-/// Changes of the batch that pass `f`, compared as the column's type, as
-/// the worker acts for clients. Inserts and updates are compared on the new
-/// row, deletes on the old one; a column the row does not carry (a delete's
-/// column outside its replica identity) passes no filter, as in Supabase.
-fn evaluate_filter(meta: &TableMeta, f: &Filter, changes: &[RowChange], indexes: &[usize]) -> HashSet<usize> {
+/// Changes of the batch that pass `f`, compared as the column's type: as
+/// `subscriber` (its role and claims) when the type is a user's, whose
+/// input function, domain checks and operators are code another role owns;
+/// otherwise as the worker acts for clients, where only built-in code runs
+/// (the session's `search_path` is `pg_catalog, pg_temp`). Inserts and
+/// updates are compared on the new row, deletes on the old one; a column the
+/// row does not carry (a delete's column outside its replica identity)
+/// passes no filter, as in Supabase.
+fn evaluate_filter(
+    meta: &TableMeta,
+    f: &Filter,
+    subscriber: Option<&AuthContext>,
+    changes: &[RowChange],
+    indexes: &[usize],
+) -> HashSet<usize> {
     let Some((_, _, type_sql)) = meta.columns.iter().find(|(n, _, _)| *n == f.column) else {
         return HashSet::new(); // the column is gone: nothing passes
     };
@@ -330,7 +357,10 @@ fn evaluate_filter(meta: &TableMeta, f: &Filter, changes: &[RowChange], indexes:
     let (condition, value) = condition::condition(f, "v.v", type_sql, 2);
     let sql = format!("SELECT v.i FROM jsonb_to_recordset($1) AS v(i int, v {type_sql}) WHERE {condition}");
     let result = rolled_back(|| {
-        act_for_clients();
+        match subscriber {
+            Some(ctx) => assume(ctx, ""),
+            None => act_for_clients(),
+        }
         Spi::connect(|client| -> Result<Vec<i32>, pgrx::spi::Error> {
             let rows = pgrx::JsonB(Value::Array(rows));
             let selected = match &value {
@@ -365,7 +395,10 @@ fn table_meta(relid: u32) -> Result<Option<TableMeta>, pgrx::spi::Error> {
                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
                         (SELECT coalesce(jsonb_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum)), '[]')
                          FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-                         WHERE i.indrelid = c.oid AND i.indisprimary)
+                         WHERE i.indrelid = c.oid AND i.indisprimary),
+                        (SELECT coalesce(jsonb_agg(a.attname), '[]') FROM pg_attribute a
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                           AND a.atttypid >= 16384)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
                 None,
                 &[pg_sys::Oid::from(relid).into()],
@@ -377,6 +410,9 @@ fn table_meta(relid: u32) -> Result<Option<TableMeta>, pgrx::spi::Error> {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         let columns = row.get::<pgrx::JsonB>(5)?.map(|j| j.0).unwrap_or_default();
         let key = row.get::<pgrx::JsonB>(6)?.map(|j| j.0).unwrap_or_default();
+        // Made by initdb below FirstNormalObjectId; anything at or above it
+        // (a domain, an extension's type) belongs to some role.
+        let user_typed = row.get::<pgrx::JsonB>(7)?.map(|j| j.0).unwrap_or_default();
         Ok(Some(TableMeta {
             schema: row.get::<String>(1)?.unwrap_or_default(),
             table: row.get::<String>(2)?.unwrap_or_default(),
@@ -387,6 +423,7 @@ fn table_meta(relid: u32) -> Result<Option<TableMeta>, pgrx::spi::Error> {
                 .map(|a| a.iter().map(|c| (text(&c[0]), text(&c[1]), text(&c[2]))).collect())
                 .unwrap_or_default(),
             primary_key: key.as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
+            user_typed: user_typed.as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
         }))
     })
 }

@@ -122,6 +122,7 @@ pub fn snapshot() -> Option<String> {
 /// The views `realtime.stats`, `realtime.connections` and `realtime.channels`
 /// read it.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn stats_json() -> Option<String> {
     if AREA.load(Ordering::Acquire).is_null() {
         error!("realtime: no stats: the library is not in shared_preload_libraries");

@@ -9,7 +9,7 @@ use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
 use super::{
-    bus, bus_slot, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact,
+    bus, bus_key, bus_slot, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact,
     wake,
 };
 use crate::bridge::budget::MIN_HANDOFF;
@@ -89,9 +89,13 @@ pub fn main(spawn: SpawnNetwork) {
     conflict::install();
     let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    maintenance::pin_search_path();
 
     if !maintenance::wait_for_extension(&database) {
         return exit_for_restart();
+    }
+    if !bus::in_recovery() {
+        bus_key::ensure();
     }
     if !bus::in_recovery() || !settings::bus() {
         // It would keep WAL for a reader that does not run (a primary, say

@@ -84,3 +84,26 @@ DROP EXTENSION realtime;
 SELECT count(*) AS roles_kept FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role');
 CREATE EXTENSION realtime;
 SELECT count(*) AS partitions FROM pg_inherits WHERE inhparent = 'realtime.messages'::regclass;
+
+-- Every function of the extension resolves names in pg_catalog alone, whatever
+-- the caller's search_path: none is listed here.
+SELECT p.oid::regprocedure AS unpinned
+FROM pg_proc p
+JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'realtime'
+WHERE NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+ORDER BY 1;
+
+-- realtime.messages and its partitions belong to realtime_admin; realtime_worker,
+-- which may become every client role, owns nothing.
+SELECT DISTINCT c.relowner::regrole AS owner FROM pg_class c
+WHERE c.relnamespace = 'realtime'::regnamespace AND c.relname LIKE 'messages%';
+SELECT count(*) AS owned_by_realtime_worker FROM pg_class WHERE relowner = 'realtime_worker'::regrole;
+SELECT count(*) AS functions_of_realtime_worker FROM pg_proc WHERE proowner = 'realtime_worker'::regrole;
+
+-- Secrets show as a mask to anyone but a superuser, and pg_settings lists none.
+SET ROLE pg_monitor;
+SHOW realtime.metrics_token;
+SELECT count(*) AS listed FROM pg_settings WHERE name IN ('realtime.jwt_secret', 'realtime.metrics_token',
+  'realtime.primary_conninfo', 'realtime.jwt_jwks');
+RESET ROLE;
