@@ -1,9 +1,10 @@
 //! Listening sockets and the HTTP connections on them, before any becomes a
-//! WebSocket: bounded in number and in time, so idle TCP connections cannot
-//! use up the worker's descriptors. `*` binds IPv4 and IPv6 apart
-//! (`IPV6_V6ONLY`), so both binds succeed.
+//! WebSocket: bounded in number (`admission.rs`) and in time, so idle TCP
+//! connections can neither use up the worker's descriptors nor keep others
+//! out. `*` binds IPv4 and IPv6 apart (`IPV6_V6ONLY`), so both binds succeed.
 
 use super::Shared;
+use super::admission::Ticket;
 use super::tls::Tls;
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -11,20 +12,19 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// A client has this long to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client has this long to send its request headers (and finish a TLS
+/// handshake): real clients send them at once.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection that has not become a WebSocket is closed after this long
 /// (REST clients reconnect).
 const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// Connections not yet upgraded, at most.
-pub const MAX_PENDING_CONNECTIONS: usize = 256;
 
 /// Binds `addr`, an IPv6 socket accepting IPv6 only.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -38,15 +38,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
-}
-
-/// One connection not yet upgraded, counted while it lives.
-struct Pending(Arc<AtomicUsize>);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Accepts on `addr` until `stop`; a busy address is retried every 5 s.
@@ -73,13 +64,11 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let pending = shared.pending_connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = Pending(shared.pending_connections.clone());
-        if pending > MAX_PENDING_CONNECTIONS
-            || shared.open_sockets.load(Ordering::Relaxed) + pending > shared.max_sockets
-        {
-            continue; // dropped: closed at once
+        // Out of sockets: refused, closed at once.
+        if shared.open_sockets.load(Ordering::Relaxed) + shared.admission.pending() >= shared.max_sockets {
+            continue;
         }
+        let guard = shared.admission.admit(remote.ip());
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         match shared.config().tls.clone() {
@@ -87,7 +76,13 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
             Tls::On(config) => tokio::spawn(async move {
                 // The handshake counts against the time to send headers.
                 let handshake = TlsAcceptor::from(config).accept(stream);
-                if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                let handshake = async {
+                    tokio::select! {
+                        done = tokio::time::timeout(HEADER_READ_TIMEOUT, handshake) => done.ok().and_then(Result::ok),
+                        _ = guard.evicted() => None,
+                    }
+                };
+                if let Some(stream) = handshake.await {
                     serve_http(stream, remote, app, guard).await;
                 }
             }),
@@ -96,7 +91,7 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
     }
 }
 
-async fn serve_http<S>(stream: S, remote: SocketAddr, app: Router, _pending: Pending)
+async fn serve_http<S>(stream: S, remote: SocketAddr, app: Router, pending: Ticket)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -108,6 +103,9 @@ where
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
         .with_upgrades();
     // Ends when the connection is upgraded (the WebSocket lives on in its
-    // own task), closes, or has lasted too long.
-    let _ = tokio::time::timeout(HTTP_CONNECTION_LIFETIME, connection).await;
+    // own task), closes, has lasted too long, or a newer one took its place.
+    tokio::select! {
+        _ = tokio::time::timeout(HTTP_CONNECTION_LIFETIME, connection) => {}
+        _ = pending.evicted() => {}
+    }
 }

@@ -2,6 +2,7 @@
 //! created with every signal blocked. Nothing here calls Postgres; what needs
 //! the database goes to the worker's main thread through the bridge.
 
+mod admission;
 mod auth;
 mod channel;
 mod config;
@@ -47,7 +48,7 @@ const MAX_FRAME: usize = 5_000_000;
 const READ_BUFFER: usize = 512;
 /// Descriptors left to Postgres itself (max_files_per_process is 1000 by
 /// default) and to connections not yet upgraded.
-const RESERVED_FDS: usize = 1100 + listen::MAX_PENDING_CONNECTIONS;
+const RESERVED_FDS: usize = 1100 + admission::MAX_PENDING;
 /// Queued frames are written together up to this much, then flushed.
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a stopping worker spends fanning out what it was handed.
@@ -67,7 +68,7 @@ pub struct Shared {
     /// Sockets whose tasks are still running (until their last frame is written).
     pub open_sockets: Arc<AtomicUsize>,
     /// HTTP connections not (yet) upgraded to a WebSocket.
-    pending_connections: Arc<AtomicUsize>,
+    admission: Arc<admission::Admission>,
     /// The worker is stopping: no new sockets, and `/health` says so.
     stopping: AtomicBool,
     /// Database messages flow (the decoder holds the slot).
@@ -246,7 +247,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
         delivered_lsn: AtomicU64::new(0),
         max_sockets: socket_budget(),
         open_sockets: Arc::new(AtomicUsize::new(0)),
-        pending_connections: Arc::new(AtomicUsize::new(0)),
+        admission: admission::Admission::new(admission::MAX_PENDING, admission::MAX_PENDING_PER_ADDRESS),
         stopping: AtomicBool::new(false),
         replication_ready: AtomicBool::new(false),
         rates: limits::ServerRates::new(&settings.limits),
