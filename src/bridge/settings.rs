@@ -49,18 +49,38 @@ pub struct BusNode {
 /// The connection string a standby's worker uses for the primary: the
 /// host, port, user, password and TLS settings of Postgres's
 /// `primary_conninfo` (the keyword/value form `pg_basebackup -R` writes),
-/// and the worker's database.
+/// and the worker's database. Off loopback, an `sslmode` that would accept
+/// a server it cannot verify (none, `allow`, or the `prefer` that
+/// `pg_basebackup -R` writes) becomes `verify-full`: the relay carries
+/// clients' claims and broadcasts. An explicit `disable` or `require` stays.
 pub fn relay_conninfo(primary_conninfo: &str, database: &str) -> String {
     const KEPT: [&str; 9] =
         ["host", "hostaddr", "port", "user", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"];
     let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let mut kept: Vec<String> = conninfo_pairs(primary_conninfo)
-        .into_iter()
-        .filter(|(k, _)| KEPT.contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={}", quote(&v)))
-        .collect();
+    let mut pairs: Vec<(String, String)> =
+        conninfo_pairs(primary_conninfo).into_iter().filter(|(k, _)| KEPT.contains(&k.as_str())).collect();
+    let value = |pairs: &[(String, String)], key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let host = value(&pairs, "hostaddr").or_else(|| value(&pairs, "host")).unwrap_or_default();
+    let unverified = matches!(value(&pairs, "sslmode").as_deref(), None | Some("allow" | "prefer"));
+    if unverified && !is_loopback(&host) {
+        pairs.retain(|(k, _)| k != "sslmode");
+        pairs.push(("sslmode".into(), "verify-full".into()));
+    }
+    let mut kept: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
     kept.push(format!("dbname={}", quote(database)));
     kept.join(" ")
+}
+
+/// A host libpq reaches without leaving the machine: none (the default
+/// socket), a socket directory, `localhost`, or a loopback address (every
+/// host of a comma-separated list must be).
+fn is_loopback(hosts: &str) -> bool {
+    hosts.split(',').map(str::trim).all(|host| {
+        host.is_empty()
+            || host.starts_with('/')
+            || host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// `key=value` pairs of a libpq connection string; values may be quoted
@@ -109,11 +129,29 @@ mod tests {
         );
         assert_eq!(
             relay_conninfo(r"host = db password='it''s \'a b\'' ", "my db"),
-            r"host='db' password='it' dbname='my db'",
+            r"host='db' password='it' sslmode='verify-full' dbname='my db'",
             "a malformed pair ends the list"
         );
         assert_eq!(relay_conninfo(r"password='a \'b\' c' port=5", "d"), r"password='a \'b\' c' port='5' dbname='d'");
         assert_eq!(relay_conninfo("", "d"), "dbname='d'");
+    }
+
+    #[test]
+    fn off_loopback_the_relay_verifies_the_primary_unless_told_otherwise() {
+        let off = "host=db.internal port=5432 user=realtime_relay sslmode=prefer";
+        assert_eq!(
+            relay_conninfo(off, "d"),
+            "host='db.internal' port='5432' user='realtime_relay' sslmode='verify-full' dbname='d'"
+        );
+        assert!(relay_conninfo("host=10.0.0.5", "d").contains("sslmode='verify-full'"));
+        assert!(relay_conninfo("host=127.0.0.1,db.internal sslmode=allow", "d").contains("sslmode='verify-full'"));
+        for kept in ["sslmode=disable", "sslmode=require", "sslmode=verify-ca"] {
+            let mode = kept.trim_start_matches("sslmode=");
+            assert!(relay_conninfo(&format!("host=db.internal {kept}"), "d").contains(&format!("sslmode='{mode}'")));
+        }
+        for local in ["host=127.0.0.1 sslmode=prefer", "host=localhost", "host=/var/run/postgresql", "host=::1", ""] {
+            assert!(!relay_conninfo(local, "d").contains("verify-full"), "{local}");
+        }
     }
 }
 
