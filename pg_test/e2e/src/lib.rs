@@ -53,9 +53,14 @@ pub fn try_psql(sql: &str) -> Result<String, String> {
 
 /// `try_psql` against the server on this port.
 pub fn try_psql_at(port: &str, sql: &str) -> Result<String, String> {
+    try_psql_in(port, "postgres", sql)
+}
+
+/// `try_psql` in database `db` of the server on this port.
+pub fn try_psql_in(port: &str, db: &str, sql: &str) -> Result<String, String> {
     let out = std::process::Command::new("psql")
         .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", port])
-        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .args(["-U", "postgres", "-d", db, "-c", sql])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
@@ -68,6 +73,67 @@ pub fn try_psql_at(port: &str, sql: &str) -> Result<String, String> {
 /// Runs SQL as the superuser; returns psql's unaligned output.
 pub fn psql(sql: &str) -> String {
     try_psql(sql).unwrap_or_else(|e| panic!("psql failed on {sql}: {e}"))
+}
+
+/// The test cluster's server log (`$RUN_DIR/postgres.log`), read from a mark on.
+pub struct ServerLog {
+    path: std::path::PathBuf,
+    from: u64,
+}
+
+impl ServerLog {
+    /// Marks the log's current end.
+    pub fn mark() -> ServerLog {
+        let dir = std::env::var("RUN_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/test-cluster").into());
+        let path = std::path::Path::new(&dir).join("postgres.log");
+        let from = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        ServerLog { path, from }
+    }
+
+    /// What was logged since the mark.
+    pub fn since(&self) -> String {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(self.from as usize..).unwrap_or_default()).into_owned()
+    }
+}
+
+/// The realtime worker's pid, waiting up to 30 s for one.
+pub fn worker_pid() -> String {
+    for _ in 0..300 {
+        if let Ok(pid) = try_psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'")
+            && !pid.is_empty()
+        {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no realtime worker within 30 s");
+}
+
+/// Waits until `/health` answers 200, for up to 30 s.
+pub async fn wait_for_health() {
+    for _ in 0..300 {
+        if get("/health").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the worker did not come back within 30 s");
+}
+
+/// Ends the worker with `pg_terminate_backend` and waits for the next one to serve.
+pub async fn restart_worker() {
+    let pid = worker_pid();
+    psql(&format!("SELECT pg_terminate_backend({pid})"));
+    for _ in 0..300 {
+        if worker_pid() != pid {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_health().await;
 }
 
 /// A unique topic name per call, so tests never share channels.

@@ -13,18 +13,6 @@ use std::time::{Duration, Instant};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn worker_pid() -> String {
-    for _ in 0..300 {
-        if let Ok(pid) = try_psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'")
-            && !pid.is_empty()
-        {
-            return pid;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no realtime worker within 30 s");
-}
-
 /// The stalled-socket test sets `realtime.max_memory = 32MB`. The budget
 /// counts exactly the bytes of messages held (unit-tested); RSS also counts
 /// what the allocator keeps around them (freed chunks not yet returned,
@@ -53,15 +41,6 @@ fn watch_rss(pid: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64>
     })
 }
 
-async fn wait_for_health() {
-    for _ in 0..300 {
-        if get("/health").await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the worker did not come back within 30 s");
-}
 
 /// Collects `n` numbered broadcasts (`payload.n`), returning how many times
 /// each arrived; panics if they do not all arrive within `wait`.

@@ -721,6 +721,73 @@ async fn the_connection_to_the_primary_uses_tls_as_its_sslmode_says() {
     assert_eq!(relay_connections(&p, "relay_wrong_ca"), (0, 0));
 }
 
+#[tokio::test]
+async fn a_standby_relays_and_checks_as_realtime_relay_which_is_no_superuser() {
+    let (p, s1) = (primary(), standby1());
+    private_policies(&p, &[&s1]);
+    p.psql("ALTER ROLE realtime_relay LOGIN");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=realtime_relay dbname=postgres application_name=relay_as_role sslmode=disable",
+        p.pg
+    );
+    let _relay = NodeSetting::set(&s1, "realtime.primary_conninfo", &conninfo);
+    // A denied and an allowed join on the standby, both checked on the primary.
+    let allowed = format!("nodes-rw:{}", unique("relay-role"));
+    let mut c = user(&s1).await;
+    let deadline = Instant::now() + DB_WAIT;
+    while p.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'relay_as_role'") == "0" {
+        assert!(Instant::now() < deadline, "standby1 did not connect as realtime_relay");
+        assert_eq!(private_join(&s1).await["status"], "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let who = p.psql(
+        "SELECT a.usename || ',' || r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+         WHERE a.application_name = 'relay_as_role' LIMIT 1",
+    );
+    assert_eq!(who, "realtime_relay,false", "the relay's connection on the primary");
+    let (_, reply) = c.join(&format!("realtime:nodes-no:{}", unique("relay-role")), json!({"config": {"private": true}})).await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    // A private client broadcast from the standby: written on the primary by the relay.
+    let full = format!("realtime:{allowed}");
+    let mut listener = user(&p).await;
+    listener.join_ok(&full, json!({"private": true})).await;
+    let jr = c.join_ok(&full, json!({"private": true, "broadcast": {"ack": true}})).await;
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 0}});
+    c.push(Some(&jr), Some("r0"), &full, "broadcast", payload).await;
+    receive_in_order(&p, &mut listener, &allowed, 1).await;
+    p.psql("ALTER ROLE realtime_relay NOLOGIN");
+}
+
+#[tokio::test]
+async fn bus_messages_forged_on_the_primary_reach_no_node() {
+    let (p, s1, s2) = (primary(), standby1(), standby2());
+    p.psql(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nodes_intruder') THEN CREATE ROLE nodes_intruder; END IF;
+         END $$;",
+    );
+    let topic = unique("forged");
+    let nodes = [p, s1, s2];
+    let mut sockets = subscribers(&nodes, &topic).await;
+    let broadcast = format!(r#"B{{"topic":"{topic}","event":"pwned","payload":{{"n":0}},"private":false,"id":"x"}}"#);
+    let relayed = format!("X{{\"origin\":\"evil\",\"topic\":\"realtime:{topic}\",\"private\":false,\"event\":\"pwned\"}}\n{{}}");
+    let seal = format!("\u{{1f}}{:016x}{:016x}{:016x}{}", 0u64, 1u64, 1u64, "ab".repeat(32));
+    for prefix in ["realtime.bus.v2", "realtime.bus.v3"] {
+        for body in [broadcast.clone(), relayed.clone(), format!("{broadcast}{seal}"), format!("{relayed}{seal}")] {
+            let hex: String = body.bytes().map(|b| format!("{b:02x}")).collect();
+            nodes[0].psql(&format!(
+                "SET ROLE nodes_intruder; SELECT pg_logical_emit_message(false, '{prefix}', decode('{hex}', 'hex'))"
+            ));
+        }
+    }
+    // Then a real send: each node delivers it, and it is the first thing each socket gets.
+    nodes[0].psql(&sends(&topic, 1));
+    for (node, c) in nodes.iter().zip(&mut sockets) {
+        receive_in_order(node, c, &topic, 1).await;
+        c.expect_silence(Duration::from_millis(500)).await;
+    }
+}
+
 /// The `system` messages a failover sends each channel: one naming the new
 /// epoch, one naming what was missed. Asserts the epoch; returns `missed`.
 async fn failover_events(node: &Node, c: &mut Client, topic: &str, system_identifier: &str, timeline: i64) -> Value {
