@@ -20,13 +20,14 @@ pub fn act_for_clients() {
     act_as(WORKER_ROLE);
 }
 
-/// The worker's session (a superuser's) changes its session user, so a
-/// client's role is then one `role` may become; `realtime_relay`, which
+/// The worker's session (a superuser's login) changes its session user, so
+/// a client's role is then one `role` may become; `realtime_relay`, which
 /// cannot, changes its current role, and may become what its memberships
-/// allow.
+/// allow. Asked of the login, not the session user: after [`act_as_owner`]
+/// the session user is `realtime_admin` for the rest of the subtransaction.
 fn act_as(role: &str) {
-    // SAFETY: reads the session user's role, in a transaction.
-    let superuser_session = unsafe { pg_sys::superuser_arg(pg_sys::GetSessionUserId()) };
+    // SAFETY: reads the login's role, in a transaction.
+    let superuser_session = unsafe { pg_sys::superuser_arg(pg_sys::GetAuthenticatedUserId()) };
     set_local(if superuser_session { "session_authorization" } else { "role" }, role);
 }
 

@@ -182,6 +182,32 @@ async fn a_refused_join_holds_up_only_its_own_reply() {
     assert!(started.elapsed() >= Duration::from_millis(900), "the refusal keeps its delay");
 }
 
+/// Joins that reach the worker together are probed in one subtransaction;
+/// each still gets its own answer (several sockets, so the per-socket
+/// request bound does not space them out).
+#[tokio::test]
+async fn joins_that_arrive_together_each_get_their_answer() {
+    policies();
+    let mut sockets = Vec::new();
+    for n in 0..8 {
+        let mut c = Client::connect(Vsn::V2, &user(&format!("batch{n}"))).await;
+        let allowed = format!("realtime:read:{}", unique("batch"));
+        let denied = format!("realtime:denied:{}", unique("batch"));
+        c.push(Some("1"), Some("1"), &allowed, "phx_join", json!({"config": {"private": true}})).await;
+        c.push(Some("2"), Some("2"), &denied, "phx_join", json!({"config": {"private": true}})).await;
+        sockets.push(c);
+    }
+    for c in &mut sockets {
+        let mut statuses = std::collections::BTreeMap::new();
+        for _ in 0..2 {
+            let reply = c.recv_event("phx_reply").await;
+            statuses.insert(reply.msg_ref.clone().unwrap(), reply.payload["status"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(statuses.get("1").map(String::as_str), Some("ok"), "{statuses:?}");
+        assert_eq!(statuses.get("2").map(String::as_str), Some("error"), "{statuses:?}");
+    }
+}
+
 #[tokio::test]
 async fn presence_reaches_only_members_whose_policy_reads_it() {
     policies();
