@@ -771,7 +771,7 @@ async fn bus_messages_forged_on_the_primary_reach_no_node() {
     let mut sockets = subscribers(&nodes, &topic).await;
     let broadcast = format!(r#"B{{"topic":"{topic}","event":"pwned","payload":{{"n":0}},"private":false,"id":"x"}}"#);
     let relayed = format!("X{{\"origin\":\"evil\",\"topic\":\"realtime:{topic}\",\"private\":false,\"event\":\"pwned\"}}\n{{}}");
-    let seal = format!("\u{{1f}}{:016x}{:016x}{:016x}{}", 0u64, 1u64, 1u64, "ab".repeat(32));
+    let seal = format!("\u{1f}{:016x}{:016x}{:016x}{}", 0u64, 1u64, 1u64, "ab".repeat(32));
     for prefix in ["realtime.bus.v2", "realtime.bus.v3"] {
         for body in [broadcast.clone(), relayed.clone(), format!("{broadcast}{seal}"), format!("{relayed}{seal}")] {
             let hex: String = body.bytes().map(|b| format!("{b:02x}")).collect();
