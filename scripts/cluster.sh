@@ -50,6 +50,7 @@ realtime.database = 'postgres'
 realtime.listen_addresses = '127.0.0.1'
 realtime.port = $WS_PORT
 realtime.jwt_secret = '$DEV_JWT_SECRET'
+realtime.api_keys = '{"$DEV_PUBLISHABLE_KEY": "anon", "$DEV_SECRET_KEY": "service_role"}'
 ${EXTRA_CONF:-}
 CONF
   if [ "${TLS:-0}" = 1 ]; then
@@ -109,6 +110,10 @@ JWTs signed with the development secret (realtime.jwt_secret), valid one year:
   anon           $($jwt anon "$DEV_JWT_SECRET")
   authenticated  $($jwt authenticated "$DEV_JWT_SECRET" 31536000 00000000-0000-4000-8000-000000000001)
   service_role   $($jwt service_role "$DEV_JWT_SECRET")
+
+API keys, as a Supabase project of today has them (realtime.api_keys):
+  publishable    $DEV_PUBLISHABLE_KEY   (anon; createClient('http$s://127.0.0.1:$WS_PORT', '$DEV_PUBLISHABLE_KEY'))
+  secret         $DEV_SECRET_KEY   (service_role; server-side only)
 
 Stop it with: make stop
 INFO

@@ -11,6 +11,9 @@ EXT_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/Cargo.toml" | hea
 
 # The development JWT secret, the same default as the Supabase CLI's local stack.
 DEV_JWT_SECRET=${DEV_JWT_SECRET:-super-secret-jwt-token-with-at-least-32-characters-long}
+# Development API keys in the shape of a Supabase project's (realtime.api_keys).
+DEV_PUBLISHABLE_KEY=${DEV_PUBLISHABLE_KEY:-sb_publishable_realtime_dev_0123456789}
+DEV_SECRET_KEY=${DEV_SECRET_KEY:-sb_secret_realtime_dev_0123456789abcdef}
 
 # Test and bench clusters drive far more sockets, joins and messages than
 # Supabase's default tenant limits allow; the limits tests lower them again.

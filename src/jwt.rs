@@ -6,6 +6,7 @@
 //! (`aud`, `exp` with leeway, ...) can reject a token Realtime would accept,
 //! or word an error differently.
 
+use crate::api_keys::{self, ApiKeys};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -13,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 /// The claims of a verified token.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,8 @@ pub enum JwtError {
     ClaimMismatch(String),
     /// The `role` claim is not in the verifier's allow-list.
     RoleNotAllowed(String),
+    /// An opaque `sb_` key that `realtime.api_keys` does not name.
+    UnknownApiKey,
 }
 
 impl JwtError {
@@ -67,7 +71,8 @@ impl JwtError {
             | JwtError::Expired { .. }
             | JwtError::NotYetValid { .. }
             | JwtError::ClaimMismatch(_)
-            | JwtError::RoleNotAllowed(_) => "InvalidJWTToken",
+            | JwtError::RoleNotAllowed(_)
+            | JwtError::UnknownApiKey => "InvalidJWTToken",
         }
     }
 
@@ -91,6 +96,9 @@ impl JwtError {
             }
             JwtError::RoleNotAllowed(role) => {
                 format!("The role {role:?} is not one this server lets clients assume")
+            }
+            JwtError::UnknownApiKey => {
+                "Unknown API key: an sb_ key is accepted once realtime.api_keys maps it to a role".into()
             }
         }
     }
@@ -288,6 +296,43 @@ pub struct Verifier {
     validators: ClaimValidators,
     /// `None` lets every role through.
     allowed_roles: Option<Vec<String>>,
+    api_keys: ApiKeys,
+    fetched: Option<Arc<FetchedKeys>>,
+}
+
+/// The keys of a JWKS document (`{"keys": [...]}`); unusable ones (an `enc`
+/// key, an unknown curve) are skipped, malformed ones refuse the set.
+fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let kid = jwk.common.key_id.as_deref().unwrap_or_default();
+        let key = Key::from_jwk(jwk).map_err(|e| format!("invalid JWKS key {i} (kid {kid:?}): {e}"))?;
+        keys.extend(key);
+    }
+    Ok(keys)
+}
+
+/// Keys fetched from a JWKS URL, replaced whole by each good fetch; shared
+/// by every verifier built while the worker runs, so a reload keeps them.
+#[derive(Default)]
+pub struct FetchedKeys(RwLock<Vec<Key>>);
+
+impl FetchedKeys {
+    /// Takes the set in `text`; the keys in use stay when it is not one.
+    /// Returns how many keys it holds.
+    pub fn replace(&self, text: &str) -> Result<usize, String> {
+        let keys = parse_jwks(text)?;
+        let count = keys.len();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        Ok(count)
+    }
+
+    /// The `kid`s held, for the log.
+    pub fn kids(&self) -> Vec<String> {
+        let keys = self.0.read().unwrap_or_else(|p| p.into_inner());
+        keys.iter().map(|k| k.kid.clone().unwrap_or_default()).collect()
+    }
 }
 
 impl fmt::Debug for Verifier {
@@ -299,6 +344,7 @@ impl fmt::Debug for Verifier {
             .field("keys", &kids)
             .field("validators", &self.validators.0.keys().collect::<Vec<_>>())
             .field("allowed_roles", &self.allowed_roles)
+            .field("api_keys", &self.api_keys)
             .finish()
     }
 }
@@ -313,18 +359,22 @@ impl Verifier {
         let secret = secret.filter(|s| !s.is_empty()).map(|s| DecodingKey::from_secret(s.as_bytes()));
         let keys = match jwks.map(str::trim).filter(|j| !j.is_empty()) {
             None => Vec::new(),
-            Some(text) => {
-                let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
-                let mut keys = Vec::new();
-                for (i, jwk) in set.keys.iter().enumerate() {
-                    let kid = jwk.common.key_id.as_deref().unwrap_or_default();
-                    let key = Key::from_jwk(jwk).map_err(|e| format!("invalid JWKS key {i} (kid {kid:?}): {e}"))?;
-                    keys.extend(key);
-                }
-                keys
-            }
+            Some(text) => parse_jwks(text)?,
         };
-        Ok(Verifier { secret, keys, validators: ClaimValidators::default(), allowed_roles: None })
+        Ok(Verifier {
+            secret,
+            keys,
+            validators: ClaimValidators::default(),
+            allowed_roles: None,
+            api_keys: ApiKeys::default(),
+            fetched: None,
+        })
+    }
+
+    /// Also uses the keys fetched from `realtime.jwt_jwks_url`, as they
+    /// are replaced.
+    pub fn with_fetched(self, fetched: Arc<FetchedKeys>) -> Verifier {
+        Verifier { fetched: Some(fetched), ..self }
     }
 
     /// Also requires the claims in `validators`.
@@ -339,9 +389,18 @@ impl Verifier {
         Verifier { allowed_roles: Some(roles), ..self }
     }
 
-    /// Verifies `token` at unix time `now` (seconds) and returns its claims.
+    /// Also accepts these opaque keys, each as its role.
+    pub fn with_api_keys(self, api_keys: ApiKeys) -> Verifier {
+        Verifier { api_keys, ..self }
+    }
+
+    /// Verifies `token` (a JWT, or an opaque key `realtime.api_keys` maps) at
+    /// unix time `now` (seconds) and returns its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, JwtError> {
         let token = clean(token);
+        if token.starts_with(api_keys::PREFIX) {
+            return self.verify_api_key(&token);
+        }
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -358,7 +417,8 @@ impl Verifier {
             Some(_) => return Err(JwtError::Malformed),
         };
         let (alg, kind) = accepted(alg_name).ok_or_else(|| JwtError::UnsupportedAlgorithm(alg_name.into()))?;
-        let key = self.key_for(alg, kind, kid).ok_or(JwtError::NoKey)?;
+        let fetched = self.fetched.as_ref().map(|f| f.0.read().unwrap_or_else(|p| p.into_inner()));
+        let key = self.key_for(alg, kind, kid, fetched.as_deref().map_or(&[], Vec::as_slice)).ok_or(JwtError::NoKey)?;
 
         // The signed text is exactly the first two parts as sent.
         let signed = &token[..header.len() + 1 + payload.len()];
@@ -368,12 +428,32 @@ impl Verifier {
         }
     }
 
+    /// A mapped opaque key: the claims of the JWT it stands for, which does
+    /// not expire while the key is configured.
+    fn verify_api_key(&self, key: &str) -> Result<Claims, JwtError> {
+        let role = self.api_keys.role(key).ok_or(JwtError::UnknownApiKey)?.to_owned();
+        if self.allowed_roles.as_ref().is_some_and(|allowed| !allowed.contains(&role)) {
+            return Err(JwtError::RoleNotAllowed(role));
+        }
+        Ok(Claims { all: ApiKeys::claims(&role), role, exp: API_KEY_EXPIRY, sub: None })
+    }
+
     /// The key to verify with: the JWK named by `kid`; else, for HS tokens, the
     /// shared secret (legacy tokens carry no `kid`); else, when the token has
     /// no `kid`, the only JWK that fits.
-    fn key_for(&self, alg: Algorithm, kind: KeyKind, kid: Option<&str>) -> Option<&DecodingKey> {
-        let fitting: Vec<&Key> =
-            self.keys.iter().filter(|k| k.kind == kind && k.alg.is_none_or(|a| a == KeyAlgorithm::from(alg))).collect();
+    fn key_for<'a>(
+        &'a self,
+        alg: Algorithm,
+        kind: KeyKind,
+        kid: Option<&str>,
+        fetched: &'a [Key],
+    ) -> Option<&'a DecodingKey> {
+        let fitting: Vec<&Key> = self
+            .keys
+            .iter()
+            .chain(fetched)
+            .filter(|k| k.kind == kind && k.alg.is_none_or(|a| a == KeyAlgorithm::from(alg)))
+            .collect();
         let named = kid.and_then(|kid| fitting.iter().find(|k| k.kid.as_deref() == Some(kid)));
         let secret = self.secret.as_ref().filter(|_| kind == KeyKind::Oct);
         let only = match fitting.as_slice() {
@@ -417,6 +497,11 @@ impl Verifier {
         Ok(Claims { role, exp, sub, all })
     }
 }
+
+/// When a token made from an opaque key expires: 2100-01-01, never in
+/// practice (a key stops working when it leaves the setting, which
+/// disconnects every socket, as a new JWT secret does).
+const API_KEY_EXPIRY: i64 = 4_102_444_800;
 
 /// A time claim in unix seconds, rounded when the token gave a decimal.
 fn seconds(time: &Value) -> Option<i64> {

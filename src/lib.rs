@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod api_keys;
 #[cfg(test)]
 mod arbitrary_json;
 mod bridge;

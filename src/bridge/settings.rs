@@ -13,6 +13,10 @@ pub struct Settings {
     pub jwt_jwks: Option<String>,
     /// `realtime.jwt_claim_validators`: a JSON object of claims tokens must carry.
     pub jwt_claim_validators: Option<String>,
+    /// `realtime.api_keys`: a JSON object of opaque `sb_` key → role.
+    pub api_keys: Option<String>,
+    /// `realtime.jwt_jwks_url`: where to fetch a key set from.
+    pub jwt_jwks_url: Option<String>,
     pub private_only: bool,
     pub max_payload_bytes: usize,
     pub max_channels_per_client: usize,
@@ -204,8 +208,8 @@ impl Settings {
 
     /// A change that invalidates every token already accepted.
     pub fn jwt_changed(&self, other: &Settings) -> bool {
-        (&self.jwt_secret, &self.jwt_jwks, &self.jwt_claim_validators, &self.allowed_roles)
-            != (&other.jwt_secret, &other.jwt_jwks, &other.jwt_claim_validators, &other.allowed_roles)
+        (&self.jwt_secret, &self.jwt_jwks, &self.jwt_claim_validators, &self.allowed_roles, &self.api_keys)
+            != (&other.jwt_secret, &other.jwt_jwks, &other.jwt_claim_validators, &other.allowed_roles, &other.api_keys)
     }
 }
 
@@ -218,6 +222,8 @@ impl Default for Settings {
             jwt_secret: None,
             jwt_jwks: None,
             jwt_claim_validators: None,
+            jwt_jwks_url: None,
+            api_keys: None,
             private_only: false,
             max_payload_bytes: 3000 * 1024,
             max_channels_per_client: 100,

@@ -2,9 +2,10 @@
 //! on the main thread and handed over whole.
 
 use super::tls::{self, Tls};
+use crate::api_keys::ApiKeys;
 use crate::bridge::settings::BusNode;
 use crate::bridge::{Limits, Settings};
-use crate::jwt::{ClaimValidators, Verifier};
+use crate::jwt::{ClaimValidators, FetchedKeys, Verifier};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +25,16 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     pub tls: Tls,
     pub bus: Option<BusNode>,
+    /// `realtime.jwt_jwks_url`.
+    pub jwks_url: Option<String>,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
 }
 
 impl ServerConfig {
     /// The network side's view of the settings; `warnings` says what is wrong with them.
-    pub fn new(settings: &Settings) -> ServerConfig {
+    /// `fetched`: the keys from `realtime.jwt_jwks_url`, which outlive it.
+    pub fn new(settings: &Settings, fetched: &Arc<FetchedKeys>) -> ServerConfig {
         let mut warnings = Vec::new();
         let listen = parse_listen(&settings.listen_addresses, settings.port, &mut warnings);
         let (secret, jwks) = (settings.jwt_secret.as_deref(), settings.jwt_jwks.as_deref());
@@ -50,6 +54,14 @@ impl ServerConfig {
                 verifier.with_allowed_roles(Vec::new())
             }
         };
+        let verifier = verifier.with_fetched(fetched.clone());
+        let verifier = match ApiKeys::parse(settings.api_keys.as_deref().unwrap_or_default()) {
+            Ok(keys) => verifier.with_api_keys(keys),
+            Err(e) => {
+                warnings.push(format!("realtime.api_keys is ignored: {e}"));
+                verifier
+            }
+        };
         let tls = match &settings.tls {
             None => Tls::Off,
             Some(files) => tls::server_config(files).map(Tls::On).unwrap_or_else(|e| {
@@ -57,8 +69,12 @@ impl ServerConfig {
                 Tls::Unavailable
             }),
         };
-        if secret.is_none() && jwks.is_none() {
-            warnings.push("neither realtime.jwt_secret nor realtime.jwt_jwks is set: every token is refused".into());
+        let jwks_url = settings.jwt_jwks_url.clone().filter(|u| !u.trim().is_empty());
+        if secret.is_none() && jwks.is_none() && jwks_url.is_none() {
+            warnings.push(
+                "none of realtime.jwt_secret, realtime.jwt_jwks and realtime.jwt_jwks_url is set: every token is refused"
+                    .into(),
+            );
         }
         ServerConfig {
             listen,
@@ -73,6 +89,7 @@ impl ServerConfig {
             metrics_token: settings.metrics_token.clone(),
             tls,
             bus: settings.bus.clone(),
+            jwks_url,
             warnings,
         }
     }

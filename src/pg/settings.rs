@@ -4,8 +4,8 @@
 use crate::bridge::log::Level;
 use crate::bridge::settings::{BusNode, TlsFiles, relay_conninfo};
 use crate::bridge::{Limits, Settings};
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
 use pgrx::pg_guard;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, pg_sys};
 use std::ffi::{CStr, CString, c_char};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -16,6 +16,8 @@ pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<C
 pub static PORT: GucSetting<i32> = GucSetting::<i32>::new(4000);
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static METRICS_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static API_KEYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static JWT_JWKS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -116,7 +118,8 @@ show_hooks!(
     show_jwt_secret => JWT_SECRET,
     show_primary_conninfo => PRIMARY_CONNINFO,
     show_metrics_token => METRICS_TOKEN,
-    show_jwt_jwks => JWT_JWKS
+    show_jwt_jwks => JWT_JWKS,
+    show_api_keys => API_KEYS
 );
 
 pub fn define() {
@@ -166,6 +169,21 @@ pub fn define() {
         c"Prometheus scrapes with `Authorization: Bearer <token>`. Shown to superusers only.",
         &METRICS_TOKEN,
         show_metrics_token,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.jwt_jwks_url",
+        c"URL of a JSON Web Key Set to fetch signing keys from, e.g. https://<project>.supabase.co/auth/v1/.well-known/jwks.json.",
+        c"Fetched at start, every 10 minutes, and when a token names an unknown kid (at most every 5 s); the last good set is kept when a fetch fails. Beside realtime.jwt_jwks and realtime.jwt_secret.",
+        &JWT_JWKS_URL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    define_secret(
+        c"realtime.api_keys",
+        c"Supabase's opaque API keys (sb_publishable_..., sb_secret_...) and the role each stands for.",
+        c"A JSON object {\"sb_publishable_...\": \"anon\", \"sb_secret_...\": \"service_role\"}; a mapped key is accepted wherever a JWT is. Changing it disconnects every socket. Shown to superusers only.",
+        &API_KEYS,
+        show_api_keys,
     );
     define_secret(
         c"realtime.jwt_jwks",
@@ -430,6 +448,8 @@ pub fn read() -> Settings {
         jwt_secret: text(&JWT_SECRET),
         jwt_jwks: text(&JWT_JWKS),
         jwt_claim_validators: text(&JWT_CLAIM_VALIDATORS),
+        api_keys: text(&API_KEYS),
+        jwt_jwks_url: text(&JWT_JWKS_URL),
         private_only: PRIVATE_ONLY.get(),
         max_payload_bytes: MAX_PAYLOAD_SIZE.get() as usize * 1024,
         max_channels_per_client: MAX_CHANNELS_PER_CLIENT.get() as usize,
