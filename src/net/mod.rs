@@ -10,11 +10,13 @@ mod connection;
 pub mod hub;
 mod inspector;
 mod join;
+mod jwks_url;
 pub mod limits;
 mod listen;
 mod metrics;
 pub mod presence;
 mod pressure;
+mod probes;
 mod read_cache;
 mod relay;
 mod relay_tls;
@@ -69,6 +71,10 @@ pub struct Shared {
     pub open_sockets: Arc<AtomicUsize>,
     /// HTTP connections not (yet) upgraded to a WebSocket.
     admission: Arc<admission::Admission>,
+    /// When the counters of `realtime.stats` started (`stats_reset`).
+    pub started_at: std::time::SystemTime,
+    /// Keys from `realtime.jwt_jwks_url`, and their fetches.
+    pub jwks: jwks_url::JwksUrl,
     /// The worker is stopping: no new sockets, and `/health` says so.
     stopping: AtomicBool,
     /// Database messages flow (the decoder holds the slot).
@@ -167,7 +173,10 @@ impl Network for ServerHandle {
 
     fn reconfigure(&self, settings: &Settings) -> Vec<String> {
         crate::bridge::log::set_level(settings.log_level);
-        let mut config = ServerConfig::new(settings);
+        let mut config = ServerConfig::new(settings, &self.shared.jwks.keys);
+        if config.jwks_url != self.shared.config().jwks_url {
+            self.shared.jwks.url_changed();
+        }
         let mut warnings = config.warnings.clone();
         // A certificate that cannot be loaded on reload leaves the one in use.
         if let (tls::Tls::Unavailable, tls::Tls::On(previous)) = (&config.tls, &self.shared.config().tls) {
@@ -227,12 +236,15 @@ impl Network for ServerHandle {
 
 /// Starts the network thread. Listener errors are retried there, never fatal.
 pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<dyn Network>, Vec<String>) {
-    let config = ServerConfig::new(settings);
+    let jwks = jwks_url::JwksUrl::default();
+    let config = ServerConfig::new(settings, &jwks.keys);
     let warnings = config.warnings.clone();
     crate::log_info!("realtime: listening on {}", config.listen_description());
     let grace = config.restart_grace;
     let (relay, relay_rx) = mpsc::channel(relay::QUEUE);
     let shared = Arc::new(Shared {
+        started_at: std::time::SystemTime::now(),
+        jwks,
         relay,
         relay_bytes: AtomicUsize::new(0),
         primary: relay::Primary::default(),
@@ -276,6 +288,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
                         tokio::spawn(pressure::watch(thread_shared.clone()));
                         tokio::spawn(relay::run(thread_shared.clone(), relay_rx));
                         tokio::spawn(relay::keep_alive(thread_shared.clone()));
+                        tokio::spawn(jwks_url::run(thread_shared.clone()));
                         let rates = thread_shared.clone();
                         tokio::spawn(async move { rates.rates.run(&rates.metrics).await });
                         serve(thread_shared, stop_rx).await
@@ -429,13 +442,19 @@ async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         (Method::GET, Some("/metrics")) => metrics_page(&shared, request.headers()),
         (Method::GET, Some("/inspector")) => inspector::page(),
         (Method::GET, Some("/api/stats")) => inspector::stats(&shared, request.headers()),
+        (Method::GET, Some("/healthcheck")) => probes::healthcheck(),
+        (Method::GET, Some("/api/ping")) => probes::ping(),
+        (Method::GET, Some(s)) if probes::is_tenant_health(s) => probes::tenant_health(&shared, request.headers()),
+        (Method::OPTIONS, Some(s)) if s == "/api/broadcast" || s.starts_with("/api/broadcast/") => {
+            rest::preflight(request.headers())
+        }
         (Method::POST, Some("/api/broadcast")) => {
-            rest::rate_limited(shared.clone(), rest::batch(shared, request)).await
+            rest::cors_open(rest::rate_limited(shared.clone(), rest::batch(shared, request)).await)
         }
         (Method::POST, Some(s)) if s.starts_with("/api/broadcast/") => {
             // Topic and event come from the raw path so an encoded `/` stays in the topic.
             let raw = request.uri().path().to_owned();
-            rest::rate_limited(shared.clone(), rest::single(shared, raw, request)).await
+            rest::cors_open(rest::rate_limited(shared.clone(), rest::single(shared, raw, request)).await)
         }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response(),
     }
@@ -500,23 +519,27 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         shared.metrics.tripped("ConnectionRateLimitReached");
         return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     }
-    let headers = request.headers();
-    let apikey =
-        params.get("apikey").cloned().or_else(|| header(headers, "apikey")).or_else(|| header(headers, "x-api-key"));
-    let Some(apikey) = apikey.filter(|k| !k.is_empty()) else {
+    let (apikey, x_headers) = {
+        let headers = request.headers();
+        // As Supabase: the x-api-key header (where its gateway puts the JWT) first.
+        let apikey = [header(headers, "x-api-key"), params.get("apikey").cloned(), header(headers, "apikey")]
+            .into_iter()
+            .flatten()
+            .find(|k| !k.is_empty());
+        (apikey, auth::x_headers(headers))
+    };
+    let Some(apikey) = apikey else {
         return json_error(StatusCode::UNAUTHORIZED, "API key is missing");
     };
-    if apikey.starts_with("sb_") {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "sb_ API keys are not supported here: use a JWT signed with realtime.jwt_secret",
-        );
-    }
-    let claims = match shared.config().verifier.verify(&apikey, auth::unix_now()) {
+    let claims = match jwks_url::verify(&shared, &apikey).await {
         Ok(claims) => claims,
+        // Supabase's connect error says only that much.
+        Err(crate::jwt::JwtError::Expired { .. }) => return json_error(StatusCode::UNAUTHORIZED, "Token has expired"),
         Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.message()),
     };
-    let auth = auth::Auth::new(apikey, claims);
+    let auth = auth::Auth::new(apikey, claims, x_headers);
+    // Supabase's levels are info, warning and error (its default).
+    let asked = connection::Asked { vsn, log_joins: params.get("log_level").is_some_and(|l| l == "info") };
     let remote = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let upgrade = match WebSocketUpgrade::from_request(request, &()).await {
         Ok(u) => u,
@@ -529,5 +552,5 @@ async fn websocket(shared: Arc<Shared>, request: Request) -> Response {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection::serve(socket, shared, vsn, auth, remote))
+        .on_upgrade(move |socket| connection::serve(socket, shared, asked, auth, remote))
 }

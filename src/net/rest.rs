@@ -4,13 +4,13 @@
 //! permission and are dropped silently without it, as in Supabase.
 
 use super::Shared;
-use super::auth::{Auth, unix_now};
+use super::auth::Auth;
 use super::hub::TopicKey;
 use super::{bearer, header, query_params};
 use crate::bridge::{Extension, Request as BridgeRequest, Share};
 use crate::protocol::{Body, Broadcast};
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -25,6 +25,34 @@ fn unauthorized() -> Response {
 
 fn too_many(message: &str) -> Response {
     (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({"message": message}))).into_response()
+}
+
+/// Both routes are open to every origin, as Supabase's (`Corsica`,
+/// `origins: "*"`), so `httpSend()` works from a web page: a preflight gets
+/// the methods and whatever headers it asks for, every answer
+/// `Access-Control-Allow-Origin: *` (and the rate headers exposed).
+pub fn preflight(headers: &HeaderMap) -> Response {
+    let asked = header(headers, "access-control-request-headers")
+        .unwrap_or_else(|| "authorization, apikey, x-api-key, content-type, x-client-info".into());
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    out.insert("access-control-allow-methods", HeaderValue::from_static("POST, OPTIONS"));
+    if let Ok(asked) = HeaderValue::from_str(&asked) {
+        out.insert("access-control-allow-headers", asked);
+    }
+    out.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    cors_open(response)
+}
+
+/// `response`, readable by a page of any origin.
+pub fn cors_open(mut response: Response) -> Response {
+    let out = response.headers_mut();
+    out.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    out.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("x-rate-rolling, x-rate-limit, x-rate-limit-remaining"),
+    );
+    response
 }
 
 /// Supabase's request-rate check: the REST request rate (a rolling average
@@ -61,12 +89,17 @@ fn unprocessable(body: Value) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
 }
 
-/// `Authorization: Bearer` wins, else the `apikey` header. None: answer 401.
-fn authenticate(shared: &Shared, request: &Request) -> Option<Arc<Auth>> {
+/// The token (`Authorization: Bearer` wins, else the `apikey` header) and
+/// the `x-` headers. None: answer 401.
+fn credentials(request: &Request) -> Option<(String, Option<String>)> {
     let headers = request.headers();
-    let token = bearer(headers).or_else(|| header(headers, "apikey"))?;
-    let claims = shared.config().verifier.verify(&token, unix_now()).ok()?;
-    Some(Auth::new(token, claims))
+    Some((bearer(headers).or_else(|| header(headers, "apikey"))?, super::auth::x_headers(headers)))
+}
+
+async fn authenticate(shared: &Shared, credentials: Option<(String, Option<String>)>) -> Option<Arc<Auth>> {
+    let (token, x_headers) = credentials?;
+    let claims = super::jwks_url::verify(shared, &token).await.ok()?;
+    Some(Auth::new(token, claims, x_headers))
 }
 
 /// Which of these private topics may the caller write? One check per topic.
@@ -180,7 +213,7 @@ async fn read_body(request: Request) -> Result<axum::body::Bytes, Response> {
 }
 
 pub async fn batch(shared: Arc<Shared>, request: Request) -> Response {
-    let Some(auth) = authenticate(&shared, &request) else {
+    let Some(auth) = authenticate(&shared, credentials(&request)).await else {
         return unauthorized();
     };
     let body = match read_body(request).await {
@@ -212,7 +245,7 @@ pub async fn single(shared: Arc<Shared>, raw_path: String, request: Request) -> 
     let Some((topic, event)) = topic_and_event(&raw_path) else {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response();
     };
-    let Some(auth) = authenticate(&shared, &request) else {
+    let Some(auth) = authenticate(&shared, credentials(&request)).await else {
         return unauthorized();
     };
     let private = query_params(&request).get("private").is_some_and(|p| p == "true");
