@@ -187,7 +187,7 @@ mod tests {
     use crate::bridge::request::{AuthContext, Extension};
 
     fn ctx() -> AuthContext {
-        AuthContext { role: "anon".into(), claims_json: "{}".into(), sub: None }
+        AuthContext { role: "anon".into(), claims_json: "{}".into(), sub: None, headers: None }
     }
 
     fn write(reply: oneshot::Sender<Result<bool, String>>) -> Request {

@@ -9,6 +9,9 @@ pub struct AuthContext {
     /// Every JWT claim as JSON text, for `request.jwt.claims`.
     pub claims_json: String,
     pub sub: Option<String>,
+    /// The request's `x-` headers as a JSON object, for `request.headers`
+    /// in private-channel checks (as Supabase sets it); None: `{}`.
+    pub headers: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

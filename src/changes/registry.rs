@@ -121,7 +121,7 @@ mod tests {
     use super::*;
 
     fn ctx(role: &str) -> AuthContext {
-        AuthContext { role: role.into(), claims_json: "{}".into(), sub: None }
+        AuthContext { role: role.into(), claims_json: "{}".into(), sub: None, headers: None }
     }
 
     fn binding(id: u32, relids: &[u32]) -> Binding {

@@ -8,6 +8,21 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A request's `x-…` headers as the JSON object Supabase gives policies in
+/// `request.headers` (names lowercase, the last of a repeated one wins);
+/// None when there are none.
+pub fn x_headers(headers: &axum::http::HeaderMap) -> Option<String> {
+    let mut object = serde_json::Map::new();
+    for (name, value) in headers {
+        if name.as_str().starts_with("x-")
+            && let Ok(value) = value.to_str()
+        {
+            object.insert(name.as_str().to_owned(), Value::String(value.to_owned()));
+        }
+    }
+    (!object.is_empty()).then(|| Value::Object(object).to_string())
+}
+
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -23,9 +38,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(token: String, claims: Claims) -> Arc<Auth> {
+    /// `headers`: the request's `x-` headers, from [`x_headers`].
+    pub fn new(token: String, claims: Claims, headers: Option<String>) -> Arc<Auth> {
         let Claims { role, exp, sub, all } = claims;
-        let ctx = AuthContext { role, claims_json: Value::Object(all).to_string(), sub };
+        let ctx = AuthContext { role, claims_json: Value::Object(all).to_string(), sub, headers };
         Arc::new(Auth { token, exp, ctx })
     }
 

@@ -130,7 +130,7 @@ impl Session {
             // `sb_` keys are API keys, not JWTs: the socket's token stands in.
             Some(t) if !t.is_empty() && !t.starts_with("sb_") && t != self.auth.token => {
                 let claims = self.shared.config().verifier.verify(t, unix_now()).map_err(|e| e.to_string())?;
-                Ok(Auth::new(t.to_owned(), claims))
+                Ok(Auth::new(t.to_owned(), claims, self.auth.ctx.headers.clone()))
             }
             _ => {
                 // The socket's token was checked at connect; it may have expired since.

@@ -29,7 +29,7 @@ impl Default for ReadCache {
 
 impl ReadCache {
     fn key(&self, ctx: &AuthContext, topic: &str, presence: bool) -> u128 {
-        let hash = |state: &RandomState| state.hash_one((&ctx.role, &ctx.claims_json, topic, presence));
+        let hash = |state: &RandomState| state.hash_one((&ctx.role, &ctx.claims_json, &ctx.headers, topic, presence));
         (u128::from(hash(&self.hashers.0)) << 64) | u128::from(hash(&self.hashers.1))
     }
 
@@ -64,7 +64,7 @@ mod tests {
     use super::*;
 
     fn ctx(role: &str, claims: &str) -> AuthContext {
-        AuthContext { role: role.into(), claims_json: claims.into(), sub: None }
+        AuthContext { role: role.into(), claims_json: claims.into(), sub: None, headers: None }
     }
 
     const YES: ReadPermissions = ReadPermissions { broadcast: true, presence: false };

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 
 /// Client broadcasts waiting for the primary, at most; past it they reach
 /// this node's clients only (counted in `realtime_bus_relay_dropped_total`).
@@ -268,16 +269,18 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 pub async fn check(shared: Arc<Shared>, conninfo: String, request: Request) {
     match request {
         Request::ReadPermissions { ctx, topic, presence, reply } => {
-            let sql = "SELECT broadcast, presence FROM realtime.bus_read_permissions($1, $2, $3, $4, $5)";
-            let asked =
-                ask_primary(&shared, &conninfo, sql, [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &presence]);
+            let sql = "SELECT broadcast, presence FROM realtime.bus_read_permissions($1, $2, $3, $4, $5, $6)";
+            let params: [&(dyn ToSql + Sync); 6] =
+                [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &presence, &ctx.headers];
+            let asked = ask_primary(&shared, &conninfo, sql, &params);
             let _ = reply.send(asked.await.map(|row| ReadPermissions { broadcast: row.get(0), presence: row.get(1) }));
         }
         Request::WritePermission { ctx, topic, extension, reply } => {
             let extension = extension.as_str();
-            let sql = "SELECT realtime.bus_write_permission($1, $2, $3, $4, $5)";
-            let asked =
-                ask_primary(&shared, &conninfo, sql, [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &extension]);
+            let sql = "SELECT realtime.bus_write_permission($1, $2, $3, $4, $5, $6)";
+            let params: [&(dyn ToSql + Sync); 6] =
+                [&ctx.role, &ctx.claims_json, &ctx.sub, &topic, &extension, &ctx.headers];
+            let asked = ask_primary(&shared, &conninfo, sql, &params);
             let _ = reply.send(asked.await.map(|row| row.get::<_, bool>(0)));
         }
         _ => {}
@@ -290,7 +293,7 @@ async fn ask_primary(
     shared: &Shared,
     conninfo: &str,
     sql: &str,
-    params: [&(dyn tokio_postgres::types::ToSql + Sync); 5],
+    params: &[&(dyn ToSql + Sync)],
 ) -> Result<tokio_postgres::Row, String> {
     // The client gets the code and cause; the log has the details (hosts,
     // users): connection failures once a second, in `Primary::client`.

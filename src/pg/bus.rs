@@ -240,8 +240,9 @@ fn bus_read_permissions(
     sub: Option<String>,
     topic: String,
     presence: bool,
+    headers: default!(Option<String>, "NULL"),
 ) -> TableIterator<'static, (name!(broadcast, bool), name!(presence, bool))> {
-    let ctx = AuthContext { role, claims_json: claims, sub };
+    let ctx = AuthContext { role, claims_json: claims, sub, headers };
     match rls::read_permissions(&[rls::ReadProbe { ctx: &ctx, topic: &topic, presence }]).remove(0) {
         Ok(read) => TableIterator::once((read.broadcast, read.presence)),
         Err(e) => error!("{e}"),
@@ -251,8 +252,15 @@ fn bus_read_permissions(
 /// A standby's private-channel write check (`broadcast` or `presence`).
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn bus_write_permission(role: String, claims: String, sub: Option<String>, topic: String, extension: String) -> bool {
-    let ctx = AuthContext { role, claims_json: claims, sub };
+fn bus_write_permission(
+    role: String,
+    claims: String,
+    sub: Option<String>,
+    topic: String,
+    extension: String,
+    headers: default!(Option<String>, "NULL"),
+) -> bool {
+    let ctx = AuthContext { role, claims_json: claims, sub, headers };
     let extension = match extension.as_str() {
         "presence" => Extension::Presence,
         _ => Extension::Broadcast,
@@ -260,13 +268,12 @@ fn bus_write_permission(role: String, claims: String, sub: Option<String>, topic
     rls::write_permission(&ctx, &topic, extension).unwrap_or_else(|e| error!("{e}"))
 }
 
-
 extension_sql!(
     r#"
-REVOKE ALL ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) TO realtime_relay;
-GRANT EXECUTE ON FUNCTION realtime.bus_write_permission(text, text, text, text, text) TO realtime_relay;
+REVOKE ALL ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean, text) TO realtime_relay;
+GRANT EXECUTE ON FUNCTION realtime.bus_write_permission(text, text, text, text, text, text) TO realtime_relay;
 "#,
     name = "bus_check_grants",
     requires = [bus_read_permissions, bus_write_permission]

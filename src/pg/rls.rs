@@ -54,6 +54,12 @@ pub fn assume(ctx: &AuthContext, topic: &str) {
     assume_claims(ctx);
 }
 
+/// `request.headers` for a private-channel check, as Supabase sets it: the
+/// request's `x-` headers (`{}` without any).
+fn assume_headers(ctx: &AuthContext) {
+    set_local("request.headers", ctx.headers.as_deref().unwrap_or("{}"));
+}
+
 /// The claims alone, for a role already assumed.
 pub fn assume_claims(ctx: &AuthContext) {
     set_local("request.jwt.claims", &ctx.claims_json);
@@ -143,6 +149,7 @@ fn probe_reads(probes: &[ReadProbe]) -> Result<Vec<ReadPermissions>, pgrx::spi::
         let mut out = Vec::with_capacity(probes.len());
         for (probe, (broadcast_id, presence_id)) in probes.iter().zip(ids) {
             assume(probe.ctx, probe.topic);
+            assume_headers(probe.ctx);
             let args: [DatumWithOid; 2] = [broadcast_id.into(), presence_id.into()];
             let (broadcast, presence) = client.select(&seen, None, &args)?.first().get_two::<bool, bool>()?;
             out.push(ReadPermissions { broadcast: broadcast.unwrap_or(false), presence: presence.unwrap_or(false) });
@@ -156,6 +163,7 @@ pub fn write_permission(ctx: &AuthContext, topic: &str, extension: Extension) ->
     let inserted = rolled_back(|| {
         Spi::connect_mut(|client| {
             assume(ctx, topic);
+            assume_headers(ctx);
             let args: [DatumWithOid; 2] = [topic.into(), extension.as_str().into()];
             client.update("INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)", None, &args)?;
             Ok::<_, pgrx::spi::Error>(())
