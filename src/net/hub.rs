@@ -322,11 +322,15 @@ pub struct Subscriber {
     /// After a resume: broadcasts on the bus up to here were sent by it, and
     /// are not sent again when they arrive live.
     pub resumed_until: u64,
+    /// After a replay, the ids it sent (25 at most): a database broadcast
+    /// among them that arrives later (held back by a starting worker's
+    /// restart grace, say) is not sent again.
+    pub replayed: Option<Box<HashSet<String>>>,
 }
 
 impl Subscriber {
     pub fn new(conn: Arc<ConnHandle>, broadcast: bool, presence: bool) -> Subscriber {
-        Subscriber { conn, broadcast, presence, held: None, resumed_until: 0 }
+        Subscriber { conn, broadcast, presence, held: None, resumed_until: 0, replayed: None }
     }
 }
 
@@ -519,6 +523,9 @@ impl Hub {
     pub fn release(&self, key: &TopicKey, id: SubId, replayed: &HashSet<String>, resumed_until: u64) {
         let held = self.shard(key).get_mut(key).and_then(|t| t.subscribers.get_mut(&id)).and_then(|s| {
             s.resumed_until = resumed_until;
+            if !replayed.is_empty() {
+                s.replayed = Some(Box::new(replayed.clone()));
+            }
             let held = s.held.take()?;
             Some((s.conn.clone(), held))
         });
@@ -582,14 +589,19 @@ impl Hub {
         let mut frames =
             PerVsn::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, broadcast, meta).map(to_message));
         let mut delivered = 0;
+        let message_id = meta.and_then(|m| m.get("id")).and_then(Value::as_str);
         for (id, sub) in &mut topic.subscribers {
             if !sub.broadcast || Some(*id) == except || (position != 0 && position <= sub.resumed_until) {
                 continue;
             }
+            if let (Some(replayed), Some(message_id)) = (&sub.replayed, message_id)
+                && replayed.contains(message_id)
+            {
+                continue;
+            }
             let Some(frame) = frames.get(&sub.conn) else { continue };
             if let Some(held) = &mut sub.held {
-                let id = meta.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_owned);
-                held.push((id, position, frame.clone()));
+                held.push((message_id.map(str::to_owned), position, frame.clone()));
                 delivered += 1;
                 continue;
             }
