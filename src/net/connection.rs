@@ -71,7 +71,14 @@ async fn write_queued(shared: Arc<Shared>, conn: Arc<ConnHandle>, mut sink: Spli
     let _ = sink.close().await;
 }
 
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<Auth>, remote: Option<SocketAddr>) {
+/// How a socket asked to be seen: `log_level` on its connect URL.
+pub struct Asked {
+    pub vsn: Vsn,
+    pub log_joins: bool,
+}
+
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, asked: Asked, auth: Arc<Auth>, remote: Option<SocketAddr>) {
+    let Asked { vsn, log_joins } = asked;
     shared.open_sockets.fetch_add(1, Ordering::Relaxed);
     let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
     let peer = Peer { auth: Some(auth.clone()), remote, connected_at: SystemTime::now() };
@@ -81,6 +88,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<A
     let writer = tokio::spawn(write_queued(shared.clone(), conn.clone(), sink));
 
     let mut session = Session::new(shared.clone(), conn.clone(), auth);
+    session.log_joins = log_joins;
     loop {
         let expiry = session.next_expiry();
         tokio::select! {
@@ -122,7 +130,16 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, vsn: Vsn, auth: Arc<A
         writer.abort();
     }
     let mut writer = writer;
-    if tokio::time::timeout(CLOSE_DRAIN * 2, &mut writer).await.is_err() {
+    // Meanwhile the client's frames are read and dropped: closing a socket
+    // with unread data makes the kernel reset it, and the client would lose
+    // the last reply and the close frame (it sees 1006) — a client that
+    // joins in a loop has a join in flight whenever the rate limit trips.
+    let discard = async { while let Some(Ok(_)) = stream.next().await {} };
+    let (finished, _) = tokio::join!(
+        tokio::time::timeout(CLOSE_DRAIN * 2, &mut writer),
+        tokio::time::timeout(CLOSE_DRAIN * 2, discard)
+    );
+    if finished.is_err() {
         writer.abort();
     }
     // Counted until its last frame (a close frame at shutdown) is written.

@@ -75,6 +75,10 @@ pub struct Session {
     bytes: RateCounter,
     /// Counted among `realtime.max_concurrent_users` (since its first join).
     pub counted_user: bool,
+    /// `log_level=info` on the connect URL, as Supabase reads it: this
+    /// socket's joins and their answers reach the log (at info, which
+    /// `realtime.log_level` may still leave out).
+    pub log_joins: bool,
 }
 
 impl Session {
@@ -92,6 +96,7 @@ impl Session {
             events: RateCounter::new(None, Instant::now()),
             bytes: RateCounter::new(None, Instant::now()),
             counted_user: false,
+            log_joins: false,
         }
     }
 
@@ -152,6 +157,15 @@ impl Session {
     }
 
     pub fn reply(&self, msg: &Inbound, status: &str, response: Value) {
+        if self.log_joins && msg.event == "phx_join" {
+            let reason = response.get("reason").and_then(Value::as_str).unwrap_or_default();
+            crate::log_info!(
+                "realtime: socket {} (role {}) joining {}: {status} {reason}",
+                self.conn.id,
+                self.auth.ctx.role,
+                msg.topic
+            );
+        }
         let payload = protocol::reply(status, response);
         self.send(msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, "phx_reply", &payload);
     }
@@ -441,7 +455,7 @@ impl Session {
             return;
         }
         let auth = match self.shared.config().verifier.verify(&token, unix_now()) {
-            Ok(claims) => Auth::new(token, claims),
+            Ok(claims) => Auth::new(token, claims, self.auth.ctx.headers.clone()),
             Err(e) => return self.system_error_and_close(&msg.topic, &e.message()),
         };
         let (private, sub_topic, presence_enabled) =
