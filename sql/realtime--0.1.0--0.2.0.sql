@@ -3,7 +3,8 @@
 -- realtime_admin (the database owner, if not a superuser, becomes a member,
 -- so it can write policies) and no longer to realtime_worker; a default
 -- client role with superuser-like powers is never granted to the worker;
--- realtime.send's fast path no longer raises into the caller.
+-- realtime.send's fast path no longer raises into the caller; standby checks
+-- carry request.headers; realtime.stats has cumulative counters.
 \echo Use "ALTER EXTENSION realtime UPDATE TO '0.2.0'" to load this file. \quit
 
 DO $admin$
@@ -33,8 +34,6 @@ GRANT USAGE ON SCHEMA realtime TO realtime_relay;
 
 GRANT realtime_worker, realtime_admin TO realtime_relay;
 GRANT EXECUTE ON FUNCTION realtime.bus_relay(text[]) TO realtime_relay;
-GRANT EXECUTE ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) TO realtime_relay;
-GRANT EXECUTE ON FUNCTION realtime.bus_write_permission(text, text, text, text, text) TO realtime_relay;
 
 ALTER TABLE realtime.messages OWNER TO realtime_admin;
 DO $partitions$
@@ -171,8 +170,76 @@ ALTER FUNCTION realtime.wake_worker() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION realtime.stats_json() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION realtime.node() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION realtime.bus_relay(text[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION realtime.bus_write_permission(text, text, text, text, text) SET search_path = pg_catalog, pg_temp;
+
+-- The standby checks carry the request's x- headers (request.headers) too.
+DROP FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean);
+DROP FUNCTION realtime.bus_write_permission(text, text, text, text, text);
+CREATE FUNCTION realtime."bus_read_permissions"(
+	"role" TEXT, /* String */
+	"claims" TEXT, /* String */
+	"sub" TEXT, /* Option < String > */
+	"topic" TEXT, /* String */
+	"presence" bool, /* bool */
+	"headers" TEXT DEFAULT NULL /* Option < String > */
+) RETURNS TABLE (
+	"broadcast" bool,  /* bool */
+	"presence" bool  /* bool */
+)
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bus_read_permissions_wrapper';
+CREATE FUNCTION realtime."bus_write_permission"(
+	"role" TEXT, /* String */
+	"claims" TEXT, /* String */
+	"sub" TEXT, /* Option < String > */
+	"topic" TEXT, /* String */
+	"extension" TEXT, /* String */
+	"headers" TEXT DEFAULT NULL /* Option < String > */
+) RETURNS bool /* bool */
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bus_write_permission_wrapper';
+REVOKE ALL ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.bus_write_permission(text, text, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION realtime.bus_read_permissions(text, text, text, text, boolean, text) TO realtime_relay;
+GRANT EXECUTE ON FUNCTION realtime.bus_write_permission(text, text, text, text, text, text) TO realtime_relay;
+
+-- Cumulative counters and stats_reset, after the columns 0.1.0 had.
+CREATE OR REPLACE VIEW realtime.stats AS
+SELECT to_timestamp((s->>'taken_at_ms')::float8 / 1000) AS taken_at,
+       (s->>'sockets')::bigint AS sockets,
+       (s->>'channels')::bigint AS channels,
+       (s->>'joins_per_second')::float8 AS joins_per_second,
+       (s->>'messages_in_per_second')::float8 AS messages_in_per_second,
+       (s->>'messages_out_per_second')::float8 AS messages_out_per_second,
+       (s->>'bytes_out_per_second')::float8 AS bytes_out_per_second,
+       (s->>'decode_lag_bytes')::bigint AS decode_lag_bytes,
+       (s->>'decode_lag_ms')::float8 AS decode_lag_ms,
+       (s->>'decode_idle_ms')::bigint AS decode_idle_ms,
+       (s#>>'{commit_to_send,p50_ms}')::float8 AS commit_to_send_p50_ms,
+       (s#>>'{commit_to_send,p90_ms}')::float8 AS commit_to_send_p90_ms,
+       (s#>>'{commit_to_send,p99_ms}')::float8 AS commit_to_send_p99_ms,
+       (s#>>'{commit_to_send,count}')::bigint AS commits_sent_last_minute,
+       (s->>'rls_checks_per_second')::float8 AS rls_checks_per_second,
+       (s#>>'{rls_check,p50_ms}')::float8 AS rls_check_p50_ms,
+       (s#>>'{rls_check,p99_ms}')::float8 AS rls_check_p99_ms,
+       (s#>>'{rls_check,count}')::bigint AS rls_checks_last_minute,
+       (s->>'queued_bytes')::bigint AS queued_bytes,
+       (s->>'max_memory_bytes')::bigint AS max_memory_bytes,
+       (s->>'worker_rss_bytes')::bigint AS worker_rss_bytes,
+       s->'refused_joins' AS refused_joins,
+       s->'limit_trips' AS limit_trips,
+       (s->>'connections_left_out')::bigint AS connections_left_out,
+       (s->>'channels_left_out')::bigint AS channels_left_out,
+       to_timestamp((s->>'stats_reset_ms')::float8 / 1000) AS stats_reset,
+       (s#>>'{totals,joins}')::bigint AS joins_total,
+       (s#>>'{totals,messages_in}')::bigint AS messages_in_total,
+       (s#>>'{totals,messages_out}')::bigint AS messages_out_total,
+       (s#>>'{totals,bytes_out}')::bigint AS bytes_out_total,
+       (s#>>'{totals,database_messages}')::bigint AS database_messages_total,
+       (s#>>'{totals,rls_checks}')::bigint AS rls_checks_total
+FROM (SELECT realtime.stats_json()::jsonb AS s) snapshot
+WHERE s IS NOT NULL;
 
 -- The auth helpers, where this extension made them.
 DO $auth$

@@ -38,6 +38,10 @@ pub struct Stats {
     pub queued_bytes: u64,
     pub max_memory_bytes: u64,
     pub worker_rss_bytes: u64,
+    /// Counters since `stats_reset_ms` (the worker's start), as `pg_stat_*`
+    /// views keep them: a monitor that samples now and then can subtract.
+    pub totals: Totals,
+    pub stats_reset_ms: i64,
     /// Refused joins by code, and limit trips by code, since the worker started.
     pub refused_joins: BTreeMap<String, u64>,
     pub limit_trips: BTreeMap<String, u64>,
@@ -46,6 +50,19 @@ pub struct Stats {
     /// Rows left out to fit `realtime.stats_memory`.
     pub connections_left_out: u64,
     pub channels_left_out: u64,
+}
+
+/// Cumulative counters of [`Stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub joins: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    /// Database broadcasts and Postgres Changes decoded and fanned out.
+    pub database_messages: u64,
+    /// Row Level Security checks (main thread).
+    pub rls_checks: u64,
 }
 
 /// The main thread's figures of a snapshot, for `/metrics`.

@@ -3,7 +3,7 @@
 //! are per second since the previous call (the main thread calls once a second).
 
 use super::Shared;
-use crate::bridge::stats::{ConnectionRow, Stats};
+use crate::bridge::stats::{ConnectionRow, Stats, Totals};
 use crate::protocol::Vsn;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,6 +84,15 @@ pub fn take(shared: &Shared) -> Stats {
         commit_to_send,
         queued_bytes: shared.budget.used() as u64,
         max_memory_bytes: shared.budget.limit() as u64,
+        totals: Totals {
+            joins: totals[0],
+            messages_in: totals[1],
+            messages_out: totals[2],
+            bytes_out: totals[3],
+            database_messages: m.database_messages.get(),
+            rls_checks: 0,
+        },
+        stats_reset_ms: unix_ms(shared.started_at),
         refused_joins: m.refused_by_code(),
         limit_trips: m.trips_by_code(),
         connections,

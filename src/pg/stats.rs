@@ -161,7 +161,14 @@ SELECT to_timestamp((s->>'taken_at_ms')::float8 / 1000) AS taken_at,
        s->'refused_joins' AS refused_joins,
        s->'limit_trips' AS limit_trips,
        (s->>'connections_left_out')::bigint AS connections_left_out,
-       (s->>'channels_left_out')::bigint AS channels_left_out
+       (s->>'channels_left_out')::bigint AS channels_left_out,
+       to_timestamp((s->>'stats_reset_ms')::float8 / 1000) AS stats_reset,
+       (s#>>'{totals,joins}')::bigint AS joins_total,
+       (s#>>'{totals,messages_in}')::bigint AS messages_in_total,
+       (s#>>'{totals,messages_out}')::bigint AS messages_out_total,
+       (s#>>'{totals,bytes_out}')::bigint AS bytes_out_total,
+       (s#>>'{totals,database_messages}')::bigint AS database_messages_total,
+       (s#>>'{totals,rls_checks}')::bigint AS rls_checks_total
 FROM (SELECT realtime.stats_json()::jsonb AS s) snapshot
 WHERE s IS NOT NULL;
 

@@ -9,8 +9,8 @@ use super::decoding::{Caches, Decoder, OpenError, Step};
 use super::interrupts::{self, shutdown_requested};
 use super::wait::WaitSet;
 use super::{
-    bus, bus_key, bus_slot, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe, subxact,
-    wake,
+    bus, bus_key, bus_slot, conflict, decoding, maintenance, plugin, requests, route, settings, slot, stats, subscribe,
+    subxact, wake,
 };
 use crate::bridge::budget::MIN_HANDOFF;
 use crate::bridge::outbound::SpawnNetwork;
@@ -991,6 +991,8 @@ struct Figures {
     /// RLS checks since the last snapshot, and when that was.
     checks: u64,
     since: Instant,
+    /// RLS checks since the worker started.
+    checks_total: u64,
     /// Each check's wait over the last minute.
     check_times: latency::Window,
     wal_clock: WalClock,
@@ -998,7 +1000,13 @@ struct Figures {
 
 impl Figures {
     fn new(now: Instant) -> Figures {
-        Figures { checks: 0, since: now, check_times: latency::Window::new(now), wal_clock: WalClock::default() }
+        Figures {
+            checks: 0,
+            since: now,
+            checks_total: 0,
+            check_times: latency::Window::new(now),
+            wal_clock: WalClock::default(),
+        }
     }
 
     /// `count` checks answered together, each after `took`.
@@ -1021,6 +1029,8 @@ impl Figures {
         };
         snapshot.rls_checks_per_second = self.checks as f64 / now.duration_since(self.since).as_secs_f64().max(0.001);
         snapshot.rls_check = self.check_times.percentiles(now);
+        self.checks_total += self.checks;
+        snapshot.totals.rls_checks = self.checks_total;
         self.since = now;
         std::mem::take(&mut self.checks)
     }
