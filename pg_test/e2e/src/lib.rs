@@ -12,6 +12,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 pub const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+/// The development API keys `make run` maps in `realtime.api_keys` (scripts/common.sh).
+pub const PUBLISHABLE_KEY: &str = "sb_publishable_realtime_dev_0123456789";
+pub const SECRET_KEY: &str = "sb_secret_realtime_dev_0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a database message may take to arrive.
 pub const DB_WAIT: Duration = Duration::from_secs(10);
@@ -209,6 +212,18 @@ impl Client {
 
     pub async fn connect_url(vsn: Vsn, url: &str) -> Client {
         let (ws, _) = connect_async(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        Client { vsn, ws, next_ref: 1 }
+    }
+
+    /// Connects to `url` sending these extra request headers.
+    pub async fn connect_with_headers(vsn: Vsn, url: &str, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("a websocket URL");
+        for (name, value) in headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let (ws, _) = connect_async(request).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
         Client { vsn, ws, next_ref: 1 }
     }
 
