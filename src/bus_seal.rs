@@ -17,8 +17,8 @@
 //! Pure: no Postgres.
 
 use ring::hmac;
-use subtle::ConstantTimeEq;
 use std::collections::HashMap;
+use subtle::ConstantTimeEq;
 
 /// The key's length in bytes.
 pub const KEY_BYTES: usize = 32;
@@ -247,7 +247,6 @@ mod tests {
         }
         assert!(verifier.seen.len() <= MAX_WRITERS);
     }
-
 }
 
 /// Run for millions of cases by `make fuzz`.

@@ -25,7 +25,9 @@ pub fn key() -> Option<&'static Key> {
 pub fn ensure() {
     if std::fs::metadata(FILE).is_ok() {
         if key().is_none() {
-            warning!("realtime: {FILE} in the data directory is not 64 hex digits: bus messages cannot be sealed or read");
+            warning!(
+                "realtime: {FILE} in the data directory is not 64 hex digits: bus messages cannot be sealed or read"
+            );
         }
         return;
     }

@@ -81,7 +81,9 @@ pub fn client_search_path() -> &'static str {
 /// Sets a setting for the worker's own session.
 pub fn set_session(name: &str, value: &str) {
     let set = BackgroundWorker::transaction(|| {
-        Spi::connect(|c| c.select("SELECT pg_catalog.set_config($1, $2, false)", None, &[name.into(), value.into()]).map(|_| ()))
+        Spi::connect(|c| {
+            c.select("SELECT pg_catalog.set_config($1, $2, false)", None, &[name.into(), value.into()]).map(|_| ())
+        })
     });
     if let Err(e) = set {
         warning!("realtime: cannot set {name} to {value} for the worker: {e}");

@@ -41,7 +41,6 @@ fn watch_rss(pid: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64>
     })
 }
 
-
 /// Collects `n` numbered broadcasts (`payload.n`), returning how many times
 /// each arrived; panics if they do not all arrive within `wait`.
 async fn collect_numbers(c: &mut Client, expected: usize, wait: Duration) -> HashMap<i64, usize> {

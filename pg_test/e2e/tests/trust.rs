@@ -41,7 +41,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A relayed client broadcast as the bus carries it, from another node.
 fn relayed_row(topic: &str, event: &str) -> String {
-    format!("X{{\"origin\":\"evil\",\"topic\":\"realtime:{topic}\",\"private\":true,\"event\":\"{event}\"}}\n{{\"msg\":\"forged\"}}")
+    format!(
+        "X{{\"origin\":\"evil\",\"topic\":\"realtime:{topic}\",\"private\":true,\"event\":\"{event}\"}}\n{{\"msg\":\"forged\"}}"
+    )
 }
 
 /// Forged messages with every prefix the worker has read, in every shape:
@@ -209,7 +211,9 @@ async fn a_role_that_creates_in_public_plants_nothing_the_worker_runs() {
     let ran: Vec<String> = log.since().lines().filter(|l| l.contains("e2e planted")).map(str::to_owned).collect();
     let privileged: Vec<&String> = ran
         .iter()
-        .filter(|l| ["postgres", "realtime_worker", "realtime_admin"].iter().any(|r| l.ends_with(&format!("ran as {r}"))))
+        .filter(|l| {
+            ["postgres", "realtime_worker", "realtime_admin"].iter().any(|r| l.ends_with(&format!("ran as {r}")))
+        })
         .collect();
     assert!(privileged.is_empty(), "planted functions ran with privileges: {privileged:#?}");
 }
@@ -264,7 +268,9 @@ async fn a_table_owner_s_types_and_operators_run_only_as_the_subscriber() {
     let in_worker: Vec<String> = log
         .since()
         .lines()
-        .filter(|l| l.contains(&format!("e2e domain check in {worker} ")) || l.contains(&format!("e2e operator in {worker} ")))
+        .filter(|l| {
+            l.contains(&format!("e2e domain check in {worker} ")) || l.contains(&format!("e2e operator in {worker} "))
+        })
         .map(str::to_owned)
         .collect();
     assert!(!in_worker.is_empty(), "the worker cast and compared the filter value");
