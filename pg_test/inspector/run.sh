@@ -13,4 +13,4 @@ if ! cmp -s package-lock.json node_modules/.installed-lock.json 2>/dev/null; the
   npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json node_modules/.installed-lock.json
 fi
-node --test --test-timeout=60000 inspector.test.js
+node --test --test-timeout=60000 inspector.test.js cors.test.js

@@ -134,8 +134,14 @@ async fn a_monitoring_role_reads_no_secret() {
          END $$;
          GRANT pg_monitor TO e2e_monitor;",
     );
-    let secrets = [SECRET, token, "e2e-relay-password"];
-    let names = ["realtime.jwt_secret", "realtime.metrics_token", "realtime.primary_conninfo", "realtime.jwt_jwks"];
+    let secrets = [SECRET, token, "e2e-relay-password", SECRET_KEY, PUBLISHABLE_KEY];
+    let names = [
+        "realtime.jwt_secret",
+        "realtime.metrics_token",
+        "realtime.primary_conninfo",
+        "realtime.jwt_jwks",
+        "realtime.api_keys",
+    ];
     let mut seen = Vec::new();
     for name in names {
         for sql in [
