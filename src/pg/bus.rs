@@ -15,6 +15,7 @@ use super::decoding::{available_end, read_available_page, wal_segment_close_raw,
 use super::interrupts::shutdown_requested;
 use super::plugin::{BROADCAST, GAP, MARK, RELAYED, ROW_CHANGE};
 use super::rls;
+use crate::bridge::gap::lsn_text;
 use crate::bridge::{AuthContext, Commits, DbBroadcast, Extension, Gap, RelayKind, Relayed, Resumed, Resumption};
 use crate::bus_seal::{Refusal, Sealer, Verifier};
 use crate::decoded::Row;
@@ -111,6 +112,15 @@ pub fn resume(
     if !super::settings::bus() {
         return Err("UnableToResume: realtime.bus is off on this node".into());
     }
+    // What a client says is checked before it reaches the WAL reader.
+    if timeline == Some(0) {
+        return Err("UnableToResume: timeline 0 is no timeline (they start at 1)".into());
+    }
+    // SAFETY: reads a setting fixed at startup.
+    let segment_size = u64::from(unsafe { pg_sys::wal_segment_size } as u32);
+    if !is_record_boundary(after, segment_size) {
+        return Err(format!("UnableToResume: {} is not a position a WAL record ends at", lsn_text(after)));
+    }
     let (ours, our_timeline) = epoch();
     let ours = ours.to_string();
     if let Some(asked) = system_identifier
@@ -189,13 +199,29 @@ unsafe extern "C-unwind" {
 }
 
 /// Where timeline `old` ended in the history of timeline `current`.
+/// Where a record can end (and so a read begin): not 0, and not inside a
+/// page's header (a page's first byte is fine: the reader skips the header).
+/// The first page of a segment has the long header. Pure.
+fn is_record_boundary(position: u64, segment_size: u64) -> bool {
+    let align = |n: usize| n.div_ceil(8) as u64 * 8;
+    let header = if segment_size != 0 && position % segment_size < u64::from(pg_sys::XLOG_BLCKSZ) {
+        align(size_of::<pg_sys::XLogLongPageHeaderData>())
+    } else {
+        align(size_of::<pg_sys::XLogPageHeaderData>())
+    };
+    let in_page = position % u64::from(pg_sys::XLOG_BLCKSZ);
+    position != 0 && (in_page == 0 || in_page >= header)
+}
+
 fn timeline_end(old: u32, current: u32) -> Result<u64, String> {
     // SAFETY: main thread, in a transaction; the history list is palloc'd in
-    // the subtransaction, and an ERROR (a timeline not in the history) rolls
-    // it back.
+    // the subtransaction. The functions are declared here, not by pgrx: each
+    // call goes through pgrx's guard, so an ERROR (a timeline not in the
+    // history) becomes a panic the subtransaction catches and rolls back,
+    // never a longjmp over Rust frames.
     super::subxact::rolled_back(|| unsafe {
-        let history = readTimeLineHistory(current);
-        tliSwitchPoint(old, history, std::ptr::null_mut())
+        let history = pg_sys::ffi::pg_guard_ffi_boundary(|| readTimeLineHistory(current));
+        pg_sys::ffi::pg_guard_ffi_boundary(|| tliSwitchPoint(old, history, std::ptr::null_mut()))
     })
     .map_err(|e| format!("UnableToResume: timeline {old} is not in this node's history: {e}"))
 }
@@ -651,6 +677,20 @@ mod tests {
         data.extend(prefix);
         data.extend(message);
         data
+    }
+
+    #[test]
+    fn record_boundaries_are_not_inside_page_headers() {
+        let segment = 16 * 1024 * 1024;
+        let page = u64::from(pg_sys::XLOG_BLCKSZ);
+        assert!(!is_record_boundary(0, segment));
+        assert!(!is_record_boundary(1, segment), "inside the segment's long header");
+        assert!(!is_record_boundary(segment + 39, segment));
+        assert!(is_record_boundary(segment + 40, segment));
+        assert!(!is_record_boundary(segment + page + 16, segment), "inside a short header");
+        assert!(is_record_boundary(segment + page + 24, segment));
+        assert!(is_record_boundary(segment + page, segment), "a page's first byte: the reader skips its header");
+        assert!(is_record_boundary(u64::MAX - 7, segment));
     }
 
     #[test]

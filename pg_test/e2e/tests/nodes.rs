@@ -745,7 +745,8 @@ async fn a_standby_relays_and_checks_as_realtime_relay_which_is_no_superuser() {
          WHERE a.application_name = 'relay_as_role' LIMIT 1",
     );
     assert_eq!(who, "realtime_relay,false", "the relay's connection on the primary");
-    let (_, reply) = c.join(&format!("realtime:nodes-no:{}", unique("relay-role")), json!({"config": {"private": true}})).await;
+    let (_, reply) =
+        c.join(&format!("realtime:nodes-no:{}", unique("relay-role")), json!({"config": {"private": true}})).await;
     assert_eq!(reply["status"], "error", "{reply}");
     // A private client broadcast from the standby: written on the primary by the relay.
     let full = format!("realtime:{allowed}");
@@ -770,7 +771,8 @@ async fn bus_messages_forged_on_the_primary_reach_no_node() {
     let nodes = [p, s1, s2];
     let mut sockets = subscribers(&nodes, &topic).await;
     let broadcast = format!(r#"B{{"topic":"{topic}","event":"pwned","payload":{{"n":0}},"private":false,"id":"x"}}"#);
-    let relayed = format!("X{{\"origin\":\"evil\",\"topic\":\"realtime:{topic}\",\"private\":false,\"event\":\"pwned\"}}\n{{}}");
+    let relayed =
+        format!("X{{\"origin\":\"evil\",\"topic\":\"realtime:{topic}\",\"private\":false,\"event\":\"pwned\"}}\n{{}}");
     let seal = format!("\u{1f}{:016x}{:016x}{:016x}{}", 0u64, 1u64, 1u64, "ab".repeat(32));
     for prefix in ["realtime.bus.v2", "realtime.bus.v3"] {
         for body in [broadcast.clone(), relayed.clone(), format!("{broadcast}{seal}"), format!("{relayed}{seal}")] {
@@ -785,6 +787,56 @@ async fn bus_messages_forged_on_the_primary_reach_no_node() {
     for (node, c) in nodes.iter().zip(&mut sockets) {
         receive_in_order(node, c, &topic, 1).await;
         c.expect_silence(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn crafted_resume_positions_get_an_error_and_nothing_else_happens() {
+    let (p, s2) = (primary(), standby2());
+    let system_identifier = p.node().system_identifier;
+    let topic = unique("crafted");
+    let worker = |node: &Node| node.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime'");
+    for node in [&p, &s2] {
+        let pid = worker(node);
+        let mut watcher = node.subscriber(&topic).await;
+        let url = ws_url_at(&node.ws, Vsn::V2, &jwt("anon"));
+        // Timeline 0 (which made tliSwitchPoint raise over Rust frames), 0/0,
+        // positions inside a segment's and a page's header: each an error.
+        for (position, timeline) in
+            [("0/1", Some(0)), ("0/0", None), ("0/1", None), ("0/1000010", Some(1)), ("0/2002010", None)]
+        {
+            let mut epoch = json!({"system_identifier": system_identifier});
+            if let Some(t) = timeline {
+                epoch["timeline"] = t.into();
+            }
+            let mut c = Client::connect_url(Vsn::V2, &url).await;
+            let resume = json!({"position": position, "epoch": epoch});
+            c.join_ok(&format!("realtime:{}", unique("crafted")), json!({"broadcast": {"resume": resume}})).await;
+            let m = c.recv_event("system").await;
+            assert_eq!(m.payload["status"], "error", "{position} {timeline:?} on the {}: {m:?}", node.name);
+            let message = m.payload["message"].as_str().unwrap_or_default();
+            assert!(message.starts_with("UnableToResume: "), "{position} on the {}: {m:?}", node.name);
+        }
+        // Past the end of this node's WAL: nothing to resume, and no harm.
+        let mut c = Client::connect_url(Vsn::V2, &url).await;
+        let ahead =
+            json!({"position": "FFFFFFFF/FFFFFFFF", "epoch": {"system_identifier": system_identifier, "timeline": 1}});
+        c.join_ok(&format!("realtime:{}", unique("crafted")), json!({"broadcast": {"resume": ahead}})).await;
+        // Garbage is refused at the join.
+        for bad in [
+            json!("zz"),
+            json!({"position": "zz/zz"}),
+            json!({"position": 5}),
+            json!({"position": "0/1", "epoch": {"timeline": -1}}),
+        ] {
+            let (_, reply) = c
+                .join(&format!("realtime:{}", unique("crafted")), json!({"config": {"broadcast": {"resume": bad}}}))
+                .await;
+            assert_eq!(reply["status"], "error", "{bad} on the {}: {reply}", node.name);
+        }
+        assert_eq!(worker(node), pid, "the {}'s worker is the same process", node.name);
+        p.psql(&sends(&topic, 1));
+        receive_in_order(node, &mut watcher, &topic, 1).await;
     }
 }
 
