@@ -2,6 +2,19 @@
 -- RLS policies work unchanged. The schema itself comes from `schema = realtime`
 -- in the control file.
 
+-- Without shared_preload_libraries there is no worker, and loading the
+-- library now would end the session: say so before anything loads it.
+DO $preloaded$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings
+                 WHERE name = 'realtime.database' AND context = 'postmaster') THEN
+    RAISE EXCEPTION 'realtime must be loaded when the server starts'
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Add ''realtime'' to shared_preload_libraries (with wal_level = logical) and restart PostgreSQL.';
+  END IF;
+END
+$preloaded$;
+
 -- Roles that Supabase policies name. Roles are cluster-wide, so create only the missing ones.
 DO $roles$
 BEGIN

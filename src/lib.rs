@@ -24,14 +24,23 @@ extension_sql_file!("../sql/realtime.sql", name = "realtime_schema", bootstrap);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    pg::settings::define();
     // SAFETY: reading a flag Postgres sets while it loads preloaded libraries.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg::wake::init();
-        pg::bus::wake_on_replay();
-        pg::stats::init();
-        pg::worker::register();
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        // Loaded later, its settings that only a server start may set would
+        // end the session (FATAL); an ERROR says what to do instead.
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "realtime must be loaded when the server starts",
+            "_PG_init",
+        )
+        .set_hint("Add 'realtime' to shared_preload_libraries (with wal_level = logical) and restart PostgreSQL.")
+        .report(PgLogLevel::ERROR);
     }
+    pg::settings::define();
+    pg::wake::init();
+    pg::bus::wake_on_replay();
+    pg::stats::init();
+    pg::worker::register();
 }
 
 /// The background worker's entry point: the Postgres side runs on this
