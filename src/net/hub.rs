@@ -325,7 +325,7 @@ pub struct Subscriber {
     /// After a replay, the ids it sent (25 at most): a database broadcast
     /// among them that arrives later (held back by a starting worker's
     /// restart grace, say) is not sent again.
-    pub replayed: Option<Box<HashSet<String>>>,
+    pub replayed: Option<Box<[String]>>,
 }
 
 impl Subscriber {
@@ -524,7 +524,7 @@ impl Hub {
         let held = self.shard(key).get_mut(key).and_then(|t| t.subscribers.get_mut(&id)).and_then(|s| {
             s.resumed_until = resumed_until;
             if !replayed.is_empty() {
-                s.replayed = Some(Box::new(replayed.clone()));
+                s.replayed = Some(replayed.iter().cloned().collect());
             }
             let held = s.held.take()?;
             Some((s.conn.clone(), held))
@@ -595,7 +595,7 @@ impl Hub {
                 continue;
             }
             if let (Some(replayed), Some(message_id)) = (&sub.replayed, message_id)
-                && replayed.contains(message_id)
+                && replayed.iter().any(|r| r == message_id)
             {
                 continue;
             }

@@ -29,7 +29,7 @@ fn inline_hash(tag: &str) -> String {
     let open = format!("<{tag}>");
     let start = PAGE.find(&open).map(|i| i + open.len()).expect("the page has the element");
     let end = start + PAGE[start..].find(&format!("</{tag}>")).expect("the element is closed");
-    let digest = ring::digest::digest(&ring::digest::SHA256, PAGE[start..end].as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &PAGE.as_bytes()[start..end]);
     format!("sha256-{}", base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
 }
 

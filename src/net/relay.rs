@@ -299,7 +299,7 @@ async fn ask_primary(
     // users): connection failures once a second, in `Primary::client`.
     const UNREACHABLE: &str = "UnableToSetPolicies: this standby cannot reach the primary";
     let client = shared.primary.client(conninfo).await.map_err(|_| UNREACHABLE.to_owned())?;
-    let asked = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, &params)).await;
+    let asked = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, params)).await;
     match asked {
         Ok(Ok(row)) => Ok(row),
         Ok(Err(e)) if !e.is_closed() => Err(e.to_string()),

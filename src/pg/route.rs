@@ -22,6 +22,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A filter, and the (role, claims) it is evaluated as when its column's
+/// type is a user's (None: once for everyone).
+type FilterKey<'a> = (&'a Filter, Option<(String, String)>);
+
 /// How long a role's row checks took and how many (claims groups × rows) there were.
 pub type CheckTime = (Duration, u64);
 
@@ -90,13 +94,13 @@ fn route_table(
     let filter_key = |f: &Filter, ctx: &AuthContext| -> Option<(String, String)> {
         meta.user_typed.contains(&f.column).then(|| (ctx.role.clone(), ctx.claims_json.clone()))
     };
-    let mut distinct: HashMap<(&Filter, Option<(String, String)>), &AuthContext> = HashMap::new();
+    let mut distinct: HashMap<FilterKey, &AuthContext> = HashMap::new();
     for (_, ctx, bindings) in channels {
         for f in bindings.iter().flat_map(|b| b.filters.iter()) {
             distinct.entry((f, filter_key(f, ctx))).or_insert(*ctx);
         }
     }
-    let passing: HashMap<(&Filter, Option<(String, String)>), HashSet<usize>> = distinct
+    let passing: HashMap<FilterKey, HashSet<usize>> = distinct
         .into_iter()
         .map(|((f, key), ctx)| {
             let as_subscriber = key.is_some().then_some(ctx);
