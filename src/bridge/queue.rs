@@ -150,7 +150,10 @@ impl Bridge {
         Ok(())
     }
 
-    /// Sends a request to the main thread, within `share`, and waits for its answer.
+    /// Sends a request to the main thread, within `share`, and waits for its
+    /// answer (the network side asks through `Shared::call`, which routes a
+    /// standby's checks to the primary).
+    #[cfg(test)]
     pub async fn call<T>(
         &self,
         share: &Share,

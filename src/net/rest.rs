@@ -102,8 +102,9 @@ async fn authenticate(shared: &Shared, credentials: Option<(String, Option<Strin
     Some(Auth::new(token, claims, x_headers))
 }
 
-/// Which of these private topics may the caller write? One check per topic.
-async fn writable(shared: &Shared, auth: &Auth, topics: impl Iterator<Item = String>) -> HashMap<String, bool> {
+/// Which of these private topics may the caller write? One check per topic,
+/// routed as a socket's are (on a hot standby, to the primary).
+async fn writable(shared: &Arc<Shared>, auth: &Auth, topics: impl Iterator<Item = String>) -> HashMap<String, bool> {
     let mut allowed = HashMap::new();
     // One check at a time per request.
     let share = Share::new(1);
@@ -114,7 +115,6 @@ async fn writable(shared: &Shared, auth: &Auth, topics: impl Iterator<Item = Str
         let ctx = auth.ctx.clone();
         let topic_arg = topic.clone();
         let answer = shared
-            .bridge
             .call(&share, |reply| BridgeRequest::WritePermission {
                 ctx,
                 topic: topic_arg,
@@ -193,7 +193,7 @@ fn parse_batch(body: &[u8], max_payload: usize) -> Result<Vec<Outgoing>, Value> 
     if failed { Err(json!({"errors": {"messages": errors}})) } else { Ok(out) }
 }
 
-async fn deliver(shared: &Shared, auth: &Auth, messages: Vec<Outgoing>) {
+async fn deliver(shared: &Arc<Shared>, auth: &Auth, messages: Vec<Outgoing>) {
     let private_topics = messages.iter().filter(|m| m.private).map(|m| m.topic.clone());
     let allowed = writable(shared, auth, private_topics.collect::<Vec<_>>().into_iter()).await;
     for m in messages {

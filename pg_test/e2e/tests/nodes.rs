@@ -660,6 +660,29 @@ async fn private_channels_on_a_standby_are_checked_on_the_primary_as_there() {
     listener.expect_silence(Duration::from_secs(1)).await;
 }
 
+#[tokio::test]
+async fn a_private_rest_broadcast_on_a_standby_is_checked_on_the_primary() {
+    let (p, s1) = (primary(), standby1());
+    private_policies(&p, &[&s1]);
+    let topic = format!("nodes-rw:{}", unique("rest"));
+    let mut listener = user(&s1).await;
+    listener.join_ok(&format!("realtime:{topic}"), json!({"private": true})).await;
+    let token = jwt_with("authenticated", json!({"sub": "00000000-0000-4000-8000-0000000000c1"}));
+    let body = json!({"messages": [{"topic": topic, "event": "e", "payload": {"n": 0}, "private": true}]});
+    let url = format!("http://127.0.0.1:{}/realtime/v1/api/broadcast", s1.ws);
+    let status = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(status.ok(), Some(202));
+    // Its write check ran on the primary: the read-only standby could not write the probe.
+    receive_in_order(&s1, &mut listener, &topic, 1).await;
+}
+
 /// Joins a new private topic the policies allow (so no answer is cached);
 /// returns the join reply.
 async fn private_join(node: &Node) -> Value {
