@@ -46,9 +46,11 @@ impl JwksUrl {
 
 /// `verify`, and when no key fits and a key set URL is set, again after a fetch.
 pub async fn verify(shared: &Shared, token: &str) -> Result<Claims, JwtError> {
-    let first = shared.config().verifier.verify(token, super::auth::unix_now());
-    if matches!(first, Err(JwtError::NoKey)) && shared.config().jwks_url.is_some() && shared.jwks.refreshed().await {
-        return shared.config().verifier.verify(token, super::auth::unix_now());
+    // The fetched keys are shared by every verifier: the same one sees them.
+    let config = shared.config();
+    let first = config.verifier.verify(token, super::auth::unix_now());
+    if matches!(first, Err(JwtError::NoKey)) && config.jwks_url.is_some() && shared.jwks.refreshed().await {
+        return config.verifier.verify(token, super::auth::unix_now());
     }
     first
 }

@@ -24,7 +24,13 @@ use std::time::{Duration, Instant};
 
 /// A filter, and the (role, claims) it is evaluated as when its column's
 /// type is a user's (None: once for everyone).
-type FilterKey<'a> = (&'a Filter, Option<(String, String)>);
+type FilterKey<'a> = (&'a Filter, Option<(&'a str, &'a str)>);
+
+/// Where `f`'s result for `ctx` is kept: borrowed, as it is looked up for
+/// every change, channel and filter.
+fn filter_key<'a>(meta: &TableMeta, f: &'a Filter, ctx: &'a AuthContext) -> FilterKey<'a> {
+    (f, meta.user_typed.contains(&f.column).then_some((ctx.role.as_str(), ctx.claims_json.as_str())))
+}
 
 /// How long a role's row checks took and how many (claims groups × rows) there were.
 pub type CheckTime = (Duration, u64);
@@ -91,13 +97,10 @@ fn route_table(
 ) -> Vec<CheckTime> {
     // Filters: each distinct one evaluated once over the whole batch; on a
     // column of a user's type, once per subscriber group, as its role.
-    let filter_key = |f: &Filter, ctx: &AuthContext| -> Option<(String, String)> {
-        meta.user_typed.contains(&f.column).then(|| (ctx.role.clone(), ctx.claims_json.clone()))
-    };
     let mut distinct: HashMap<FilterKey, &AuthContext> = HashMap::new();
     for (_, ctx, bindings) in channels {
         for f in bindings.iter().flat_map(|b| b.filters.iter()) {
-            distinct.entry((f, filter_key(f, ctx))).or_insert(*ctx);
+            distinct.entry(filter_key(meta, f, ctx)).or_insert(*ctx);
         }
     }
     let passing: HashMap<FilterKey, HashSet<usize>> = distinct
@@ -150,7 +153,7 @@ fn route_table(
                 .iter()
                 .filter(|b| {
                     b.event.matches(&change.op)
-                        && b.filters.iter().all(|f| passing[&(f, filter_key(f, ctx))].contains(&i))
+                        && b.filters.iter().all(|f| passing[&filter_key(meta, f, ctx)].contains(&i))
                 })
                 .collect();
             // Bindings with different column lists get a message each.

@@ -58,15 +58,18 @@ fn forge_everything(role: &str, topic: &str) {
     }
 }
 
-fn create_intruder() {
-    psql(
+/// A NOLOGIN role of the tests' (made once), then `grants` for it.
+fn attacker_role(name: &str, grants: &str) {
+    psql(&format!(
         "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_intruder') THEN
-             CREATE ROLE e2e_intruder NOLOGIN;
-           END IF;
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} NOLOGIN; END IF;
          END $$;
-         GRANT CONNECT ON DATABASE postgres TO e2e_intruder;",
-    );
+         {grants}"
+    ));
+}
+
+fn create_intruder() {
+    attacker_role("e2e_intruder", "GRANT CONNECT ON DATABASE postgres TO e2e_intruder;");
 }
 
 #[tokio::test]
@@ -126,14 +129,7 @@ async fn a_monitoring_role_reads_no_secret() {
     let token = "e2e-metrics-token-0123456789";
     let _metrics = SystemSetting::set("realtime.metrics_token", token);
     let _conninfo = SystemSetting::set("realtime.primary_conninfo", "host=127.0.0.1 password=e2e-relay-password");
-    psql(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_monitor') THEN
-             CREATE ROLE e2e_monitor NOLOGIN;
-           END IF;
-         END $$;
-         GRANT pg_monitor TO e2e_monitor;",
-    );
+    attacker_role("e2e_monitor", "GRANT pg_monitor TO e2e_monitor;");
     let secrets = [SECRET, token, "e2e-relay-password", SECRET_KEY, PUBLISHABLE_KEY];
     let names = [
         "realtime.jwt_secret",
@@ -175,14 +171,7 @@ async fn a_monitoring_role_reads_no_secret() {
 #[tokio::test]
 async fn a_role_that_creates_in_public_plants_nothing_the_worker_runs() {
     let _turn = SERIAL.lock().await;
-    psql(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_planter') THEN
-             CREATE ROLE e2e_planter NOLOGIN;
-           END IF;
-         END $$;
-         GRANT CREATE ON SCHEMA public TO e2e_planter;",
-    );
+    attacker_role("e2e_planter", "GRANT CREATE ON SCHEMA public TO e2e_planter;");
     // Better matches than pg_catalog's for the calls the extension makes.
     let planted = r#"
         CREATE OR REPLACE FUNCTION public.to_char(date, text) RETURNS text LANGUAGE plpgsql AS $f$
@@ -227,14 +216,7 @@ async fn a_role_that_creates_in_public_plants_nothing_the_worker_runs() {
 #[tokio::test]
 async fn a_table_owner_s_types_and_operators_run_only_as_the_subscriber() {
     let _turn = SERIAL.lock().await;
-    psql(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_owner') THEN
-             CREATE ROLE e2e_owner NOLOGIN;
-           END IF;
-         END $$;
-         GRANT CREATE ON SCHEMA public TO e2e_owner;",
-    );
+    attacker_role("e2e_owner", "GRANT CREATE ON SCHEMA public TO e2e_owner;");
     let table = unique("trust_owned").replace('-', "_");
     psql_as(
         "e2e_owner",
@@ -338,15 +320,7 @@ async fn create_extension_grants_no_superuser_and_lets_the_owner_write_policies(
     let _turn = SERIAL.lock().await;
     let port = pg_port();
     let _ = try_psql("DROP DATABASE IF EXISTS e2e_trust_install");
-    psql(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'e2e_dbowner') THEN
-             CREATE ROLE e2e_dbowner NOLOGIN;
-           END IF;
-         END $$;
-         ALTER ROLE service_role SUPERUSER;
-         REVOKE service_role FROM realtime_worker;",
-    );
+    attacker_role("e2e_dbowner", "ALTER ROLE service_role SUPERUSER; REVOKE service_role FROM realtime_worker;");
     psql("CREATE DATABASE e2e_trust_install OWNER e2e_dbowner");
     let installed = try_psql_in(&port, "e2e_trust_install", "CREATE EXTENSION realtime");
     let granted = psql("SELECT pg_has_role('realtime_worker', 'service_role', 'MEMBER')");
