@@ -1,41 +1,17 @@
-//! What the output plugin wrote, in WAL order, waiting to be routed and
+//! What the output plugin wrote, in WAL order (rows in the format of
+//! `crate::row_format`), waiting to be routed and
 //! handed to the network side: held in memory up to a bound (counted against
 //! the worker's budget), and past it appended to a file, so a transaction of a
 //! million rows, whose commit is replayed in one call, costs disk and not
 //! memory. Pure: no Postgres calls.
 
 use crate::bridge::{Budget, Charge};
+use crate::row_format::Row;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// One row of plugin output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Row {
-    /// A broadcast from `realtime.messages` (JSON).
-    Broadcast(String),
-    /// A row change of a watched table (JSON).
-    Change(String),
-    /// A client's broadcast another node relayed through the bus, and its
-    /// position there (when decoded: the message's end; else 0).
-    Relayed(String, u64),
-    /// The end of a transaction that wrote rows: its end LSN and commit time
-    /// (Unix microseconds; 0 when unknown).
-    Commit { lsn: u64, committed_at_us: i64 },
-}
-
-impl Row {
-    /// About what the row holds in memory.
-    pub fn bytes(&self) -> usize {
-        const OVERHEAD: usize = 40;
-        match self {
-            Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s, _) => s.len() + OVERHEAD,
-            Row::Commit { .. } => OVERHEAD,
-        }
-    }
-}
 
 /// Rows taken together for one batch.
 #[derive(Debug, Default, PartialEq)]
@@ -99,7 +75,7 @@ impl Output {
             self.spill = Some(self.open_spill()?);
         }
         let spill = self.spill.as_mut().expect("opened above");
-        write_row(&mut spill.writer, &row)?;
+        row.write_framed(&mut spill.writer)?;
         spill.dirty = true;
         spill.rows += 1;
         spill.bytes += bytes as u64;
@@ -118,7 +94,7 @@ impl Output {
             spill.writer.flush()?;
             spill.dirty = false;
         }
-        let row = read_row(&mut spill.reader)?;
+        let row = Row::read_framed(&mut spill.reader)?;
         spill.rows -= 1;
         spill.bytes = spill.bytes.saturating_sub(row.bytes() as u64);
         if spill.rows == 0 {
@@ -163,57 +139,6 @@ impl Output {
 impl Drop for Output {
     fn drop(&mut self) {
         self.close_spill();
-    }
-}
-
-fn write_row(w: &mut impl Write, row: &Row) -> io::Result<()> {
-    match row {
-        Row::Broadcast(s) | Row::Change(s) | Row::Relayed(s, _) => {
-            let tag = match row {
-                Row::Broadcast(_) => b'B',
-                Row::Change(_) => b'R',
-                _ => b'X',
-            };
-            let len = u32::try_from(s.len()).map_err(|_| io::Error::other("a decoded row over 4 GB"))?;
-            w.write_all(&[tag])?;
-            w.write_all(&len.to_le_bytes())?;
-            w.write_all(s.as_bytes())?;
-            if let Row::Relayed(_, position) = row {
-                w.write_all(&position.to_le_bytes())?;
-            }
-            Ok(())
-        }
-        Row::Commit { lsn, committed_at_us } => {
-            w.write_all(b"C")?;
-            w.write_all(&lsn.to_le_bytes())?;
-            w.write_all(&committed_at_us.to_le_bytes())
-        }
-    }
-}
-
-fn read_row(r: &mut impl Read) -> io::Result<Row> {
-    let mut tag = [0u8; 1];
-    r.read_exact(&mut tag)?;
-    if tag[0] == b'C' {
-        let (mut lsn, mut at) = ([0u8; 8], [0u8; 8]);
-        r.read_exact(&mut lsn)?;
-        r.read_exact(&mut at)?;
-        return Ok(Row::Commit { lsn: u64::from_le_bytes(lsn), committed_at_us: i64::from_le_bytes(at) });
-    }
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let mut text = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut text)?;
-    let text = String::from_utf8(text).map_err(|_| io::Error::other("a spilled row is not UTF-8"))?;
-    match tag[0] {
-        b'B' => Ok(Row::Broadcast(text)),
-        b'R' => Ok(Row::Change(text)),
-        b'X' => {
-            let mut position = [0u8; 8];
-            r.read_exact(&mut position)?;
-            Ok(Row::Relayed(text, u64::from_le_bytes(position)))
-        }
-        other => Err(io::Error::other(format!("unknown spilled row tag {other}"))),
     }
 }
 

@@ -16,6 +16,7 @@ mod jwt;
 mod net;
 mod pg;
 mod protocol;
+mod row_format;
 mod wal_clock;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -29,9 +29,23 @@ pub struct RowChange {
 }
 
 impl RowChange {
+    /// A change as the output plugin wrote it, made right for clients: the
+    /// unchanged TOASTed columns left out of the new row, values rendered as
+    /// Supabase renders them. The one parse a change gets on its way out.
+    pub fn parse(text: &str) -> serde_json::Result<RowChange> {
+        let mut change: RowChange = serde_json::from_str(text)?;
+        if let Some(Value::Object(row)) = change.new.as_mut() {
+            for column in &change.toast {
+                row.remove(column);
+            }
+        }
+        change.render_like_supabase();
+        Ok(change)
+    }
+
     /// Values as Supabase sends them where `row_to_json` differs: `bytea` as
     /// hex without `\x`, a NaN or infinite number as null.
-    pub fn render_like_supabase(&mut self) {
+    fn render_like_supabase(&mut self) {
         for row in [self.new.as_mut(), self.old.as_mut()].into_iter().flatten() {
             let Value::Object(row) = row else { continue };
             for (name, type_name) in &self.columns {
@@ -50,6 +64,17 @@ impl RowChange {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn parsing_leaves_out_unchanged_toast_and_renders_like_supabase() {
+        let text = r#"{"rel":1,"op":"UPDATE","ts":5,"new":{"id":1,"big":null,"b":"\\x01"},"old":null,
+                      "toast":["big"],"columns":[["id","int4"],["big","text"],["b","bytea"]]}"#;
+        let change = RowChange::parse(text).unwrap();
+        assert_eq!(change.new, Some(json!({"id": 1, "b": "01"})));
+        assert_eq!(change.old, None);
+        assert_eq!(change.toast, vec!["big".to_owned()], "still named, for the payload's unchanged_toast");
+        assert!(RowChange::parse("{").is_err());
+    }
 
     #[test]
     fn bytea_and_special_numbers_render_as_supabase_does() {

@@ -79,7 +79,7 @@ pub fn process_pending() {
             pg_sys::ProcessInterrupts();
             Ok(())
         })
-        .catch_others(|e| Err(super::subxact::describe(&e).message))
+        .catch_others(|e| Err(super::sql_error::describe(&e).message))
         .execute();
         if let Err(e) = handled {
             pgrx::warning!("realtime: handling an interrupt failed: {e}");

@@ -132,7 +132,7 @@ const DEFAULT_CLIENT_ROLES: [&str; 3] = ["anon", "authenticated", "service_role"
 /// alone if that fails). A standby cannot write: there, the roles the
 /// primary's worker granted, which replicate.
 pub fn sync_worker_roles(named: &[String]) -> Vec<String> {
-    if super::bus::in_recovery() {
+    if super::recovery::in_recovery() {
         return worker_roles();
     }
     let synced = BackgroundWorker::transaction(|| {

@@ -1,25 +1,28 @@
 //! Everything that calls Postgres (SPI, `pg_sys`), run on the worker's main
-//! thread: the worker loop and its wake-ups, the decoding context and the
-//! output plugin, authorization probes, Postgres Changes checks and routing,
-//! partition maintenance, and the settings.
+//! thread. By concern:
+//! - `worker/`: the background worker, its loop, and its two roles
+//!   (primary: decoder and slot; standby: bus reader);
+//! - `decoding/`: the decoding context, the output plugin and the slot;
+//! - `bus/`: the bus between nodes in WAL (write, read, resume, relay);
+//! - `authz/`: acting as a client's role, probes, Postgres Changes checks
+//!   and routing;
+//! - leaves every part may use: settings, recovery state, SQL errors,
+//!   subtransactions, interrupts, recovery conflicts, WAL page reading,
+//!   wake-ups, waits, stats, maintenance.
 
+mod authz;
 pub mod bus;
-mod bus_key;
-mod bus_slot;
 mod conflict;
 mod decoding;
 mod interrupts;
 mod maintenance;
 mod node;
-mod plugin;
-mod requests;
-mod rls;
-mod route;
+mod recovery;
 pub mod settings;
-mod slot;
+mod sql_error;
 pub mod stats;
-mod subscribe;
 mod subxact;
 mod wait;
 pub mod wake;
+mod wal;
 pub mod worker;

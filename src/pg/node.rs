@@ -2,7 +2,7 @@
 //! epoch (system identifier and timeline: promotion starts a new timeline),
 //! and on a hot standby how far the worker's bus reader trails replay.
 
-use super::bus;
+use super::recovery;
 use super::stats;
 use pgrx::prelude::*;
 
@@ -12,8 +12,8 @@ fn node() -> TableIterator<
     'static,
     (name!(role, String), name!(system_identifier, String), name!(timeline, i32), name!(bus_lag_bytes, Option<i64>)),
 > {
-    let standby = bus::in_recovery();
-    let (system_identifier, timeline) = bus::epoch();
+    let standby = recovery::in_recovery();
+    let (system_identifier, timeline) = recovery::epoch();
     // As of the worker's last snapshot (about once a second).
     let lag = stats::snapshot().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()).and_then(|s| {
         let same_role = s["standby"].as_bool() == Some(standby);

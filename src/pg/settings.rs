@@ -485,7 +485,7 @@ fn bus_node() -> Option<BusNode> {
         return None;
     }
     let origin = ORIGIN.get_or_init(|| uuid::Uuid::new_v4().to_string()).clone();
-    let primary_conninfo = super::bus::in_recovery().then(|| {
+    let primary_conninfo = super::recovery::in_recovery().then(|| {
         text(&PRIMARY_CONNINFO).unwrap_or_else(|| relay_conninfo(&postgres_setting("primary_conninfo"), &database()))
     });
     Some(BusNode { origin, primary_conninfo })

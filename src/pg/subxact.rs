@@ -5,53 +5,10 @@
 use super::conflict;
 use super::interrupts::QueryGuard;
 use super::settings;
+use super::sql_error::{SqlError, describe};
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
-
-/// An ERROR raised inside a subtransaction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SqlError {
-    pub code: PgSqlErrorCode,
-    pub message: String,
-}
-
-impl SqlError {
-    /// `insufficient_privilege` (42501): what an RLS policy that says no raises.
-    pub fn is_denial(&self) -> bool {
-        self.code == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
-    }
-
-    /// A statement or lock timeout, or a cancel.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.code, PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE)
-    }
-}
-
-impl SqlError {
-    /// As Supabase's clients read a database error (Postgrex's form):
-    /// `ERROR 22P02 (invalid_text_representation) invalid input syntax ...`.
-    pub fn with_code(&self) -> String {
-        let packed = self.code as isize;
-        let sqlstate: String = (0..5).map(|i| char::from(((packed >> (6 * i)) & 0x3F) as u8 + b'0')).collect();
-        let name = format!("{:?}", self.code);
-        let name = name.strip_prefix("ERRCODE_").unwrap_or(&name).to_ascii_lowercase();
-        format!("ERROR {sqlstate} ({name}) {}", self.message)
-    }
-}
-
-impl std::fmt::Display for SqlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<SqlError> for String {
-    fn from(e: SqlError) -> String {
-        e.message
-    }
-}
 
 /// Runs `f` in a subtransaction and commits it; an ERROR inside becomes `Err`.
 pub fn committed<R>(f: impl FnOnce() -> R) -> Result<R, SqlError> {
@@ -97,12 +54,4 @@ fn run<R>(f: impl FnOnce() -> R, commit: bool, _guard: QueryGuard) -> Result<R, 
 /// A subtransaction's SPI result with both kinds of error as text.
 pub fn as_text<R>(result: Result<Result<R, pgrx::spi::Error>, SqlError>) -> Result<R, String> {
     result.map_err(String::from).and_then(|r| r.map_err(|e| e.to_string()))
-}
-
-pub fn describe(e: &CaughtError) -> SqlError {
-    let report = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
-    };
-    SqlError { code: report.sql_error_code(), message: report.message().to_owned() }
 }

@@ -3,7 +3,7 @@
 //! the worker decodes at once instead of on its fallback timer. While any
 //! channel has `postgres_changes` bindings, every transaction that wrote in
 //! the worker's database does the same. On a hot standby, recovery does it
-//! as it replays a bus message ([`super::bus::wake_on_replay`]).
+//! as it replays a bus message (`super::bus::wake_on_replay`).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -1,6 +1,7 @@
 //! The logical decoding output plugin (`realtime`), exported by this library
-//! and run by the worker's own decoding context (`decoding.rs`), or by SQL
-//! such as `pg_logical_slot_peek_changes` on another slot. Rows it writes:
+//! and run by the worker's own decoding context (`super::Decoder`), or by SQL
+//! such as `pg_logical_slot_peek_changes` on another slot. Rows it writes
+//! (in the format of `crate::row_format`):
 //! - `B{json}`: a committed insert into a partition of `realtime.messages`
 //!   with `extension = 'broadcast'`;
 //! - `R{json}`: an insert, update or delete of a table some `postgres_changes`
@@ -12,25 +13,16 @@
 //!   advance the slot to whole transactions only and time their delivery.
 
 use crate::bridge::DbBroadcast;
+#[cfg(doc)]
 use crate::changes::RowChange;
+use crate::row_format::{BROADCAST, BUS_PREFIX, COMMIT, RELAYED, ROW_CHANGE, tagged};
 use base64::Engine;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::tupdesc::PgTupleDesc;
-use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-
-pub const COMMIT: char = 'C';
-pub const BROADCAST: char = 'B';
-pub const ROW_CHANGE: char = 'R';
-pub const RELAYED: char = 'X';
-/// Bus only: everything committed before this position that had rows for
-/// the bus is on it.
-pub const MARK: char = 'P';
-/// Bus only: a [`crate::bridge::Gap`] every node reports to its subscribers.
-pub const GAP: char = 'G';
 
 thread_local! {
     /// Tables whose row changes are decoded (by relation oid).
@@ -160,7 +152,7 @@ unsafe extern "C-unwind" fn commit(
     // SAFETY: valid context and transaction from Postgres.
     unsafe {
         if state(ctx).wrote {
-            write(ctx, &format!("{COMMIT}{}", (*txn).xact_time.commit_time + POSTGRES_EPOCH_US));
+            write(ctx, &tagged(COMMIT, &((*txn).xact_time.commit_time + POSTGRES_EPOCH_US).to_string()));
         }
     }
 }
@@ -181,12 +173,12 @@ unsafe extern "C-unwind" fn message(
 ) {
     // SAFETY: valid pointers from Postgres for the duration of the callback.
     unsafe {
-        if transactional || std::ffi::CStr::from_ptr(prefix) != super::bus::PREFIX {
+        if transactional || std::ffi::CStr::from_ptr(prefix) != BUS_PREFIX {
             return;
         }
         let bytes = std::slice::from_raw_parts(message as *const u8, size);
-        if let Some(body) = super::bus::open(&mut state(ctx).verifier, end, bytes)
-            && body.starts_with(RELAYED)
+        if let Some(body) = crate::pg::bus::open(&mut state(ctx).verifier, end, bytes)
+            && body.as_bytes().first() == Some(&RELAYED)
         {
             write(ctx, &body);
         }
@@ -237,7 +229,7 @@ unsafe fn decode_change(
             let payload = raw_column(tuple, (*relation).rd_att, "payload");
             let tuple = PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked((*relation).rd_att), tuple);
             if let Some(message) = broadcast_row(&tuple, payload) {
-                write(ctx, &format!("{BROADCAST}{message}"));
+                write(ctx, &tagged(BROADCAST, &message));
                 state(ctx).wrote = true;
             }
             return;
@@ -258,21 +250,29 @@ unsafe fn decode_change(
         let mut toast = Vec::new();
         let new = new_tuple(change).map(|t| row_json(tupdesc, t, &mut toast));
         let old = old_tuple(change).map(|t| row_json(tupdesc, t, &mut Vec::new()));
-        let mut row = RowChange {
-            rel: relid,
-            op: op.to_owned(),
-            ts: (*txn).xact_time.commit_time + POSTGRES_EPOCH_US,
-            new,
-            old,
-            toast,
-            columns: columns(tupdesc),
-        };
-        row.render_like_supabase();
-        if let Ok(text) = serde_json::to_string(&row) {
-            write(ctx, &format!("{ROW_CHANGE}{text}"));
-            state(ctx).wrote = true;
-        }
+        let ts = (*txn).xact_time.commit_time + POSTGRES_EPOCH_US;
+        let text = change_json(relid, op, ts, new.as_deref(), old.as_deref(), &toast, &columns(tupdesc));
+        write(ctx, &tagged(ROW_CHANGE, &text));
+        state(ctx).wrote = true;
     }
+}
+
+/// A [`RowChange`] as JSON, its rows spliced in as `row_to_json` wrote them
+/// (a missing one as null): the worker parses each change once, on its way
+/// to the sockets ([`RowChange::parse`]).
+fn change_json(
+    rel: u32,
+    op: &str,
+    ts: i64,
+    new: Option<&str>,
+    old: Option<&str>,
+    toast: &[String],
+    columns: &[(String, String)],
+) -> String {
+    let toast = serde_json::to_string(toast).expect("strings serialize");
+    let columns = serde_json::to_string(columns).expect("strings serialize");
+    let (new, old) = (new.unwrap_or("null"), old.unwrap_or("null"));
+    format!(r#"{{"rel":{rel},"op":"{op}","ts":{ts},"new":{new},"old":{old},"toast":{toast},"columns":{columns}}}"#)
 }
 
 /// Name and type name of each column, as the relation was when the change
@@ -317,7 +317,7 @@ unsafe fn is_unchanged_toast(value: pg_sys::Datum) -> bool {
 /// The tuple as `row_to_json` renders it (numbers as numbers, timestamps as
 /// ISO strings, json as JSON), with unchanged TOAST values left out and
 /// their column names added to `toast`.
-unsafe fn row_json(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, toast: &mut Vec<String>) -> Value {
+unsafe fn row_json(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, toast: &mut Vec<String>) -> String {
     // SAFETY: the tuple matches the relation's descriptor; the copies live in
     // the decoding call's memory context.
     unsafe {
@@ -334,14 +334,10 @@ unsafe fn row_json(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, toast: 
         }
         let formed = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
         let datum = pg_sys::heap_copy_tuple_as_datum(formed, tupdesc);
+        // The unchanged TOASTed columns are null here; the worker leaves them
+        // out (`RowChange::parse`).
         let text: Option<String> = pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]);
-        let mut row: Value = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-        if let Value::Object(o) = &mut row {
-            for column in toast.iter() {
-                o.remove(column);
-            }
-        }
-        row
+        text.unwrap_or_else(|| "null".to_owned())
     }
 }
 

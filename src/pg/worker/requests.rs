@@ -1,10 +1,11 @@
 //! Answers the network side's requests on the main thread, each in its own
 //! subtransaction (inside the functions it calls).
 
-use super::interrupts::shutdown_requested;
-use super::{rls, subscribe};
 use crate::bridge::Request;
 use crate::changes::registry::{ChannelBindings, Registry};
+use crate::pg::authz::{rls, subscribe};
+use crate::pg::bus;
+use crate::pg::interrupts::shutdown_requested;
 
 /// Answers requests in order, but read checks (joins) first, together:
 /// nothing else a socket asks for waits on its own join's answer.
@@ -66,9 +67,9 @@ fn answer(request: Request, registry: &mut Registry) {
         Request::Replay { ctx, topic, since_ms, limit, reply } => {
             let _ = reply.send(rls::replay(&ctx, &topic, since_ms, limit));
         }
-        Request::BusRelay(rows) => super::bus::write_relayed(&rows),
+        Request::BusRelay(rows) => bus::write_relayed(&rows),
         Request::Resume { topic, private, after, system_identifier, timeline, reply } => {
-            let _ = reply.send(super::bus::resume(&topic, private, after, system_identifier.as_deref(), timeline));
+            let _ = reply.send(bus::resume(&topic, private, after, system_identifier.as_deref(), timeline));
         }
     }
 }

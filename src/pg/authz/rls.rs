@@ -3,8 +3,8 @@
 //! probes Supabase Realtime runs, so the same policies on `realtime.messages`
 //! apply.
 
-use super::subxact::{as_text, rolled_back};
 use crate::bridge::{AuthContext, Extension, ReadPermissions, StoredBroadcast};
+use crate::pg::subxact::{as_text, rolled_back};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
@@ -49,7 +49,7 @@ pub fn assume(ctx: &AuthContext, topic: &str) {
     set_local("role", &ctx.role);
     // What the client's own session would resolve names with; only now that
     // whatever it finds runs as the client's role.
-    set_local("search_path", super::maintenance::client_search_path());
+    set_local("search_path", crate::pg::maintenance::client_search_path());
     set_local("realtime.topic", topic);
     assume_claims(ctx);
 }

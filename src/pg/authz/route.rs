@@ -7,13 +7,13 @@
 //! failure reaches that group alone. A payload is built once per role.
 
 use super::rls::{act_for_clients, assume, assume_claims};
-use super::subxact::rolled_back;
 use crate::bridge::{AuthContext, Delivery};
 use crate::changes::RowChange;
 use crate::changes::condition;
 use crate::changes::filter::Filter;
 use crate::changes::payload::{self, TableMeta};
 use crate::changes::registry::{Binding, Registry};
+use crate::pg::subxact::rolled_back;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;

@@ -9,16 +9,23 @@
 //! the walsender; the traps (memory contexts, the page reader, historic versus
 //! present catalog caches) are described where they are handled.
 
+mod plugin;
+pub mod slot;
+
+pub use plugin::{commits_decoded, set_watched};
+
 use super::interrupts::shutdown_requested;
-use super::plugin::{BROADCAST, COMMIT, RELAYED, ROW_CHANGE};
-use super::slot::SLOT;
-use super::subxact::{committed, describe};
+use super::sql_error::describe;
+use super::subxact::committed;
+use super::wal;
 use crate::bridge::Budget;
-use crate::decoded::{Output, Row};
+use crate::decoded::Output;
+use crate::row_format::Row;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::ffi::{CStr, CString, c_char, c_int};
+use slot::SLOT;
+use std::ffi::{CStr, CString, c_char};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,16 +34,6 @@ use std::time::{Duration, Instant};
 unsafe extern "C-unwind" {
     /// `replication/decode.h`, which pgrx does not bind.
     fn LogicalDecodingProcessRecord(ctx: *mut pg_sys::LogicalDecodingContext, record: *mut pg_sys::XLogReaderState);
-    // The reader's routine needs C function pointers; pgrx's `pg_sys`
-    // functions of these names are Rust wrappers.
-    #[link_name = "wal_segment_open"]
-    pub(super) fn wal_segment_open_raw(
-        state: *mut pg_sys::XLogReaderState,
-        seg: pg_sys::XLogSegNo,
-        tli: *mut pg_sys::TimeLineID,
-    );
-    #[link_name = "wal_segment_close"]
-    pub(super) fn wal_segment_close_raw(state: *mut pg_sys::XLogReaderState);
 }
 
 /// How a [`Decoder::step`] ended.
@@ -238,11 +235,7 @@ unsafe fn create(name: &CStr, output: *mut Output) -> Result<*mut pg_sys::Logica
         }
         // The reorder buffer spills to disk past the session's
         // logical_decoding_work_mem, which the worker sets (see worker.rs).
-        let mut routine = pg_sys::XLogReaderRoutine {
-            page_read: Some(read_available_page),
-            segment_open: Some(wal_segment_open_raw),
-            segment_close: Some(wal_segment_close_raw),
-        };
+        let mut routine = wal::routine();
         // The context's memory is a child of the current context: make it
         // the worker's lifetime, not the transaction's.
         let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
@@ -259,42 +252,6 @@ unsafe fn create(name: &CStr, output: *mut Output) -> Result<*mut pg_sys::Logica
         (*ctx).output_writer_private = output.cast();
         pg_sys::XLogBeginRead((*ctx).reader, restart_lsn);
         Ok(ctx)
-    }
-}
-
-/// How far WAL can be read: what is flushed on a primary, what recovery has
-/// replayed on a standby.
-pub(super) fn available_end() -> u64 {
-    // SAFETY: main thread; reads positions from shared memory.
-    unsafe {
-        if pg_sys::RecoveryInProgress() {
-            pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())
-        } else {
-            pg_sys::GetFlushRecPtr(std::ptr::null_mut())
-        }
-    }
-}
-
-/// Reads a WAL page only once it is available up to what the record needs
-/// ([`available_end`]); otherwise says "not yet" (-1), which makes
-/// `XLogReadRecord` return NULL without an error and retry the same record on
-/// the next call. The stock `read_local_xlog_page` would sleep until the rest
-/// is there, and `read_local_xlog_page_no_wait` writes into `private_data`,
-/// which logical decoding uses for the context (trap B).
-#[pg_guard]
-pub(super) unsafe extern "C-unwind" fn read_available_page(
-    reader: *mut pg_sys::XLogReaderState,
-    target_page: pg_sys::XLogRecPtr,
-    request_len: c_int,
-    target_record: pg_sys::XLogRecPtr,
-    buffer: *mut c_char,
-) -> c_int {
-    // SAFETY: arguments from the WAL reader, passed on unchanged.
-    unsafe {
-        if target_page + request_len as u64 > available_end() {
-            return -1;
-        }
-        pg_sys::read_local_xlog_page(reader, target_page, request_len, target_record, buffer)
     }
 }
 
@@ -328,17 +285,8 @@ unsafe extern "C-unwind" fn write(
         let output = &mut *((*ctx).output_writer_private as *mut Output);
         let out = &*(*ctx).out;
         let bytes = std::slice::from_raw_parts(out.data as *const u8, out.len as usize);
-        let row = match bytes.first() {
-            Some(&b) if b == BROADCAST as u8 => Row::Broadcast(String::from_utf8_lossy(&bytes[1..]).into_owned()),
-            Some(&b) if b == ROW_CHANGE as u8 => Row::Change(String::from_utf8_lossy(&bytes[1..]).into_owned()),
-            // A message's write location is its end: its position on the bus.
-            Some(&b) if b == RELAYED as u8 => Row::Relayed(String::from_utf8_lossy(&bytes[1..]).into_owned(), lsn),
-            Some(&b) if b == COMMIT as u8 => {
-                let committed_at_us = std::str::from_utf8(&bytes[1..]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-                Row::Commit { lsn, committed_at_us }
-            }
-            _ => return,
-        };
+        // A message's write location is its end: its position on the bus.
+        let Some(row) = Row::from_plugin(bytes, lsn) else { return };
         if let Err(e) = output.push(row) {
             error!("realtime: cannot spill decoded messages to disk: {e}");
         }

@@ -5,11 +5,11 @@
 //! read like Supabase's, because clients show them.
 
 use super::rls::assume;
-use super::subxact::rolled_back;
 use crate::bridge::AuthContext;
 use crate::changes::condition;
 use crate::changes::filter::{self, Filter, MAX_IN_VALUES, Op};
 use crate::changes::registry::{Binding, Event, Registry};
+use crate::pg::subxact::rolled_back;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, ereport};
