@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio_postgres::types::PgLsn;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gap {
@@ -27,14 +28,12 @@ pub struct Commits {
 
 /// An LSN as Postgres writes it: `0/16B3748`.
 pub fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    PgLsn::from(lsn).to_string()
 }
 
 /// An LSN from the way Postgres writes it.
 pub fn lsn_from_text(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    let (high, low) = (u32::from_str_radix(high, 16).ok()?, u32::from_str_radix(low, 16).ok()?);
-    Some((u64::from(high) << 32) | u64::from(low))
+    text.parse::<PgLsn>().ok().map(u64::from)
 }
 
 impl Gap {

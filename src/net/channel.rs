@@ -1,8 +1,27 @@
 //! What a `phx_join` asks for, read from its payload the way Supabase Realtime
-//! reads it: missing flags are false, booleans may be strings.
+//! reads it: missing flags are false, booleans may be strings; and what a
+//! join came to.
 
+use super::auth::Auth;
+use crate::bridge::ReadPermissions;
+use crate::protocol::Inbound;
 use serde_json::{Map, Value};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+/// A join that passed the checks made at once.
+pub struct Prepared {
+    pub msg: Inbound,
+    pub sub_topic: String,
+    pub join: JoinConfig,
+    pub auth: Arc<Auth>,
+}
+
+/// What a join came to.
+pub enum Outcome {
+    Allowed(Box<Prepared>, ReadPermissions),
+    Refused { msg: Inbound, reason: String },
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinConfig {

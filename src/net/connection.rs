@@ -2,10 +2,10 @@
 //! session in order, while driving the session's pending joins; a task that
 //! writes what is queued. Every channel it joined is left when it ends.
 
-use super::Shared;
 use super::auth::Auth;
 use super::hub::{ConnHandle, Peer, QueueMemory};
 use super::session::Session;
+use super::shared::Shared;
 use crate::protocol::{self, Vsn};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
@@ -79,8 +79,8 @@ pub struct Asked {
 
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, asked: Asked, auth: Arc<Auth>, remote: Option<SocketAddr>) {
     let Asked { vsn, log_joins } = asked;
-    shared.open_sockets.fetch_add(1, Ordering::Relaxed);
-    let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.open_sockets.clone() };
+    shared.sockets.open.fetch_add(1, Ordering::Relaxed);
+    let memory = QueueMemory { budget: shared.budget.clone(), sockets: shared.sockets.open.clone() };
     let peer = Peer { auth: Some(auth.clone()), remote, connected_at: SystemTime::now() };
     let conn = ConnHandle::new(shared.hub.next_id(), vsn, peer, memory);
     shared.hub.add_connection(conn.clone());
@@ -143,5 +143,5 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, asked: Asked, auth: A
         writer.abort();
     }
     // Counted until its last frame (a close frame at shutdown) is written.
-    shared.open_sockets.fetch_sub(1, Ordering::Relaxed);
+    shared.sockets.open.fetch_sub(1, Ordering::Relaxed);
 }

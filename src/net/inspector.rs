@@ -2,7 +2,9 @@
 //! from the browser (join, watch, send, track), and `/api/stats`, the worker's
 //! latest `realtime.stats` snapshot for a service_role key.
 
-use super::{Shared, auth, bearer, json_error};
+use super::auth;
+use super::request_parts::{bearer, json_error};
+use super::shared::Shared;
 use axum::http::{HeaderMap, StatusCode, header as h};
 use axum::response::{IntoResponse, Response};
 
@@ -51,7 +53,7 @@ pub fn stats(shared: &Shared, headers: &HeaderMap) -> Response {
         Ok(_) => return json_error(StatusCode::FORBIDDEN, "/api/stats is for service_role keys"),
         Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.message()),
     }
-    let latest = shared.published_stats.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let latest = shared.figures.published();
     match latest {
         Some(json) => ([(h::CONTENT_TYPE, "application/json")], json.to_string()).into_response(),
         None => json_error(StatusCode::SERVICE_UNAVAILABLE, "no figures yet: the worker publishes them every second"),

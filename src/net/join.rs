@@ -5,7 +5,8 @@
 //! same topic makes an earlier pending join's outcome moot.
 
 use super::auth::{Auth, unix_now};
-use super::channel::{JoinConfig, Resume, bindings_with_ids};
+use super::channel::{JoinConfig, Outcome, Prepared, Resume, bindings_with_ids};
+use super::checks;
 use super::hub::{Subscriber, TopicKey};
 use super::limits::ClientPresence;
 use super::session::{Channel, Done, Session};
@@ -17,20 +18,6 @@ use std::sync::Arc;
 
 const REPLICATION_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 const REPLICATION_READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// A join that passed the checks made at once.
-pub struct Prepared {
-    msg: Inbound,
-    sub_topic: String,
-    join: JoinConfig,
-    auth: Arc<Auth>,
-}
-
-/// What a join came to.
-pub enum Outcome {
-    Allowed(Box<Prepared>, ReadPermissions),
-    Refused { msg: Inbound, reason: String },
-}
 
 fn unauthorized(sub_topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")
@@ -166,7 +153,7 @@ impl Session {
             None => {}
         }
         let remember = (ctx.clone(), topic.clone());
-        let asked = shared.request(&share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
+        let asked = checks::request(&shared, &share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
         let (delay, ttl) = (shared.config().join_error_delay, shared.config().authorization_cache);
         self.pending.push(Box::pin(async move {
             let answer = match asked {
@@ -337,7 +324,7 @@ impl Session {
             (channel.key.topic.clone(), channel.sub_topic.clone(), channel.join_ref.clone(), channel.id);
         self.pending.push(Box::pin(async move {
             let deadline = tokio::time::Instant::now() + REPLICATION_READY_TIMEOUT;
-            while !shared.replication_ready.load(std::sync::atomic::Ordering::Relaxed) {
+            while !shared.delivery.replication_ready.load(std::sync::atomic::Ordering::Relaxed) {
                 if tokio::time::Instant::now() >= deadline {
                     let message = "Replication connection was not established in time".to_owned();
                     return Done::Close { topic, id, message };

@@ -6,7 +6,7 @@
 //! a request that found no key for its token waits for one (briefly), and
 //! nothing else does.
 
-use super::Shared;
+use super::config::ServerConfig;
 use crate::jwt::{Claims, FetchedKeys, JwtError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,35 +45,36 @@ impl JwksUrl {
 }
 
 /// `verify`, and when no key fits and a key set URL is set, again after a fetch.
-pub async fn verify(shared: &Shared, token: &str) -> Result<Claims, JwtError> {
+pub async fn verify(config: &ServerConfig, jwks: &JwksUrl, token: &str) -> Result<Claims, JwtError> {
     // The fetched keys are shared by every verifier: the same one sees them.
-    let config = shared.config();
     let first = config.verifier.verify(token, super::auth::unix_now());
-    if matches!(first, Err(JwtError::NoKey)) && config.jwks_url.is_some() && shared.jwks.refreshed().await {
+    if matches!(first, Err(JwtError::NoKey)) && config.jwks_url.is_some() && jwks.refreshed().await {
         return config.verifier.verify(token, super::auth::unix_now());
     }
     first
 }
 
-pub async fn run(shared: Arc<Shared>) {
+/// Fetches the keys from the URL `url` names (read afresh each time) while
+/// the worker runs.
+pub async fn run(jwks: &JwksUrl, url: impl Fn() -> Option<String>) {
     let client = match reqwest::Client::builder().timeout(FETCH_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => return crate::log_warning!("realtime: realtime.jwt_jwks_url: cannot make an HTTP client: {e}"),
     };
     let (mut failing, mut kids) = (false, Vec::new());
     loop {
-        let url = shared.config().jwks_url.clone();
+        let url = url();
         let started = Instant::now();
         match &url {
             None => {
-                let _ = shared.jwks.keys.replace(r#"{"keys": []}"#);
+                let _ = jwks.keys.replace(r#"{"keys": []}"#);
             }
-            Some(url) => match fetch(&client, url).await.and_then(|text| shared.jwks.keys.replace(&text)) {
+            Some(url) => match fetch(&client, url).await.and_then(|text| jwks.keys.replace(&text)) {
                 Ok(count) => {
                     if failing {
                         crate::log_warning!("realtime: realtime.jwt_jwks_url: fetched again, {count} keys");
                     }
-                    let now = shared.jwks.keys.kids();
+                    let now = jwks.keys.kids();
                     if now != kids {
                         crate::log_info!("realtime: realtime.jwt_jwks_url: {count} signing keys (kid {now:?})");
                         kids = now;
@@ -90,10 +91,10 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             },
         }
-        shared.jwks.fetches.send_modify(|n| *n += 1);
+        jwks.fetches.send_modify(|n| *n += 1);
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
-            _ = shared.jwks.asked.notified() => {
+            _ = jwks.asked.notified() => {
                 tokio::time::sleep(MIN_INTERVAL.saturating_sub(started.elapsed())).await;
             }
         }

@@ -3,8 +3,8 @@
 //! connections can neither use up the worker's descriptors nor keep others
 //! out. `*` binds IPv4 and IPv6 apart (`IPV6_V6ONLY`), so both binds succeed.
 
-use super::Shared;
 use super::admission::Ticket;
+use super::shared::Shared;
 use super::tls::Tls;
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 /// A client has this long to send its request headers (and finish a TLS
 /// handshake): real clients send them at once.
@@ -65,10 +66,10 @@ pub async fn listen(addr: SocketAddr, shared: Arc<Shared>, app: Router, mut stop
             continue;
         };
         // Out of sockets: refused, closed at once.
-        if shared.open_sockets.load(Ordering::Relaxed) + shared.admission.pending() >= shared.max_sockets {
+        if shared.sockets.open.load(Ordering::Relaxed) + shared.sockets.admission.pending() >= shared.sockets.max {
             continue;
         }
-        let guard = shared.admission.admit(remote.ip());
+        let guard = shared.sockets.admission.admit(remote.ip());
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         match shared.config().tls.clone() {
@@ -100,7 +101,10 @@ where
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(app.map_request(super::request_parts::collapse_slashes)),
+        )
         .with_upgrades();
     // Ends when the connection is upgraded (the WebSocket lives on in its
     // own task), closes, has lasted too long, or a newer one took its place.

@@ -5,7 +5,7 @@
 //! the budget stays that full, every second, sockets that hold frames and
 //! wrote less than a trickle in the last second are closed (1008).
 
-use super::Shared;
+use super::shared::Shared;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

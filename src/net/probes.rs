@@ -3,7 +3,9 @@
 //! `GET /api/tenants/:tenant_id/health` (for any id: this worker is one
 //! tenant), each also under `/realtime/v1`. `/health` is this worker's own.
 
-use super::{Shared, auth, bearer};
+use super::auth;
+use super::request_parts::bearer;
+use super::shared::Shared;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -18,12 +20,6 @@ pub fn ping() -> Response {
 }
 
 /// `/api/tenants/<id>/health`, one id segment.
-pub fn is_tenant_health(path: &str) -> bool {
-    path.strip_prefix("/api/tenants/")
-        .and_then(|rest| rest.strip_suffix("/health"))
-        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
-}
-
 /// Behind a bearer token, as Supabase's (its API JWT; here any token or key
 /// this worker accepts): 403 with no body otherwise. `healthy` while the
 /// worker serves and is not stopping; `replication_connected` once database
@@ -34,25 +30,14 @@ pub fn tenant_health(shared: &Shared, headers: &HeaderMap) -> Response {
     if !verified {
         return StatusCode::FORBIDDEN.into_response();
     }
-    let healthy = !shared.stopping.load(Ordering::Relaxed);
+    let healthy = !shared.sockets.stopping.load(Ordering::Relaxed);
     axum::Json(json!({"data": {
         "healthy": healthy,
         "db_connected": healthy,
-        "replication_connected": shared.replication_ready.load(Ordering::Relaxed),
+        "replication_connected": shared.delivery.replication_ready.load(Ordering::Relaxed),
         "connected_cluster": shared.rates.users.load(Ordering::Relaxed),
         "region": null,
         "node": "realtime",
     }}))
     .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tenant_health_paths_have_one_id() {
-        assert!(super::is_tenant_health("/api/tenants/realtime-dev/health"));
-        assert!(!super::is_tenant_health("/api/tenants//health"));
-        assert!(!super::is_tenant_health("/api/tenants/a/b/health"));
-        assert!(!super::is_tenant_health("/api/tenants/a/healthz"));
-    }
 }

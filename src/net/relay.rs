@@ -6,9 +6,10 @@
 //! back, but the one that relayed them (its origin is in the row). Presence
 //! of other nodes is kept in [`super::remote_presence`].
 
-use super::Shared;
 use super::hub::{SubId, TopicKey, Wakeups};
+use super::nodes::Primary;
 use super::remote_presence::ALIVE_EVERY;
+use super::shared::Shared;
 use crate::bridge::gap::lsn_text;
 use crate::bridge::{ReadPermissions, RelayKind, Relayed, Request};
 use crate::protocol::{Body, Broadcast};
@@ -19,21 +20,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
-/// Client broadcasts waiting for the primary, at most; past it they reach
-/// this node's clients only (counted in `realtime_bus_relay_dropped_total`).
-pub const QUEUE: usize = 4096;
 /// Their bytes, at most: an eighth of `realtime.max_memory`.
 fn queue_bytes(shared: &Shared) -> usize {
     shared.budget.limit() / 8
 }
 /// Bytes relayed in one call, about.
 const BATCH_BYTES: usize = 1024 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed connection, checks and relays fail at once for this long.
-const RECONNECT_AFTER: Duration = Duration::from_secs(1);
-/// Permission checks a standby may have waiting on the primary at once.
-const CHECKS_IN_FLIGHT: usize = 256;
 
 /// Queues a client's broadcast for the other nodes, if this node is on the bus.
 pub fn send(shared: &Shared, key: &TopicKey, broadcast: &Broadcast) {
@@ -83,7 +76,7 @@ pub fn untrack(shared: &Shared, key: &TopicKey, owner: SubId) {
 /// in flight may have been lost. Paced by the relay queue rather than
 /// dropped when it is full: a node may track many.
 async fn track_all(shared: &Shared) {
-    let remote = shared.remote_presence.ids();
+    let remote = shared.nodes.remote_presence.ids();
     for (key, owner, presence_key, payload) in shared.hub.presences(|id| remote.contains(&id)) {
         let (header, payload) = track_row(&key, owner, &presence_key, &payload);
         let waited = std::time::Instant::now();
@@ -96,7 +89,8 @@ async fn track_all(shared: &Shared) {
 
 /// Whether the relay queue has room for about `bytes` more.
 fn has_room(shared: &Shared, bytes: usize) -> bool {
-    shared.relay.capacity() > 0 && shared.relay_bytes.load(Ordering::Relaxed) + bytes + 256 <= queue_bytes(shared)
+    shared.nodes.queue.capacity() > 0
+        && shared.nodes.queued_bytes.load(Ordering::Relaxed) + bytes + 256 <= queue_bytes(shared)
 }
 
 /// An `Alive` whose `owner` is this asks every node for what it tracks.
@@ -115,16 +109,16 @@ pub async fn keep_alive(shared: Arc<Shared>) {
         if shared.config().bus.is_none() {
             continue;
         }
-        let ask = std::mem::take(&mut first) | shared.presence_ask.swap(false, Ordering::Relaxed);
-        let remote = shared.remote_presence.ids();
+        let ask = std::mem::take(&mut first) | shared.nodes.presence_ask.swap(false, Ordering::Relaxed);
+        let remote = shared.nodes.remote_presence.ids();
         if ask || shared.hub.tracks_any(|id| remote.contains(&id)) {
             let owner = if ask { ASK } else { 0 };
             queue(shared.as_ref(), Relayed { kind: RelayKind::Alive, owner, ..Relayed::default() }, "");
         }
-        if shared.presence_asked.swap(false, Ordering::Relaxed) {
+        if shared.nodes.presence_asked.swap(false, Ordering::Relaxed) {
             track_all(&shared).await;
         }
-        let diffs = shared.remote_presence.expire(&shared.hub, Instant::now());
+        let diffs = shared.nodes.remote_presence.expire(&shared.hub, Instant::now());
         shared.rates.presence.add(diffs as u64);
     }
 }
@@ -137,9 +131,9 @@ fn queue(shared: &Shared, mut header: Relayed, payload: &str) {
     header.origin = bus.origin.clone();
     let row = header.row(payload);
     let len = row.len();
-    let queued = shared.relay_bytes.fetch_add(len, Ordering::Relaxed);
-    if queued + len > queue_bytes(shared) || shared.relay.try_send(row).is_err() {
-        shared.relay_bytes.fetch_sub(len, Ordering::Relaxed);
+    let queued = shared.nodes.queued_bytes.fetch_add(len, Ordering::Relaxed);
+    if queued + len > queue_bytes(shared) || shared.nodes.queue.try_send(row).is_err() {
+        shared.nodes.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         shared.metrics.bus_relay_dropped.inc();
     }
 }
@@ -155,14 +149,14 @@ pub fn deliver(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
     }
     // Presence rows say who is up; broadcasts do not (a node that only
     // broadcasts would otherwise be heard anew every few seconds).
-    if relayed.kind != RelayKind::Broadcast && shared.remote_presence.heard(&relayed.origin, Instant::now()) {
-        shared.presence_ask.store(true, Ordering::Relaxed);
+    if relayed.kind != RelayKind::Broadcast && shared.nodes.remote_presence.heard(&relayed.origin, Instant::now()) {
+        shared.nodes.presence_ask.store(true, Ordering::Relaxed);
     }
     if relayed.kind == RelayKind::Alive && relayed.owner == ASK {
-        shared.presence_asked.store(true, Ordering::Relaxed);
+        shared.nodes.presence_asked.store(true, Ordering::Relaxed);
     }
     let key = TopicKey { private: relayed.private, topic: relayed.topic };
-    let remote = &shared.remote_presence;
+    let remote = &shared.nodes.remote_presence;
     let delivered = match relayed.kind {
         RelayKind::Broadcast => {
             let payload = match Body::from_row_text(relayed.binary, payload) {
@@ -183,85 +177,6 @@ pub fn deliver(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
         RelayKind::Alive => 0,
     };
     shared.rates.presence.add(delivered as u64);
-}
-
-/// One connection to the primary, shared by relays and checks, opened on
-/// first use and again after it broke or `realtime.primary_conninfo` changed;
-/// after a failed attempt, asked again only a second later (or at once with
-/// another conninfo).
-pub struct Primary {
-    connection: tokio::sync::Mutex<Connection>,
-    /// Room for permission checks waiting on the primary.
-    pub checks: Arc<tokio::sync::Semaphore>,
-}
-
-#[derive(Default)]
-struct Connection {
-    client: Option<(String, Arc<tokio_postgres::Client>)>,
-    /// When connecting with which conninfo failed, and why.
-    failed: Option<(std::time::Instant, String, String)>,
-}
-
-impl Default for Primary {
-    fn default() -> Primary {
-        Primary { connection: Default::default(), checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_IN_FLIGHT)) }
-    }
-}
-
-impl Primary {
-    async fn client(&self, conninfo: &str) -> Result<Arc<tokio_postgres::Client>, String> {
-        let mut held = self.connection.lock().await;
-        if let Some((used, client)) = held.client.as_ref()
-            && used == conninfo
-            && !client.is_closed()
-        {
-            return Ok(client.clone());
-        }
-        if let Some((at, used, e)) = &held.failed
-            && at.elapsed() < RECONNECT_AFTER
-            && used == conninfo
-        {
-            return Err(e.clone());
-        }
-        let connected = match super::relay_tls::connect(conninfo) {
-            Ok(c) => tokio::time::timeout(CONNECT_TIMEOUT, c.config.connect(c.tls))
-                .await
-                .map(|r| r.map_err(|e| with_causes(&e))),
-            Err(e) => Ok(Err(e)),
-        };
-        let connected = match connected {
-            Ok(Ok(connected)) => connected,
-            failed => {
-                let e = match failed {
-                    Ok(Err(e)) => e,
-                    _ => "connecting timed out".to_owned(),
-                };
-                crate::log_warning!(
-                    "realtime: this standby cannot connect to the primary (realtime.primary_conninfo): {e}"
-                );
-                held.failed = Some((std::time::Instant::now(), conninfo.to_owned(), e.clone()));
-                return Err(e);
-            }
-        };
-        let (client, connection) = connected;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let client = Arc::new(client);
-        *held = Connection { client: Some((conninfo.to_owned(), client.clone())), failed: None };
-        Ok(client)
-    }
-}
-
-/// An error and its causes (tokio-postgres leaves the TLS handshake's out).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
 }
 
 /// Answers a permission check on a hot standby by running it on the primary
@@ -298,7 +213,7 @@ async fn ask_primary(
     // The client gets the code and cause; the log has the details (hosts,
     // users): connection failures once a second, in `Primary::client`.
     const UNREACHABLE: &str = "UnableToSetPolicies: this standby cannot reach the primary";
-    let client = shared.primary.client(conninfo).await.map_err(|_| UNREACHABLE.to_owned())?;
+    let client = shared.nodes.primary.client(conninfo).await.map_err(|_| UNREACHABLE.to_owned())?;
     let asked = tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, params)).await;
     match asked {
         Ok(Ok(row)) => Ok(row),
@@ -330,11 +245,11 @@ pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
         let config = shared.config();
         let Some(bus) = config.bus.as_ref() else {
             // The bus was turned off meanwhile.
-            shared.relay_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            shared.nodes.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             continue;
         };
         let sent = match &bus.primary_conninfo {
-            Some(conninfo) => relay_rows(&shared.primary, conninfo, &rows).await,
+            Some(conninfo) => relay_rows(&shared.nodes.primary, conninfo, &rows).await,
             // This node is the primary: its main thread writes them, while
             // it has room for them (they wait here, counted, meanwhile).
             None => loop {
@@ -345,7 +260,7 @@ pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
                 }
             },
         };
-        shared.relay_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        shared.nodes.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         match sent {
             Ok(()) if failing => {
                 crate::log_info!("realtime: relaying client broadcasts to the primary again");

@@ -3,10 +3,11 @@
 //! `/realtime/v1` or not. Both answer 202; private messages need RLS INSERT
 //! permission and are dropped silently without it, as in Supabase.
 
-use super::Shared;
 use super::auth::Auth;
+use super::checks;
 use super::hub::TopicKey;
-use super::{bearer, header, query_params};
+use super::request_parts::{bearer, header, query_params};
+use super::shared::Shared;
 use crate::bridge::{Extension, Request as BridgeRequest, Share};
 use crate::protocol::{Body, Broadcast};
 use axum::extract::Request;
@@ -98,7 +99,7 @@ fn credentials(request: &Request) -> Option<(String, Option<String>)> {
 
 async fn authenticate(shared: &Shared, credentials: Option<(String, Option<String>)>) -> Option<Arc<Auth>> {
     let (token, x_headers) = credentials?;
-    let claims = super::jwks_url::verify(shared, &token).await.ok()?;
+    let claims = super::jwks_url::verify(&shared.config(), &shared.jwks, &token).await.ok()?;
     Some(Auth::new(token, claims, x_headers))
 }
 
@@ -114,14 +115,13 @@ async fn writable(shared: &Arc<Shared>, auth: &Auth, topics: impl Iterator<Item 
         }
         let ctx = auth.ctx.clone();
         let topic_arg = topic.clone();
-        let answer = shared
-            .call(&share, |reply| BridgeRequest::WritePermission {
-                ctx,
-                topic: topic_arg,
-                extension: Extension::Broadcast,
-                reply,
-            })
-            .await;
+        let answer = checks::call(shared, &share, |reply| BridgeRequest::WritePermission {
+            ctx,
+            topic: topic_arg,
+            extension: Extension::Broadcast,
+            reply,
+        })
+        .await;
         let ok = match answer {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => {

@@ -2,12 +2,12 @@
 //! in order; joins (`join.rs`) and the follow-ups of a join run beside them as
 //! pending futures the connection's loop drives.
 
-use super::Shared;
 use super::auth::{Auth, unix_now};
-use super::channel::JoinConfig;
+use super::channel::{JoinConfig, Outcome};
+use super::checks;
 use super::hub::{ConnHandle, SubId, TopicKey};
-use super::join::Outcome;
 use super::limits::{Change, ClientPresence, RateCounter};
+use super::shared::Shared;
 use crate::bridge::{Extension, ReadPermissions, Request, Share};
 use crate::protocol::{self, Body, Broadcast, Inbound, InboundPayload};
 use futures_util::stream::FuturesUnordered;
@@ -263,7 +263,7 @@ impl Session {
         share: &Share,
         request: impl FnOnce(tokio::sync::oneshot::Sender<Result<bool, String>>) -> Request,
     ) -> Option<bool> {
-        match shared.call(share, request).await {
+        match checks::call(shared, share, request).await {
             Ok(Ok(allowed)) => Some(allowed),
             Ok(Err(e)) => {
                 crate::log_warning!("realtime: RlsPolicyError: a permission check failed: {e}");
@@ -318,7 +318,7 @@ impl Session {
             return channel.read.presence;
         }
         let (ctx, topic_arg) = (channel.auth.ctx.clone(), channel.sub_topic.clone());
-        let asked = self.shared.call(&self.share, |reply| Request::ReadPermissions {
+        let asked = checks::call(&self.shared, &self.share, |reply| Request::ReadPermissions {
             ctx,
             topic: topic_arg,
             presence: true,
@@ -462,7 +462,7 @@ impl Session {
             (channel.key.private, channel.sub_topic.clone(), channel.config.presence_enabled);
         let read = if private {
             let (ctx, topic) = (auth.ctx.clone(), sub_topic.clone());
-            let asked = self.shared.call(&self.share, |reply| Request::ReadPermissions {
+            let asked = checks::call(&self.shared, &self.share, |reply| Request::ReadPermissions {
                 ctx,
                 topic,
                 presence: presence_enabled,

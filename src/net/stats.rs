@@ -2,14 +2,11 @@
 //! `realtime.channels`: figures from the metrics, rows from the hub. Rates
 //! are per second since the previous call (the main thread calls once a second).
 
-use super::Shared;
+use super::shared::Shared;
 use crate::bridge::stats::{ConnectionRow, Stats, Totals};
 use crate::protocol::Vsn;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Totals at the previous call: joins, frames in, frames out, bytes out.
-pub type Previous = Option<(Instant, [u64; 4])>;
 
 /// Times the transactions whose messages a batch just queued, from their
 /// commit times (Unix microseconds; Postgres's clock is this host's).
@@ -19,7 +16,7 @@ pub fn sent(shared: &Shared, commits: &[i64]) {
     }
     let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
     let now = Instant::now();
-    let mut window = shared.commit_to_send.lock().unwrap_or_else(|p| p.into_inner());
+    let mut window = shared.delivery.commit_to_send.lock().unwrap_or_else(|p| p.into_inner());
     for &committed in commits.iter().filter(|&&c| c > 0) {
         let took = Duration::from_micros(now_us.saturating_sub(committed).max(0) as u64);
         window.record(took, 1, now);
@@ -61,7 +58,7 @@ pub fn take(shared: &Shared) -> Stats {
 
     let totals = [m.joins_total(), m.frames_in.get(), m.frames_out.get(), m.bytes_out.get()];
     let now = Instant::now();
-    let mut previous = shared.stats_previous.lock().unwrap_or_else(|p| p.into_inner());
+    let mut previous = shared.figures.previous.lock().unwrap_or_else(|p| p.into_inner());
     let rates = match *previous {
         Some((then, before)) if now > then => {
             let secs = now.duration_since(then).as_secs_f64();
@@ -71,11 +68,11 @@ pub fn take(shared: &Shared) -> Stats {
     };
     *previous = Some((now, totals));
     drop(previous);
-    let commit_to_send = shared.commit_to_send.lock().unwrap_or_else(|p| p.into_inner()).percentiles(now);
+    let commit_to_send = shared.delivery.commit_to_send.lock().unwrap_or_else(|p| p.into_inner()).percentiles(now);
 
     Stats {
         taken_at_ms: unix_ms(SystemTime::now()),
-        sockets: shared.open_sockets.load(Ordering::Relaxed) as u64,
+        sockets: shared.sockets.open.load(Ordering::Relaxed) as u64,
         channels: channel_rows.len() as u64,
         joins_per_second: rates[0],
         messages_in_per_second: rates[1],
@@ -92,7 +89,7 @@ pub fn take(shared: &Shared) -> Stats {
             database_messages: m.database_messages.get(),
             rls_checks: 0,
         },
-        stats_reset_ms: unix_ms(shared.started_at),
+        stats_reset_ms: unix_ms(shared.figures.started_at),
         refused_joins: m.refused_by_code(),
         limit_trips: m.trips_by_code(),
         connections,
