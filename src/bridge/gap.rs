@@ -31,9 +31,13 @@ pub fn lsn_text(lsn: u64) -> String {
     PgLsn::from(lsn).to_string()
 }
 
-/// An LSN from the way Postgres writes it.
+/// An LSN from the way Postgres writes it, as strictly as `pg_lsn_in` reads
+/// it (each half at most 8 hex digits): `PgLsn`'s parser lets a low half
+/// overflow into the high one, and clients send these.
 pub fn lsn_from_text(text: &str) -> Option<u64> {
-    text.parse::<PgLsn>().ok().map(u64::from)
+    let (high, low) = text.split_once('/')?;
+    let (high, low) = (u32::from_str_radix(high, 16).ok()?, u32::from_str_radix(low, 16).ok()?);
+    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 impl Gap {

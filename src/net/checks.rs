@@ -45,6 +45,6 @@ pub async fn call<T>(
 /// The primary's conninfo when `request` must be answered there.
 fn on_primary(shared: &Shared, request: &Request) -> Option<String> {
     let writes = matches!(request, Request::ReadPermissions { .. } | Request::WritePermission { .. });
-    let conninfo = shared.config().bus.as_ref().and_then(|b| b.primary_conninfo.clone());
+    let conninfo = shared.config().settings.bus.as_ref().and_then(|b| b.primary_conninfo.clone());
     conninfo.filter(|_| writes)
 }

@@ -3,29 +3,19 @@
 
 use super::tls::{self, Tls};
 use crate::api_keys::ApiKeys;
-use crate::bridge::settings::BusNode;
-use crate::bridge::{Limits, Settings};
+use crate::bridge::Settings;
 use crate::jwt::{ClaimValidators, FetchedKeys, Verifier};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Clone)]
 pub struct ServerConfig {
+    /// The settings as read; what follows is made from them.
+    pub settings: Settings,
     pub listen: Vec<SocketAddr>,
     pub verifier: Arc<Verifier>,
-    pub private_only: bool,
-    pub max_payload_bytes: usize,
-    pub max_channels_per_client: usize,
-    pub join_error_delay: Duration,
-    pub authorization_cache: Duration,
-    /// How long a starting worker holds database broadcasts (see `realtime.restart_grace`).
-    pub restart_grace: Duration,
-    pub limits: Limits,
-    pub metrics_token: Option<String>,
     pub tls: Tls,
-    pub bus: Option<BusNode>,
-    /// `realtime.jwt_jwks_url`.
+    /// `realtime.jwt_jwks_url`, when set.
     pub jwks_url: Option<String>,
     /// Problems found while building it, for the main thread to log.
     pub warnings: Vec<String>,
@@ -76,22 +66,7 @@ impl ServerConfig {
                     .into(),
             );
         }
-        ServerConfig {
-            listen,
-            verifier: Arc::new(verifier),
-            private_only: settings.private_only,
-            max_payload_bytes: settings.max_payload_bytes,
-            max_channels_per_client: settings.max_channels_per_client,
-            join_error_delay: settings.join_error_delay,
-            authorization_cache: settings.authorization_cache,
-            restart_grace: settings.restart_grace,
-            limits: settings.limits.clone(),
-            metrics_token: settings.metrics_token.clone(),
-            tls,
-            bus: settings.bus.clone(),
-            jwks_url,
-            warnings,
-        }
+        ServerConfig { listen, verifier: Arc::new(verifier), tls, jwks_url, settings: settings.clone(), warnings }
     }
 
     pub fn listen_description(&self) -> String {

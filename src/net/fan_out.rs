@@ -72,7 +72,7 @@ fn deliver_row(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
         },
         Err(e) => return crate::log_warning!("realtime: skipping an undecodable database broadcast: {e}"),
     };
-    if payload.wire_len() > shared.config().max_payload_bytes {
+    if payload.wire_len() > shared.config().settings.max_payload_bytes {
         return crate::log_warning!(
             "realtime: skipping database broadcast {}: payload larger than realtime.max_payload_size",
             message.id

@@ -104,7 +104,7 @@ pub async fn serve(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// `/metrics`: 404 unless `realtime.metrics_token` is set, 401 without it
 /// as a bearer token.
 async fn metrics_page(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let Some(token) = shared.config().metrics_token.clone() else {
+    let Some(token) = shared.config().settings.metrics_token.clone() else {
         return json_error(StatusCode::NOT_FOUND, "not found");
     };
     if !metrics::authorized(header(&headers, "authorization").as_deref(), &token) {
@@ -136,7 +136,7 @@ async fn websocket(State(shared): State<Arc<Shared>>, request: Request) -> Respo
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "ConnectionRateLimitReached: Too many connected users");
     }
     let users = shared.rates.users.load(Ordering::Relaxed);
-    if users >= shared.config().limits.max_concurrent_users {
+    if users >= shared.config().settings.limits.max_concurrent_users {
         shared.metrics.tripped("ConnectionRateLimitReached");
         return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     }

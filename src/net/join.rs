@@ -59,7 +59,7 @@ impl Session {
     /// Supabase's first join checks: concurrent users, then this socket's
     /// joins per second. A join let through is counted.
     fn admit(&mut self) -> Result<(), String> {
-        let (now, limits) = (std::time::Instant::now(), self.shared.config().limits.clone());
+        let (now, limits) = (std::time::Instant::now(), self.shared.config().settings.limits.clone());
         let users = self.shared.rates.users.load(std::sync::atomic::Ordering::Relaxed);
         if !self.counted_user && users >= limits.max_concurrent_users {
             self.shared.metrics.tripped("ConnectionRateLimitReached");
@@ -89,17 +89,17 @@ impl Session {
             return Err("InvalidJoinPayload: the join payload must be JSON".into());
         };
         let join = JoinConfig::parse(payload)?;
-        let most_changes = config.limits.max_postgres_changes_per_join;
+        let most_changes = config.settings.limits.max_postgres_changes_per_join;
         if join.postgres_changes.len() > most_changes {
             return Err(format!(
                 "TooManyPostgresChanges: A channel may listen to at most {most_changes} postgres_changes bindings"
             ));
         }
-        if !self.channels.contains_key(&msg.topic) && self.channels.len() >= config.max_channels_per_client {
+        if !self.channels.contains_key(&msg.topic) && self.channels.len() >= config.settings.max_channels_per_client {
             return Err("ChannelRateLimitReached: Too many channels".into());
         }
         let auth = self.auth_for(join.access_token.as_deref())?;
-        if config.private_only && !join.private {
+        if config.settings.private_only && !join.private {
             return Err("PrivateOnly: This project only allows private channels".into());
         }
         if join.replay.is_some() && !join.private {
@@ -130,7 +130,7 @@ impl Session {
     /// Refused clients rejoin forever: the reply waits (within the clients'
     /// 10 s join timeout), and nothing else on the socket does.
     fn refuse_later(&mut self, generation: u64, msg: Inbound, reason: String) {
-        let delay = self.shared.config().join_error_delay;
+        let delay = self.shared.config().settings.join_error_delay;
         self.pending.push(Box::pin(async move {
             tokio::time::sleep(delay).await;
             Done::Join(generation, Outcome::Refused { msg, reason })
@@ -154,7 +154,7 @@ impl Session {
         }
         let remember = (ctx.clone(), topic.clone());
         let asked = checks::request(&shared, &share, |reply| Request::ReadPermissions { ctx, topic, presence, reply });
-        let (delay, ttl) = (shared.config().join_error_delay, shared.config().authorization_cache);
+        let (delay, ttl) = (shared.config().settings.join_error_delay, shared.config().settings.authorization_cache);
         self.pending.push(Box::pin(async move {
             let answer = match asked {
                 Ok(reply) => {
@@ -254,8 +254,8 @@ impl Session {
             broadcast_write: None,
             presence_write: None,
             presence_calls: ClientPresence::new(
-                self.shared.config().limits.max_client_presence_events_per_window,
-                self.shared.config().limits.client_presence_window,
+                self.shared.config().settings.limits.max_client_presence_events_per_window,
+                self.shared.config().settings.limits.client_presence_window,
             ),
             changes: !bindings.is_empty(),
             config: join,

@@ -55,7 +55,7 @@ pub fn spawn(settings: &Settings, bridge: Bridge, budget: Arc<Budget>) -> (Box<d
     let config = shared.config();
     let warnings = config.warnings.clone();
     crate::log_info!("realtime: listening on {}", config.listen_description());
-    let grace = config.restart_grace;
+    let grace = config.settings.restart_grace;
     let (decoded, decoded_rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = std::sync::mpsc::channel();

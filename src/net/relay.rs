@@ -106,7 +106,7 @@ pub async fn keep_alive(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(ALIVE_EVERY);
     loop {
         tick.tick().await;
-        if shared.config().bus.is_none() {
+        if shared.config().settings.bus.is_none() {
             continue;
         }
         let ask = std::mem::take(&mut first) | shared.nodes.presence_ask.swap(false, Ordering::Relaxed);
@@ -127,7 +127,7 @@ pub async fn keep_alive(shared: Arc<Shared>) {
 /// bounds, if this node is on the bus.
 fn queue(shared: &Shared, mut header: Relayed, payload: &str) {
     let config = shared.config();
-    let Some(bus) = &config.bus else { return };
+    let Some(bus) = &config.settings.bus else { return };
     header.origin = bus.origin.clone();
     let row = header.row(payload);
     let len = row.len();
@@ -144,7 +144,7 @@ pub fn deliver(shared: &Shared, row: &str, position: u64, wakeups: &mut Wakeups)
         Ok(parsed) => parsed,
         Err(e) => return crate::log_warning!("realtime: skipping an undecodable relayed row: {e}"),
     };
-    if shared.config().bus.as_ref().is_some_and(|b| b.origin == relayed.origin) {
+    if shared.config().settings.bus.as_ref().is_some_and(|b| b.origin == relayed.origin) {
         return;
     }
     // Presence rows say who is up; broadcasts do not (a node that only
@@ -243,7 +243,7 @@ pub async fn run(shared: Arc<Shared>, mut queued: mpsc::Receiver<String>) {
             }
         }
         let config = shared.config();
-        let Some(bus) = config.bus.as_ref() else {
+        let Some(bus) = config.settings.bus.as_ref() else {
             // The bus was turned off meanwhile.
             shared.nodes.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             continue;

@@ -62,7 +62,7 @@ pub fn cors_open(mut response: Response) -> Response {
 pub async fn rate_limited(shared: Arc<Shared>, handler: impl Future<Output = Response>) -> Response {
     shared.rates.requests.add(1);
     let avg = shared.rates.requests.avg().trunc() as i64;
-    let max = i64::from(shared.config().limits.max_events_per_second);
+    let max = i64::from(shared.config().settings.limits.max_events_per_second);
     let mut response = if avg >= max { too_many("Too many requests") } else { handler.await };
     let headers = response.headers_mut();
     for (name, value) in [("x-rate-rolling", avg), ("x-rate-limit", max), ("x-rate-limit-remaining", max - avg)] {
@@ -75,7 +75,7 @@ pub async fn rate_limited(shared: Arc<Shared>, handler: impl Future<Output = Res
 /// the rolling average past the limit); they are counted when let through.
 fn over_message_rate(shared: &Shared, count: usize) -> Option<Response> {
     let avg = shared.rates.events.avg();
-    let max = f64::from(shared.config().limits.max_events_per_second);
+    let max = f64::from(shared.config().settings.limits.max_events_per_second);
     if avg >= max {
         return Some(too_many("You have exceeded your rate limit"));
     }
@@ -220,7 +220,7 @@ pub async fn batch(shared: Arc<Shared>, request: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match parse_batch(&body, shared.config().max_payload_bytes) {
+    match parse_batch(&body, shared.config().settings.max_payload_bytes) {
         Ok(messages) => {
             if let Some(refused) = over_message_rate(&shared, messages.len()) {
                 return refused;
@@ -263,7 +263,7 @@ pub async fn single(shared: Arc<Shared>, raw_path: String, request: Request) -> 
             Err(e) => return unprocessable(json!({"error": format!("the body is not valid JSON: {e}")})),
         }
     };
-    if payload.wire_len() > shared.config().max_payload_bytes {
+    if payload.wire_len() > shared.config().settings.max_payload_bytes {
         return unprocessable(json!({"error": "Payload size exceeds tenant limit"}));
     }
     if let Some(refused) = over_message_rate(&shared, 1) {

@@ -119,7 +119,7 @@ impl Session {
     /// A client's message on a channel, counted for this socket and in
     /// total. Over a limit, the channel ends as in Supabase; `false` then.
     fn count_event(&mut self, topic: &str) -> bool {
-        let (now, limits) = (Instant::now(), self.shared.config().limits.clone());
+        let (now, limits) = (Instant::now(), self.shared.config().settings.limits.clone());
         self.shared.rates.events.add(1);
         self.events.set_limit(Some(f64::from(limits.max_events_per_second)));
         self.bytes.set_limit(Some(f64::from(limits.max_bytes_per_second)));
@@ -346,7 +346,7 @@ impl Session {
             return;
         };
         let ack = channel.config.broadcast_ack;
-        if broadcast.payload.wire_len() > self.shared.config().max_payload_bytes {
+        if broadcast.payload.wire_len() > self.shared.config().settings.max_payload_bytes {
             if ack {
                 self.reply(&msg, "error", json!({"error": "payload_size_exceeded"}));
             }
@@ -390,7 +390,8 @@ impl Session {
                 let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
                     return self.reply(msg, "error", json!({"reason": "Presence track payload must be a map"}));
                 };
-                if Body::json(&Value::Object(meta.clone())).wire_len() > self.shared.config().max_payload_bytes {
+                if Body::json(&Value::Object(meta.clone())).wire_len() > self.shared.config().settings.max_payload_bytes
+                {
                     return self.system_error_and_close(&msg.topic, "Track message size exceeded");
                 }
                 if !self.count_presence(&msg.topic, 1) {

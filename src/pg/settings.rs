@@ -11,53 +11,226 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
-pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1"));
-pub static PORT: GucSetting<i32> = GucSetting::<i32>::new(4000);
-pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static METRICS_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static API_KEYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static JWT_JWKS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static JWT_JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static JWT_CLAIM_VALIDATORS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static PRIVATE_ONLY: GucSetting<bool> = GucSetting::<bool>::new(false);
-static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
-static BUS: GucSetting<bool> = GucSetting::<bool>::new(false);
-static PRIMARY_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static LOG_LEVEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"info"));
-/// In kB.
-pub static MAX_PAYLOAD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3000);
-pub static MAX_CHANNELS_PER_CLIENT: GucSetting<i32> = GucSetting::<i32>::new(100);
-/// In ms.
-pub static JOIN_ERROR_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
-/// In ms.
-pub static AUTHORIZATION_CACHE: GucSetting<i32> = GucSetting::<i32>::new(5000);
-/// In kB.
-pub static MAX_RECORD_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
-/// In ms.
-pub static RESTART_GRACE: GucSetting<i32> = GucSetting::<i32>::new(5000);
-/// In MB.
-pub static MAX_SLOT_WAL: GucSetting<i32> = GucSetting::<i32>::new(1024);
-/// In kB.
-pub static MAX_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
-/// In kB.
-pub static STATS_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(1024);
-/// In ms.
-pub static STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
-/// In ms.
-pub static LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
-pub static ALLOWED_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static MAX_CONCURRENT_USERS: GucSetting<i32> = GucSetting::<i32>::new(200);
-pub static MAX_JOINS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(100);
-pub static MAX_EVENTS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(100);
-pub static MAX_BYTES_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(100_000);
-pub static MAX_PRESENCE_EVENTS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(1000);
-pub static MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(5);
-/// In ms.
-pub static CLIENT_PRESENCE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(30_000);
-pub static MAX_POSTGRES_CHANGES_PER_JOIN: GucSetting<i32> = GucSetting::<i32>::new(100);
-/// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
-pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3 * 24 * 60);
+/// Declares the settings, each once: its static, its registration (in
+/// [`define`]) and, for a secret, its show hook. An entry is
+/// `NAME: kind = default, "realtime.name", context, flags, "short", "long";`
+/// with kind `string`, `bool`, `int[min, max]` or `secret[show_hook]`.
+macro_rules! settings {
+    ($(
+        $(#[$meta:meta])*
+        $vis:vis $setting:ident: $kind:ident $([$($arg:tt)*])? = $default:expr,
+            $name:expr, $context:expr, $flags:expr, $short:expr, $long:expr;
+    )*) => {
+        $(
+            $(#[$meta])*
+            $vis static $setting: setting_type!($kind) = <setting_type!($kind)>::new($default);
+            show_hook!($kind $([$($arg)*])?, $setting);
+        )*
+
+        /// Registers every setting; called from `_PG_init`.
+        pub fn define() {
+            $( register!($kind $([$($arg)*])?, $name, $short, $long, &$setting, $context, $flags); )*
+        }
+    };
+}
+
+macro_rules! setting_type {
+    (string) => { GucSetting<Option<CString>> };
+    (secret) => { GucSetting<Option<CString>> };
+    (bool) => { GucSetting<bool> };
+    (int) => { GucSetting<i32> };
+}
+
+macro_rules! show_hook {
+    (secret[$hook:ident], $setting:ident) => {
+        #[pg_guard]
+        unsafe extern "C-unwind" fn $hook() -> *const c_char {
+            show_secret(&$setting)
+        }
+    };
+    ($($other:tt)*) => {};
+}
+
+macro_rules! register {
+    (string, $name:expr, $short:expr, $long:expr, $setting:expr, $context:expr, $flags:expr) => {
+        GucRegistry::define_string_guc($name, $short, $long, $setting, $context, $flags)
+    };
+    (bool, $name:expr, $short:expr, $long:expr, $setting:expr, $context:expr, $flags:expr) => {
+        GucRegistry::define_bool_guc($name, $short, $long, $setting, $context, $flags)
+    };
+    (int[$min:expr, $max:expr], $name:expr, $short:expr, $long:expr, $setting:expr, $context:expr, $flags:expr) => {
+        GucRegistry::define_int_guc($name, $short, $long, $setting, $min, $max, $context, $flags)
+    };
+    (secret[$hook:ident], $name:expr, $short:expr, $long:expr, $setting:expr, $context:expr, $flags:expr) => {
+        define_secret($name, $short, $long, $setting, $context, $flags, $hook)
+    };
+}
+
+settings! {
+    pub DATABASE: string = Some(c"postgres"),
+        c"realtime.database", GucContext::Postmaster, GucFlags::default(),
+        c"Database the realtime worker connects to and serves.",
+        c"The extension must be created in this database.";
+    pub LISTEN_ADDRESSES: string = Some(c"127.0.0.1"),
+        c"realtime.listen_addresses", GucContext::Sighup, GucFlags::default(),
+        c"Addresses the realtime WebSocket server listens on.",
+        c"Comma-separated IP addresses; * means every IPv4 and IPv6 address.";
+    pub PORT: int[1, 65535] = 4000,
+        c"realtime.port", GucContext::Sighup, GucFlags::default(),
+        c"TCP port of the realtime WebSocket server.",
+        c"";
+    pub JWT_SECRET: secret[show_jwt_secret] = None,
+        c"realtime.jwt_secret", GucContext::Sighup, GucFlags::default(),
+        c"Secret that signs the HS256 JWTs clients present.",
+        c"Changing it disconnects every socket. Shown to superusers only.";
+    PRIMARY_CONNINFO: secret[show_primary_conninfo] = None,
+        c"realtime.primary_conninfo", GucContext::Sighup, GucFlags::default(),
+        c"How a hot standby's worker connects to the primary to relay client broadcasts.",
+        c"Empty: the host, port, user, password and ssl settings of primary_conninfo, and realtime.database. TLS as libpq reads sslmode. Shown to superusers only.";
+    METRICS_TOKEN: secret[show_metrics_token] = None,
+        c"realtime.metrics_token", GucContext::Sighup, GucFlags::default(),
+        c"Bearer token that /metrics asks for; unset, /metrics answers 404.",
+        c"Prometheus scrapes with `Authorization: Bearer <token>`. Shown to superusers only.";
+    JWT_JWKS_URL: string = None,
+        c"realtime.jwt_jwks_url", GucContext::Sighup, GucFlags::default(),
+        c"URL of a JSON Web Key Set to fetch signing keys from, e.g. https://<project>.supabase.co/auth/v1/.well-known/jwks.json.",
+        c"Fetched at start, every 10 minutes, and when a token names an unknown kid (at most every 5 s); the last good set is kept when a fetch fails. Beside realtime.jwt_jwks and realtime.jwt_secret.";
+    API_KEYS: secret[show_api_keys] = None,
+        c"realtime.api_keys", GucContext::Sighup, GucFlags::default(),
+        c"Supabase's opaque API keys (sb_publishable_..., sb_secret_...) and the role each stands for.",
+        c"A JSON object {\"sb_publishable_...\": \"anon\", \"sb_secret_...\": \"service_role\"}; a mapped key is accepted wherever a JWT is. Changing it disconnects every socket. Shown to superusers only.";
+    pub JWT_JWKS: secret[show_jwt_jwks] = None,
+        c"realtime.jwt_jwks", GucContext::Sighup, GucFlags::default(),
+        c"JSON Web Key Set for asymmetric JWTs (RS256, ES256, EdDSA) and oct keys.",
+        c"A JSON object {\"keys\": [...]}; keys are picked by kid. Changing it disconnects every socket. Shown to superusers only.";
+    pub JWT_CLAIM_VALIDATORS: string = None,
+        c"realtime.jwt_claim_validators", GucContext::Sighup, GucFlags::default(),
+        c"Claims every token must carry, as a JSON object, e.g. {\"iss\": \"https://example.supabase.co/auth/v1\"}.",
+        c"Like Supabase's JWT_CLAIM_VALIDATORS: each claim must equal its value (an aud list must contain it). \
+          A token without one of them is refused. Changing it disconnects every socket.";
+    LOG_LEVEL: string = Some(c"info"),
+        c"realtime.log_level", GucContext::Sighup, GucFlags::default(),
+        c"Which of the realtime worker's own lines reach the log: warning or info.",
+        c"warning: limits tripped, refused sockets, failed checks; info adds what the worker does \
+          (listening, slow consumers cut off). Nothing is logged per message at either.";
+    SSL: bool = false,
+        c"realtime.ssl", GucContext::Sighup, GucFlags::default(),
+        c"Serve wss:// and https:// with Postgres's own certificate (ssl_cert_file, ssl_key_file).",
+        c"The files are read again on reload. Without a usable certificate, connections are refused, not served in the clear.";
+    BUS: bool = false,
+        c"realtime.bus", GucContext::Sighup, GucFlags::default(),
+        c"On the primary: write decoded database broadcasts and published tables' changes into WAL for hot standbys.",
+        c"Each is written once more, as a logical message, flushed per batch; every published table is decoded.";
+    pub PRIVATE_ONLY: bool = false,
+        c"realtime.private_only", GucContext::Sighup, GucFlags::default(),
+        c"Refuse joins to public channels.",
+        c"";
+    /// In kB.
+    pub MAX_PAYLOAD_SIZE: int[1, 1024 * 1024] = 3000,
+        c"realtime.max_payload_size", GucContext::Sighup, GucFlags::UNIT_KB,
+        c"Largest broadcast payload accepted.",
+        c"Larger client broadcasts are refused with payload_size_exceeded.";
+    pub MAX_CHANNELS_PER_CLIENT: int[1, 100_000] = 100,
+        c"realtime.max_channels_per_client", GucContext::Sighup, GucFlags::default(),
+        c"How many channels one WebSocket may join.",
+        c"";
+    /// In ms.
+    pub JOIN_ERROR_DELAY: int[0, 5000] = 1000,
+        c"realtime.join_error_delay", GucContext::Sighup, GucFlags::UNIT_MS,
+        c"How long a refused join waits before its error reply.",
+        c"Slows the endless rejoin loops of clients refused a private channel; keep it well under the clients' 10 s join timeout.";
+    /// In ms.
+    pub AUTHORIZATION_CACHE: int[0, 60_000] = 5000,
+        c"realtime.authorization_cache", GucContext::Sighup, GucFlags::UNIT_MS,
+        c"How long a private join's read check is remembered.",
+        c"Joins with the same role, claims and topic within this time reuse the answer instead of probing \
+          realtime.messages again. 0 probes every join.";
+    /// In kB.
+    pub MAX_RECORD_SIZE: int[1, 1024 * 1024] = 1024,
+        c"realtime.max_record_size", GucContext::Sighup, GucFlags::UNIT_KB,
+        c"Largest postgres_changes record sent whole.",
+        c"Larger records keep only values of 64 bytes or less and carry the error \"Error 413: Payload Too Large\".";
+    /// In ms.
+    pub RESTART_GRACE: int[0, 60_000] = 5000,
+        c"realtime.restart_grace", GucContext::Sighup, GucFlags::UNIT_MS,
+        c"How long a starting worker holds database broadcasts for clients to rejoin.",
+        c"Messages committed while the worker was down are delivered to the subscribers that rejoined within this time.";
+    /// In MB.
+    pub MAX_SLOT_WAL: int[16, i32::MAX] = 1024,
+        c"realtime.max_slot_wal", GucContext::Sighup, GucFlags::UNIT_MB,
+        c"Most WAL the worker's replication slot may hold back.",
+        c"Past it the worker skips the slot ahead and logs what it skipped, rather than filling the disk.";
+    /// In kB.
+    pub MAX_MEMORY: int[16 * 1024, i32::MAX] = 256 * 1024,
+        c"realtime.max_memory", GucContext::Sighup, GucFlags::UNIT_KB,
+        c"Most memory the realtime worker holds for messages.",
+        c"Decoded messages, batches waiting for the network side and frames queued on sockets together. \
+          When it is full, decoding pauses (the replication slot keeps the rest) and a socket holding more than \
+          its share is closed.";
+    /// In kB.
+    pub STATS_MEMORY: int[64, 1024 * 1024] = 1024,
+        c"realtime.stats_memory", GucContext::Postmaster, GucFlags::UNIT_KB,
+        c"Shared memory for realtime.stats, realtime.connections and realtime.channels.",
+        c"Rows that do not fit are left out and counted (connections_left_out, channels_left_out). \
+          About 200 bytes per connection row. Needs a restart.";
+    /// In ms.
+    pub STATEMENT_TIMEOUT: int[1, i32::MAX] = 5000,
+        c"realtime.statement_timeout", GucContext::Sighup, GucFlags::UNIT_MS,
+        c"Longest a query of the realtime worker may run.",
+        c"Authorization probes, Postgres Changes checks, replay and maintenance each fail alone past it.";
+    /// In ms.
+    pub LOCK_TIMEOUT: int[1, i32::MAX] = 2000,
+        c"realtime.lock_timeout", GucContext::Sighup, GucFlags::UNIT_MS,
+        c"Longest a query of the realtime worker may wait for a lock.",
+        c"";
+    pub ALLOWED_ROLES: string = None,
+        c"realtime.allowed_roles", GucContext::Sighup, GucFlags::default(),
+        c"Roles a client's token may name besides anon, authenticated and service_role.",
+        c"Comma-separated. The worker's role realtime_worker is made a member of exactly these (and the three); \
+          a token naming any other role is refused. Superuser roles are never allowed.";
+    /// In minutes, so it reads and writes as `3d`, `72h` or `4320min`.
+    pub RETENTION: int[60, i32::MAX] = 3 * 24 * 60,
+        c"realtime.retention", GucContext::Suset, GucFlags::UNIT_MIN,
+        c"How long stored broadcast messages are kept.",
+        c"Day partitions of realtime.messages older than this are dropped by the cleanup job.";
+    // Supabase's tenant limits. Rates are rolling averages over the last
+    // minute in 5 s steps, as Supabase counts them.
+    pub MAX_CONCURRENT_USERS: int[1, i32::MAX] = 200,
+        c"realtime.max_concurrent_users", GucContext::Sighup, GucFlags::default(),
+        c"How many sockets may have joined channels at once.",
+        c"Past it, connections get 429 \"Too many connected users\" and joins ConnectionRateLimitReached.";
+    pub MAX_JOINS_PER_SECOND: int[1, i32::MAX] = 100,
+        c"realtime.max_joins_per_second", GucContext::Sighup, GucFlags::default(),
+        c"Joins per second one socket may make.",
+        c"Past it the join is refused with ClientJoinRateLimitReached and the socket is closed.";
+    pub MAX_EVENTS_PER_SECOND: int[1, i32::MAX] = 100,
+        c"realtime.max_events_per_second", GucContext::Sighup, GucFlags::default(),
+        c"Messages per second, per socket and in total.",
+        c"Counts messages clients send, REST broadcasts and the deliveries they make. Past it a client's message \
+          closes its channel with \"Too many messages per second\" and REST answers 429.";
+    pub MAX_BYTES_PER_SECOND: int[1, i32::MAX] = 100_000,
+        c"realtime.max_bytes_per_second", GucContext::Sighup, GucFlags::default(),
+        c"Bytes per second one socket may send.",
+        c"Past it a client's message closes its channel with \"Too many bytes per second\".";
+    pub MAX_PRESENCE_EVENTS_PER_SECOND: int[1, i32::MAX] = 1000,
+        c"realtime.max_presence_events_per_second", GucContext::Sighup, GucFlags::default(),
+        c"Presence events per second in total.",
+        c"Counts tracks, presence states sent at joins and presence diffs delivered. Past it a track or join \
+          closes its channel with \"Too many presence messages per second\".";
+    pub MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW: int[1, i32::MAX] = 5,
+        c"realtime.max_client_presence_events_per_window", GucContext::Sighup, GucFlags::default(),
+        c"Presence messages one channel may send per realtime.client_presence_window.",
+        c"Past it the channel is closed with \"Client presence rate limit exceeded\".";
+    /// In ms.
+    pub CLIENT_PRESENCE_WINDOW: int[1, i32::MAX] = 30_000,
+        c"realtime.client_presence_window", GucContext::Sighup, GucFlags::UNIT_MS,
+        c"The window of realtime.max_client_presence_events_per_window.",
+        c"";
+    pub MAX_POSTGRES_CHANGES_PER_JOIN: int[1, i32::MAX] = 100,
+        c"realtime.max_postgres_changes_per_join", GucContext::Sighup, GucFlags::default(),
+        c"postgres_changes bindings one join may ask for.",
+        c"";
+}
 
 /// A secret setting: `GUC_SUPERUSER_ONLY` alone still lets members of
 /// `pg_read_all_settings` (and so `pg_monitor`) read it, through `SHOW`,
@@ -70,6 +243,8 @@ fn define_secret(
     short: &'static CStr,
     long: &'static CStr,
     setting: &'static GucSetting<Option<CString>>,
+    context: GucContext,
+    flags: GucFlags,
     show: unsafe extern "C-unwind" fn() -> *const c_char,
 ) {
     // SAFETY: while loading the library; the setting is a static.
@@ -80,8 +255,8 @@ fn define_secret(
             long.as_ptr(),
             setting.as_ptr(),
             std::ptr::null(),
-            pg_sys::GucContext::PGC_SIGHUP,
-            (GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL).bits(),
+            context as pg_sys::GucContext::Type,
+            (flags | GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL).bits(),
             None,
             None,
             Some(show),
@@ -104,332 +279,6 @@ fn show_secret(setting: &GucSetting<Option<CString>>) -> *const c_char {
         }
     }
     c"********".as_ptr()
-}
-
-macro_rules! show_hooks {
-    ($($hook:ident => $setting:ident),*) => {$(
-        #[pg_guard]
-        unsafe extern "C-unwind" fn $hook() -> *const c_char {
-            show_secret(&$setting)
-        }
-    )*};
-}
-show_hooks!(
-    show_jwt_secret => JWT_SECRET,
-    show_primary_conninfo => PRIMARY_CONNINFO,
-    show_metrics_token => METRICS_TOKEN,
-    show_jwt_jwks => JWT_JWKS,
-    show_api_keys => API_KEYS
-);
-
-pub fn define() {
-    GucRegistry::define_string_guc(
-        c"realtime.database",
-        c"Database the realtime worker connects to and serves.",
-        c"The extension must be created in this database.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"realtime.listen_addresses",
-        c"Addresses the realtime WebSocket server listens on.",
-        c"Comma-separated IP addresses; * means every IPv4 and IPv6 address.",
-        &LISTEN_ADDRESSES,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.port",
-        c"TCP port of the realtime WebSocket server.",
-        c"",
-        &PORT,
-        1,
-        65535,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    define_secret(
-        c"realtime.jwt_secret",
-        c"Secret that signs the HS256 JWTs clients present.",
-        c"Changing it disconnects every socket. Shown to superusers only.",
-        &JWT_SECRET,
-        show_jwt_secret,
-    );
-    define_secret(
-        c"realtime.primary_conninfo",
-        c"How a hot standby's worker connects to the primary to relay client broadcasts.",
-        c"Empty: the host, port, user, password and ssl settings of primary_conninfo, and realtime.database. TLS as libpq reads sslmode. Shown to superusers only.",
-        &PRIMARY_CONNINFO,
-        show_primary_conninfo,
-    );
-    define_secret(
-        c"realtime.metrics_token",
-        c"Bearer token that /metrics asks for; unset, /metrics answers 404.",
-        c"Prometheus scrapes with `Authorization: Bearer <token>`. Shown to superusers only.",
-        &METRICS_TOKEN,
-        show_metrics_token,
-    );
-    GucRegistry::define_string_guc(
-        c"realtime.jwt_jwks_url",
-        c"URL of a JSON Web Key Set to fetch signing keys from, e.g. https://<project>.supabase.co/auth/v1/.well-known/jwks.json.",
-        c"Fetched at start, every 10 minutes, and when a token names an unknown kid (at most every 5 s); the last good set is kept when a fetch fails. Beside realtime.jwt_jwks and realtime.jwt_secret.",
-        &JWT_JWKS_URL,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    define_secret(
-        c"realtime.api_keys",
-        c"Supabase's opaque API keys (sb_publishable_..., sb_secret_...) and the role each stands for.",
-        c"A JSON object {\"sb_publishable_...\": \"anon\", \"sb_secret_...\": \"service_role\"}; a mapped key is accepted wherever a JWT is. Changing it disconnects every socket. Shown to superusers only.",
-        &API_KEYS,
-        show_api_keys,
-    );
-    define_secret(
-        c"realtime.jwt_jwks",
-        c"JSON Web Key Set for asymmetric JWTs (RS256, ES256, EdDSA) and oct keys.",
-        c"A JSON object {\"keys\": [...]}; keys are picked by kid. Changing it disconnects every socket. Shown to superusers only.",
-        &JWT_JWKS,
-        show_jwt_jwks,
-    );
-    GucRegistry::define_string_guc(
-        c"realtime.jwt_claim_validators",
-        c"Claims every token must carry, as a JSON object, e.g. {\"iss\": \"https://example.supabase.co/auth/v1\"}.",
-        c"Like Supabase's JWT_CLAIM_VALIDATORS: each claim must equal its value (an aud list must contain it). \
-          A token without one of them is refused. Changing it disconnects every socket.",
-        &JWT_CLAIM_VALIDATORS,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"realtime.log_level",
-        c"Which of the realtime worker's own lines reach the log: warning or info.",
-        c"warning: limits tripped, refused sockets, failed checks; info adds what the worker does \
-          (listening, slow consumers cut off). Nothing is logged per message at either.",
-        &LOG_LEVEL,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_bool_guc(
-        c"realtime.ssl",
-        c"Serve wss:// and https:// with Postgres's own certificate (ssl_cert_file, ssl_key_file).",
-        c"The files are read again on reload. Without a usable certificate, connections are refused, not served in the clear.",
-        &SSL,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_bool_guc(
-        c"realtime.bus",
-        c"On the primary: write decoded database broadcasts and published tables' changes into WAL for hot standbys.",
-        c"Each is written once more, as a logical message, flushed per batch; every published table is decoded.",
-        &BUS,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_bool_guc(
-        c"realtime.private_only",
-        c"Refuse joins to public channels.",
-        c"",
-        &PRIVATE_ONLY,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.max_payload_size",
-        c"Largest broadcast payload accepted.",
-        c"Larger client broadcasts are refused with payload_size_exceeded.",
-        &MAX_PAYLOAD_SIZE,
-        1,
-        1024 * 1024,
-        GucContext::Sighup,
-        GucFlags::UNIT_KB,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.max_channels_per_client",
-        c"How many channels one WebSocket may join.",
-        c"",
-        &MAX_CHANNELS_PER_CLIENT,
-        1,
-        100_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.join_error_delay",
-        c"How long a refused join waits before its error reply.",
-        c"Slows the endless rejoin loops of clients refused a private channel; keep it well under the clients' 10 s join timeout.",
-        &JOIN_ERROR_DELAY,
-        0,
-        5000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.authorization_cache",
-        c"How long a private join's read check is remembered.",
-        c"Joins with the same role, claims and topic within this time reuse the answer instead of probing \
-          realtime.messages again. 0 probes every join.",
-        &AUTHORIZATION_CACHE,
-        0,
-        60_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.max_record_size",
-        c"Largest postgres_changes record sent whole.",
-        c"Larger records keep only values of 64 bytes or less and carry the error \"Error 413: Payload Too Large\".",
-        &MAX_RECORD_SIZE,
-        1,
-        1024 * 1024,
-        GucContext::Sighup,
-        GucFlags::UNIT_KB,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.restart_grace",
-        c"How long a starting worker holds database broadcasts for clients to rejoin.",
-        c"Messages committed while the worker was down are delivered to the subscribers that rejoined within this time.",
-        &RESTART_GRACE,
-        0,
-        60_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.max_slot_wal",
-        c"Most WAL the worker's replication slot may hold back.",
-        c"Past it the worker skips the slot ahead and logs what it skipped, rather than filling the disk.",
-        &MAX_SLOT_WAL,
-        16,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_MB,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.max_memory",
-        c"Most memory the realtime worker holds for messages.",
-        c"Decoded messages, batches waiting for the network side and frames queued on sockets together. \
-          When it is full, decoding pauses (the replication slot keeps the rest) and a socket holding more than \
-          its share is closed.",
-        &MAX_MEMORY,
-        16 * 1024,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_KB,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.stats_memory",
-        c"Shared memory for realtime.stats, realtime.connections and realtime.channels.",
-        c"Rows that do not fit are left out and counted (connections_left_out, channels_left_out). \
-          About 200 bytes per connection row. Needs a restart.",
-        &STATS_MEMORY,
-        64,
-        1024 * 1024,
-        GucContext::Postmaster,
-        GucFlags::UNIT_KB,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.statement_timeout",
-        c"Longest a query of the realtime worker may run.",
-        c"Authorization probes, Postgres Changes checks, replay and maintenance each fail alone past it.",
-        &STATEMENT_TIMEOUT,
-        1,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.lock_timeout",
-        c"Longest a query of the realtime worker may wait for a lock.",
-        c"",
-        &LOCK_TIMEOUT,
-        1,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_string_guc(
-        c"realtime.allowed_roles",
-        c"Roles a client's token may name besides anon, authenticated and service_role.",
-        c"Comma-separated. The worker's role realtime_worker is made a member of exactly these (and the three); \
-          a token naming any other role is refused. Superuser roles are never allowed.",
-        &ALLOWED_ROLES,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    define_limits();
-    GucRegistry::define_int_guc(
-        c"realtime.retention",
-        c"How long stored broadcast messages are kept.",
-        c"Day partitions of realtime.messages older than this are dropped by the cleanup job.",
-        &RETENTION,
-        60,
-        i32::MAX,
-        GucContext::Suset,
-        GucFlags::UNIT_MIN,
-    );
-}
-
-/// Supabase's tenant limits. Rates are rolling averages over the last minute
-/// in 5 s steps, as Supabase counts them.
-fn define_limits() {
-    let limit = |name: &'static CStr, short: &'static CStr, long: &'static CStr, setting: &'static GucSetting<i32>| {
-        GucRegistry::define_int_guc(name, short, long, setting, 1, i32::MAX, GucContext::Sighup, GucFlags::default());
-    };
-    limit(
-        c"realtime.max_concurrent_users",
-        c"How many sockets may have joined channels at once.",
-        c"Past it, connections get 429 \"Too many connected users\" and joins ConnectionRateLimitReached.",
-        &MAX_CONCURRENT_USERS,
-    );
-    limit(
-        c"realtime.max_joins_per_second",
-        c"Joins per second one socket may make.",
-        c"Past it the join is refused with ClientJoinRateLimitReached and the socket is closed.",
-        &MAX_JOINS_PER_SECOND,
-    );
-    limit(
-        c"realtime.max_events_per_second",
-        c"Messages per second, per socket and in total.",
-        c"Counts messages clients send, REST broadcasts and the deliveries they make. Past it a client's message \
-          closes its channel with \"Too many messages per second\" and REST answers 429.",
-        &MAX_EVENTS_PER_SECOND,
-    );
-    limit(
-        c"realtime.max_bytes_per_second",
-        c"Bytes per second one socket may send.",
-        c"Past it a client's message closes its channel with \"Too many bytes per second\".",
-        &MAX_BYTES_PER_SECOND,
-    );
-    limit(
-        c"realtime.max_presence_events_per_second",
-        c"Presence events per second in total.",
-        c"Counts tracks, presence states sent at joins and presence diffs delivered. Past it a track or join \
-          closes its channel with \"Too many presence messages per second\".",
-        &MAX_PRESENCE_EVENTS_PER_SECOND,
-    );
-    limit(
-        c"realtime.max_client_presence_events_per_window",
-        c"Presence messages one channel may send per realtime.client_presence_window.",
-        c"Past it the channel is closed with \"Client presence rate limit exceeded\".",
-        &MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW,
-    );
-    GucRegistry::define_int_guc(
-        c"realtime.client_presence_window",
-        c"The window of realtime.max_client_presence_events_per_window.",
-        c"",
-        &CLIENT_PRESENCE_WINDOW,
-        1,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    limit(
-        c"realtime.max_postgres_changes_per_join",
-        c"postgres_changes bindings one join may ask for.",
-        c"",
-        &MAX_POSTGRES_CHANGES_PER_JOIN,
-    );
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {

@@ -234,7 +234,7 @@ unsafe fn create(name: &CStr, output: *mut Output) -> Result<*mut pg_sys::Logica
             return Err(OpenError::SlotLost);
         }
         // The reorder buffer spills to disk past the session's
-        // logical_decoding_work_mem, which the worker sets (see worker.rs).
+        // logical_decoding_work_mem, which the worker sets (`worker::apply_session_settings`).
         let mut routine = wal::routine();
         // The context's memory is a child of the current context: make it
         // the worker's lifetime, not the transaction's.

@@ -1,5 +1,5 @@
 //! The worker's replication slot, seen through SQL: created when missing, and
-//! watched for the WAL it holds. The decoding context (`decoding.rs`) holds
+//! watched for the WAL it holds. The decoding context (`super::Decoder`) holds
 //! the slot while it is open; these queries only read `pg_replication_slots`,
 //! except `drop` and `skip_to_end`, which need it released first.
 //!
