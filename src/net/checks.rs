@@ -44,7 +44,8 @@ pub async fn call<T>(
 
 /// The primary's conninfo when `request` must be answered there.
 fn on_primary(shared: &Shared, request: &Request) -> Option<String> {
-    let writes = matches!(request, Request::ReadPermissions { .. } | Request::WritePermission { .. });
-    let conninfo = shared.config().settings.bus.as_ref().and_then(|b| b.primary_conninfo.clone());
-    conninfo.filter(|_| writes)
+    if !matches!(request, Request::ReadPermissions { .. } | Request::WritePermission { .. }) {
+        return None;
+    }
+    shared.config().settings.bus.as_ref().and_then(|b| b.primary_conninfo.clone())
 }

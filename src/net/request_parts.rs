@@ -32,10 +32,10 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 /// trailing slash still matches; the path as sent stays the request's
 /// [`OriginalUri`] (a topic in it is taken from there).
 pub fn collapse_slashes<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
-    let uri = request.uri().clone();
-    if !uri.path().contains("//") {
+    if !request.uri().path().contains("//") {
         return request;
     }
+    let uri = request.uri().clone();
     let mut path = String::with_capacity(uri.path().len());
     for c in uri.path().chars() {
         if !(c == '/' && path.ends_with('/')) {
