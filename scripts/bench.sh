@@ -3,14 +3,14 @@
 # peer beside it, the load generator against both; writes BENCHMARKS.md.
 source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
-export RUN_DIR=$REPO_ROOT/target/bench-cluster
+export RUN_DIR=$PG_STATE/bench-cluster
 export EXTRA_CONF=$LOAD_TEST_LIMITS
 PG_PORT=${PG_PORT:-54398} scripts/cluster.sh stop || true
 pick_port PG_PORT 54398
 pick_port WS_PORT 4098
 pick_port PEER_PORT 4097
 # Scenario 10 starts a primary and two standbys (scripts/nodes.sh) on these.
-export NODES_DIR=$REPO_ROOT/target/bench-nodes
+export NODES_DIR=$PG_STATE/bench-nodes
 scripts/nodes.sh stop || true
 pick_node_ports 54420 4120
 peer_pid=
@@ -33,5 +33,5 @@ peer_pid=$!
 cargo build --release -q -p realtime-bench
 # A starting worker holds database broadcasts for realtime.restart_grace.
 sleep 6
-target/release/realtime-bench "$@" --pg-port "$PG_PORT" --realtime-port "$WS_PORT" \
+"${CARGO_TARGET_DIR:-target}/release/realtime-bench" "$@" --pg-port "$PG_PORT" --realtime-port "$WS_PORT" \
   --peer-port "$PEER_PORT" --peer-pid "$peer_pid" --out "$REPO_ROOT"

@@ -5,6 +5,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_VERSION=${PG_VERSION:-15}
 PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin
 PG_CONFIG=$PG_BIN/pg_config
+# What the scripts make for one major (clusters, test data, logs): majors never share it.
+PG_STATE=$REPO_ROOT/target/pg$PG_VERSION
 PGRX_VERSION=0.18.0
 # The extension's version, as Cargo.toml gives it to the control file.
 EXT_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/Cargo.toml" | head -1)

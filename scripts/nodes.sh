@@ -8,13 +8,13 @@
 #   nodes.sh stop    stops whichever of the three runs
 #   nodes.sh crash-primary   stops the primary at once (-m immediate), as a
 #                    crash would (the failover test)
-# NODES_DIR (default target/nodes) holds primary/, standby1/, standby2/ and tls/.
+# NODES_DIR (default target/pgN/nodes) holds primary/, standby1/, standby2/ and tls/.
 # PRIMARY_PG_PORT, PRIMARY_WS_PORT (54410, 4110), STANDBY1_PG_PORT,
 # STANDBY1_WS_PORT (54411, 4111), STANDBY2_PG_PORT, STANDBY2_WS_PORT (54412,
 # 4112) pick the ports; a busy default moves to the next free port.
 source "$(dirname "$0")/common.sh"
 
-NODES_DIR=${NODES_DIR:-$REPO_ROOT/target/nodes}
+NODES_DIR=${NODES_DIR:-$PG_STATE/nodes}
 
 data_dir() { echo "$NODES_DIR/$1/pgdata"; }
 

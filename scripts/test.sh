@@ -5,7 +5,7 @@
 source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
 
-export RUN_DIR=$REPO_ROOT/target/test-cluster
+export RUN_DIR=$PG_STATE/test-cluster
 export EXTRA_CONF=$LOAD_TEST_LIMITS
 # A test cluster left running by an interrupted run is stopped first; then
 # the default ports, or the next free ones (PG_PORT and WS_PORT override).
@@ -21,10 +21,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 trap cleanup EXIT
 
 runas=$([ "$(id -u)" = 0 ] && echo postgres || id -un)
-pgrx_data=$REPO_ROOT/target/pgrx-test-data
+pgrx_data=$PG_STATE/pgrx-test-data
 mkdir -p "$pgrx_data"
 [ "$(id -u)" = 0 ] && chown "$runas" "$pgrx_data"
 
+log "PostgreSQL $PG_VERSION: $("$PG_CONFIG" --version)"
 log "cargo pgrx test (unit tests and #[pg_test])"
 cargo pgrx test "pg$PG_VERSION" --runas "$runas" --pgdata "$pgrx_data/data"
 
@@ -54,4 +55,7 @@ pg_test/tls/run.sh
 
 log "primary and two hot standbys (realtime.bus)"
 pg_test/nodes/run.sh
-log "all tests passed"
+
+log "the Debian package (make package, dpkg -i, a client, dpkg -r)"
+pg_test/package/run.sh
+log "all tests passed on PostgreSQL $PG_VERSION"

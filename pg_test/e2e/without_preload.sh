@@ -4,7 +4,7 @@
 # on (loading the library late used to be FATAL: "cannot create
 # PGC_POSTMASTER variables after startup"). A cluster of its own, stopped on exit.
 source "$(dirname "$0")/../../scripts/common.sh"
-dir=$REPO_ROOT/target/without-preload
+dir=$PG_STATE/without-preload
 data=$dir/pgdata
 pick_port BARE_PG_PORT 54460
 stop_bare() { as_pg_user "$PG_BIN/pg_ctl" -D "$data" -w -m immediate stop >/dev/null 2>&1 || true; }

@@ -9,7 +9,7 @@ source "$(dirname "$0")/../../scripts/common.sh"
 cd "$REPO_ROOT"
 # Nodes left by an interrupted run stop before their ports are picked; the
 # ports go to nodes.sh and the tests through the environment.
-export NODES_DIR=${NODES_DIR:-$REPO_ROOT/target/nodes}
+export NODES_DIR=${NODES_DIR:-$PG_STATE/nodes}
 scripts/nodes.sh stop
 pick_node_ports 54410 4110
 cleanup() { scripts/nodes.sh stop || true; }

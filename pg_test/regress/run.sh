@@ -3,10 +3,10 @@
 # file creates the extension itself.
 #   run.sh            every test in sql/
 #   run.sh NAME ...   only these
-# On a mismatch, regression.diffs in target/regress shows the difference.
+# On a mismatch, regression.diffs in target/pgN/regress shows the difference.
 source "$(dirname "$0")/../../scripts/common.sh"
 here=$REPO_ROOT/pg_test/regress
-out=$REPO_ROOT/target/regress
+out=$PG_STATE/regress
 mkdir -p "$out"
 if [ $# -gt 0 ]; then tests=("$@"); else
   mapfile -t tests < <(cd "$here/sql" && ls *.sql | sed 's/\.sql$//')

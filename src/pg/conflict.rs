@@ -25,8 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 static SIGNALLED: AtomicU64 = AtomicU64::new(0);
 /// A [`retried`] unit is running: a failed subtransaction unwinds to it.
 static RETRYING: AtomicBool = AtomicBool::new(false);
-/// The handler Postgres installed (`procsignal_sigusr1_handler`).
-static mut PREVIOUS: pg_sys::pqsigfunc = None;
 
 /// Attempts before a unit keeps what its checks answered, errors included.
 const ATTEMPTS: u32 = 10;
@@ -36,17 +34,18 @@ unsafe extern "C" {
     // up error handling, which does not belong in a signal handler.
     #[link_name = "IsSubTransaction"]
     fn is_subtransaction_raw() -> bool;
+    /// The handler a background worker with a database connection has for
+    /// SIGUSR1 (bgworker.c), which this one wraps.
+    #[link_name = "procsignal_sigusr1_handler"]
+    fn procsignal_sigusr1_handler_raw(signal: c_int);
 }
 
 unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
     // SAFETY: sig_atomic_t flags of this process, read and written as
-    // Postgres's own handlers do; PREVIOUS is written once, with SIGUSR1
-    // blocked.
+    // Postgres's own handlers do.
     unsafe {
         let (dying, cancelling) = (pg_sys::ProcDiePending, pg_sys::QueryCancelPending);
-        if let Some(previous) = PREVIOUS {
-            previous(signal);
-        }
+        procsignal_sigusr1_handler_raw(signal);
         // Only a recovery conflict sets these flags from this signal.
         let died = dying == 0 && pg_sys::ProcDiePending != 0;
         let cancelled = cancelling == 0 && pg_sys::QueryCancelPending != 0;
@@ -61,19 +60,10 @@ unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
     }
 }
 
-/// Wraps Postgres's SIGUSR1 handler; call once (the worker's process
-/// starts once), on the main thread. SIGUSR1 waits while the handlers
-/// change, so none finds the wrapper without Postgres's handler behind it.
+/// Wraps Postgres's SIGUSR1 handler; call on the main thread.
 pub fn install() {
-    // SAFETY: main thread; sigset_t is plain data; the mask is restored.
-    unsafe {
-        let (mut usr1, mut previous_mask) = (std::mem::zeroed(), std::mem::zeroed());
-        libc::sigemptyset(&mut usr1);
-        libc::sigaddset(&mut usr1, libc::SIGUSR1);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, &mut previous_mask);
-        PREVIOUS = pg_sys::pqsignal(libc::SIGUSR1, Some(on_sigusr1));
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous_mask, std::ptr::null_mut());
-    }
+    // SAFETY: main thread; the wrapper calls the handler it replaces.
+    unsafe { super::compat::set_signal_handler(libc::SIGUSR1, on_sigusr1) };
 }
 
 /// Conflicts signalled to the worker since it started.

@@ -10,6 +10,7 @@
 //! [`QueryGuard`] arms it around each unit of work; `lock_timeout` is armed by
 //! the lock manager itself once set.
 
+use super::compat;
 use pgrx::pg_sys;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -24,15 +25,6 @@ unsafe extern "C" {
     // handling, neither of which belongs in a signal handler.
     #[link_name = "SetLatch"]
     fn set_latch_raw(latch: *mut pg_sys::Latch);
-}
-
-/// `STATEMENT_TIMEOUT` of `TimeoutId` (utils/timeout.h, the same from 13 to
-/// 17); pgrx does not bind that header.
-const STATEMENT_TIMEOUT: c_int = 3;
-
-unsafe extern "C-unwind" {
-    fn enable_timeout_after(id: c_int, delay_ms: c_int);
-    fn disable_timeout(id: c_int, keep_indicator: bool);
 }
 
 unsafe extern "C-unwind" fn on_sigterm(_signal: c_int) {
@@ -56,7 +48,7 @@ unsafe extern "C-unwind" fn on_sigterm(_signal: c_int) {
 /// Installs the SIGTERM handler; call after pgrx's `attach_signal_handlers`.
 pub fn install() {
     // SAFETY: main thread; replaces the handler for the whole process.
-    unsafe { pg_sys::pqsignal(libc::SIGTERM, Some(on_sigterm)) };
+    unsafe { compat::set_signal_handler(libc::SIGTERM, on_sigterm) };
 }
 
 /// SIGTERM (a fast shutdown, `pg_terminate_backend`) has been received.
@@ -110,7 +102,7 @@ impl QueryGuard {
             // SAFETY: main thread; STATEMENT_TIMEOUT is registered by InitPostgres,
             // whose handler sends this process SIGINT, which a bgworker with a
             // database connection handles as a query cancel.
-            unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms)) };
+            unsafe { compat::arm_statement_timeout(timeout_ms) };
         }
         // A SIGTERM that came just before: cancel at the first check.
         if cancel_on_sigterm && shutdown_requested() {
@@ -132,7 +124,7 @@ impl Drop for QueryGuard {
         IN_QUERY.store(false, Ordering::Relaxed);
         // SAFETY: main thread.
         unsafe {
-            pg_sys::ffi::pg_guard_ffi_boundary(|| disable_timeout(STATEMENT_TIMEOUT, false));
+            compat::disarm_statement_timeout();
             // A cancel that arrived after the query ended must not hit the next one.
             pg_sys::QueryCancelPending = 0;
         }

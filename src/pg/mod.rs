@@ -12,6 +12,7 @@
 
 mod authz;
 pub mod bus;
+pub(crate) mod compat;
 mod conflict;
 mod decoding;
 mod interrupts;

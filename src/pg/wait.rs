@@ -1,6 +1,7 @@
 //! A long-lived WaitEventSet: the latch (signals, wake-ups), postmaster death,
 //! and the bridge's eventfd.
 
+use super::compat;
 use pgrx::pg_sys;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -12,7 +13,7 @@ impl WaitSet {
         // SAFETY: main thread; the set lives in TopMemoryContext for the
         // worker's lifetime.
         unsafe {
-            let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
+            let set = compat::long_lived_wait_event_set(3);
             let none = std::ptr::null_mut();
             pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, -1, pg_sys::MyLatch, none);
             pg_sys::AddWaitEventToSet(set, pg_sys::WL_EXIT_ON_PM_DEATH, -1, std::ptr::null_mut(), none);

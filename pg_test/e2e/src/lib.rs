@@ -87,8 +87,10 @@ pub struct ServerLog {
 impl ServerLog {
     /// Marks the log's current end.
     pub fn mark() -> ServerLog {
-        let dir = std::env::var("RUN_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/test-cluster").into());
+        let dir = std::env::var("RUN_DIR").unwrap_or_else(|_| {
+            let major = std::env::var("PG_VERSION").unwrap_or_else(|_| "15".into());
+            format!("{}/../../target/pg{major}/test-cluster", env!("CARGO_MANIFEST_DIR"))
+        });
         let path = std::path::Path::new(&dir).join("postgres.log");
         let from = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         ServerLog { path, from }

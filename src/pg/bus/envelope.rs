@@ -4,24 +4,19 @@
 //! output plugin, a standby's bus reader), which drop what this node's key
 //! did not seal or what they have seen.
 //!
-//! PostgreSQL 15's `LogLogicalMessage` has no flush flag, so the writer
-//! flushes once per batch: the walsender streams flushed WAL only.
+//! The walsender streams flushed WAL only: the last message of a batch is
+//! flushed (and with it those before it).
 
 use super::key;
 use crate::bus_seal::{Refusal, Sealer, Verifier};
+use crate::pg::compat;
 use crate::pg::recovery::in_recovery;
 use crate::pg::settings;
 use crate::row_format::BUS_PREFIX;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::ffi::c_char;
 use std::time::{Duration, Instant};
-
-unsafe extern "C-unwind" {
-    /// `replication/message.h`, which pgrx does not bind.
-    fn LogLogicalMessage(prefix: *const c_char, message: *const c_char, size: usize, transactional: bool) -> u64;
-}
 
 thread_local! {
     /// This process's seals: a random writer id, then a counter.
@@ -38,25 +33,20 @@ pub fn write(messages: &[String]) -> Vec<u64> {
         refused(Refusal::NoKey);
         return Vec::new();
     };
-    let ends: Vec<u64> = messages
+    let last = messages.len().saturating_sub(1);
+    messages
         .iter()
-        .map(|body| {
+        .enumerate()
+        .map(|(i, body)| {
             // SAFETY: main thread, on a primary, outside any critical section;
             // both buffers outlive the call; an ERROR becomes a Rust panic.
             unsafe {
-                pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    let position = pg_sys::GetXLogInsertRecPtr();
-                    let sealed = SEALER.with(|s| s.borrow_mut().seal(key, position, body));
-                    LogLogicalMessage(BUS_PREFIX.as_ptr(), sealed.as_ptr().cast(), sealed.len(), false)
-                })
+                let position = pg_sys::GetXLogInsertRecPtr();
+                let sealed = SEALER.with(|s| s.borrow_mut().seal(key, position, body));
+                compat::log_logical_message(BUS_PREFIX, sealed.as_bytes(), i == last)
             }
         })
-        .collect();
-    if let Some(&end) = ends.last() {
-        // SAFETY: main thread; flushing WAL this process wrote.
-        unsafe { pg_sys::XLogFlush(end) };
-    }
-    ends
+        .collect()
 }
 
 /// The body of a bus message that ends at `end`, if this node's key seals

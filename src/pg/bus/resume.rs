@@ -116,12 +116,6 @@ pub fn resume(
     Ok(Resumption { broadcasts, until, missed })
 }
 
-unsafe extern "C-unwind" {
-    /// `access/timeline.h`, which pgrx does not bind.
-    fn readTimeLineHistory(target: pg_sys::TimeLineID) -> *mut pg_sys::List;
-    fn tliSwitchPoint(tli: pg_sys::TimeLineID, history: *mut pg_sys::List, next: *mut pg_sys::TimeLineID) -> u64;
-}
-
 /// Where timeline `old` ended in the history of timeline `current`.
 /// Where a record can end (and so a read begin): not 0, and not inside a
 /// page's header (a page's first byte is fine: the reader skips the header).
@@ -139,15 +133,10 @@ fn is_record_boundary(position: u64, segment_size: u64) -> bool {
 
 fn timeline_end(old: u32, current: u32) -> Result<u64, String> {
     // SAFETY: main thread, in a transaction; the history list is palloc'd in
-    // the subtransaction. The functions are declared here, not by pgrx: each
-    // call goes through pgrx's guard, so an ERROR (a timeline not in the
-    // history) becomes a panic the subtransaction catches and rolls back,
-    // never a longjmp over Rust frames.
-    subxact::rolled_back(|| unsafe {
-        let history = pg_sys::ffi::pg_guard_ffi_boundary(|| readTimeLineHistory(current));
-        pg_sys::ffi::pg_guard_ffi_boundary(|| tliSwitchPoint(old, history, std::ptr::null_mut()))
-    })
-    .map_err(|e| format!("UnableToResume: timeline {old} is not in this node's history: {e}"))
+    // the subtransaction. An ERROR (a timeline not in the history) becomes a
+    // panic the subtransaction catches and rolls back (`compat`).
+    subxact::rolled_back(|| unsafe { crate::pg::compat::timeline_switch_point(old, current) })
+        .map_err(|e| format!("UnableToResume: timeline {old} is not in this node's history: {e}"))
 }
 
 #[cfg(test)]

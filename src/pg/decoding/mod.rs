@@ -14,6 +14,7 @@ pub mod slot;
 
 pub use plugin::{commits_decoded, set_watched};
 
+use super::compat;
 use super::interrupts::shutdown_requested;
 use super::sql_error::describe;
 use super::subxact::committed;
@@ -226,7 +227,7 @@ impl Decoder {
 unsafe fn create(name: &CStr, output: *mut Output) -> Result<*mut pg_sys::LogicalDecodingContext, OpenError> {
     unsafe {
         pg_sys::CheckLogicalDecodingRequirements();
-        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
+        compat::acquire_slot(name);
         let slot = pg_sys::MyReplicationSlot;
         let restart_lsn = (*slot).data.restart_lsn;
         if restart_lsn == 0 {

@@ -15,6 +15,7 @@
 use crate::bridge::DbBroadcast;
 #[cfg(doc)]
 use crate::changes::RowChange;
+use crate::pg::compat;
 use crate::row_format::{BROADCAST, BUS_PREFIX, COMMIT, RELAYED, ROW_CHANGE, tagged};
 use base64::Engine;
 use pgrx::heap_tuple::PgHeapTuple;
@@ -225,7 +226,7 @@ unsafe fn decode_change(
             if action != pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_INSERT {
                 return;
             }
-            let Some(tuple) = new_tuple(change) else { return };
+            let (_, Some(tuple)) = compat::change_tuples(change) else { return };
             let payload = raw_column(tuple, (*relation).rd_att, "payload");
             let tuple = PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked((*relation).rd_att), tuple);
             if let Some(message) = broadcast_row(&tuple, payload) {
@@ -248,8 +249,9 @@ unsafe fn decode_change(
         };
         let tupdesc = (*relation).rd_att;
         let mut toast = Vec::new();
-        let new = new_tuple(change).map(|t| row_json(tupdesc, t, &mut toast));
-        let old = old_tuple(change).map(|t| row_json(tupdesc, t, &mut Vec::new()));
+        let (old, new) = compat::change_tuples(change);
+        let new = new.map(|t| row_json(tupdesc, t, &mut toast));
+        let old = old.map(|t| row_json(tupdesc, t, &mut Vec::new()));
         let ts = (*txn).xact_time.commit_time + POSTGRES_EPOCH_US;
         let text = change_json(relid, op, ts, new.as_deref(), old.as_deref(), &toast, &columns(tupdesc));
         write(ctx, &tagged(ROW_CHANGE, &text));
@@ -338,42 +340,6 @@ unsafe fn row_json(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, toast: 
         // out (`RowChange::parse`).
         let text: Option<String> = pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]);
         text.unwrap_or_else(|| "null".to_owned())
-    }
-}
-
-#[cfg(not(feature = "pg17"))]
-unsafe fn new_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::HeapTuple> {
-    // SAFETY: an insert change carries its new tuple.
-    unsafe {
-        let buf = (*change).data.tp.newtuple;
-        (!buf.is_null()).then(|| &raw mut (*buf).tuple)
-    }
-}
-
-#[cfg(not(feature = "pg17"))]
-unsafe fn old_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::HeapTuple> {
-    // SAFETY: present for updates that changed the identity, and deletes.
-    unsafe {
-        let buf = (*change).data.tp.oldtuple;
-        (!buf.is_null()).then(|| &raw mut (*buf).tuple)
-    }
-}
-
-#[cfg(feature = "pg17")]
-unsafe fn old_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::HeapTuple> {
-    // SAFETY: present for updates that changed the identity, and deletes.
-    unsafe {
-        let tuple = (*change).data.tp.oldtuple;
-        (!tuple.is_null()).then_some(tuple)
-    }
-}
-
-#[cfg(feature = "pg17")]
-unsafe fn new_tuple(change: *mut pg_sys::ReorderBufferChange) -> Option<pg_sys::HeapTuple> {
-    // SAFETY: an insert change carries its new tuple.
-    unsafe {
-        let tuple = (*change).data.tp.newtuple;
-        (!tuple.is_null()).then_some(tuple)
     }
 }
 

@@ -31,7 +31,7 @@ pub fn ensure() -> Result<bool, pgrx::spi::Error> {
         if exists == Some(true) {
             return Ok(false);
         }
-        client.select("SELECT pg_create_logical_replication_slot($1, 'realtime')", None, &[SLOT.into()])?;
+        client.select(crate::pg::compat::CREATE_LOGICAL_SLOT, None, &[SLOT.into()])?;
         Ok(true)
     })
 }

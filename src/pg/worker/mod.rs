@@ -111,7 +111,7 @@ pub fn main(spawn: SpawnNetwork) {
     );
 
     // SAFETY: MyProc is this process's PGPROC.
-    wake::set_worker(Some(unsafe { (*pg_sys::MyProc).pgprocno }));
+    wake::set_worker(Some(unsafe { crate::pg::compat::my_proc_number() }));
     let wait_set = WaitSet::new(inbox.fd());
     let role: Box<dyn Role> = if standby { Box::new(Standby::default()) } else { Box::new(Primary::new()) };
     let mut worker = Worker::new(Context::new(network, budget, settings, log_lines), role);
