@@ -66,6 +66,30 @@ mount_all() {
   bind "$HOME/.cargo"
   bind "$HOME/.rustup"
   as_root cp /etc/resolv.conf "$root/etc/resolv.conf"
+  trust_as_the_host
+}
+
+# The package clients inside (apt, npm, pip) reach the registries the way the
+# host's do: the certificate authorities the host added, and its npm and pip
+# settings (a local wheel directory among them).
+trust_as_the_host() {
+  local added=/usr/local/share/ca-certificates
+  if [ -d "$added" ] && ! diff -rq "$added" "$root$added" >/dev/null 2>&1; then
+    as_root mkdir -p "$root$added"
+    as_root cp -r "$added/." "$root$added/"
+    as_root chroot "$root" update-ca-certificates >/dev/null 2>&1 || true
+  fi
+  local f
+  for f in /etc/pip.conf "$HOME/.npmrc" "$HOME/.config/pip/pip.conf"; do
+    if [ -f "$f" ]; then
+      as_root mkdir -p "$root$(dirname "$f")"
+      as_root cp "$f" "$root$f"
+    fi
+  done
+  local links
+  for links in "${PIP_FIND_LINKS:-}" "$(sed -n 's/^find-links *= *//p' /etc/pip.conf 2>/dev/null | head -1)"; do
+    if [ -n "$links" ] && [ -d "$links" ]; then bind "$links"; fi
+  done
 }
 
 make_chroot
