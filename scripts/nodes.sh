@@ -65,13 +65,20 @@ wait_ready() {
 }
 
 # A hot standby $1 of the primary, from a fresh base backup, Postgres on $2 and
-# the worker on $3.
+# the worker on $3. On 17+, it syncs the worker's failover slot (slot $1 on
+# the primary, sync_replication_slots).
 start_standby() {
   local name=$1 pg=$2 ws=$3 dir=$NODES_DIR/$1
   local data=$dir/pgdata
   rm -rf "$dir"
   mkdir -p "$dir"
   if [ "$(id -u)" = 0 ]; then chown "$PG_OS_USER" "$dir"; fi
+  if [ "$PG_VERSION" -ge 17 ]; then
+    # 17+: the standby streams through a physical slot of its own on the
+    # primary and keeps a synced copy of the worker's failover slot.
+    psql -X -q -At -h 127.0.0.1 -p "$PRIMARY_PG_PORT" -U postgres -d postgres -c \
+      "SELECT pg_create_physical_replication_slot('$name', true)" >/dev/null
+  fi
   log "$name: pg_basebackup from the primary"
   # A fast checkpoint: a spread one paces itself over minutes.
   as_pg_user "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PG_PORT" -U postgres -D "$data" \
@@ -83,6 +90,14 @@ start_standby() {
     ! as_pg_user grep -qx "realtime.port = $ws" "$data/realtime.conf"; then
     echo "$name: could not set its ports in $data/realtime.conf" >&2
     exit 1
+  fi
+  if [ "$PG_VERSION" -ge 17 ]; then
+    # After pg_basebackup -R's own lines: the last setting in the file wins.
+    as_pg_user tee -a "$data/postgresql.auto.conf" >/dev/null <<CONF
+primary_conninfo = 'host=127.0.0.1 port=$PRIMARY_PG_PORT user=postgres dbname=postgres application_name=$name'
+primary_slot_name = '$name'
+sync_replication_slots = on
+CONF
   fi
   log "$name: starting PostgreSQL on port $pg"
   as_pg_user touch "$dir/postgres.log"

@@ -16,6 +16,7 @@ mod jwt;
 mod net;
 mod pg;
 mod protocol;
+mod redelivery;
 mod row_format;
 mod wal_clock;
 

@@ -147,6 +147,54 @@ pub unsafe fn set_signal_handler(signal: c_int, handler: unsafe extern "C-unwind
     }
 }
 
+/// Whether decoding the failover slot this process holds waits for the
+/// standbys named in `synchronized_standby_slots` (17+; never on 15).
+///
+/// # Safety
+/// Main thread.
+pub unsafe fn waits_for_standbys() -> bool {
+    #[cfg(feature = "pg15")]
+    let waits = false;
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    let waits = unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        let names = pg_sys::synchronized_standby_slots;
+        !slot.is_null() && (*slot).data.failover && !names.is_null() && *names != 0
+    };
+    waits
+}
+
+/// The value of `synchronized_standby_slots` (17+), for messages.
+pub fn synchronized_standby_slots() -> String {
+    #[cfg(feature = "pg15")]
+    let names = String::new();
+    // SAFETY: a GUC string of this process, read on the main thread.
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    let names = unsafe {
+        let names = pg_sys::synchronized_standby_slots;
+        if names.is_null() { String::new() } else { CStr::from_ptr(names).to_string_lossy().into_owned() }
+    };
+    names
+}
+
+/// Whether the standbys named in `synchronized_standby_slots` have the WAL
+/// before `lsn` (true when decoding does not wait for them).
+///
+/// # Safety
+/// Main thread.
+pub unsafe fn standbys_have(lsn: u64) -> bool {
+    #[cfg(feature = "pg15")]
+    let have = {
+        let _ = lsn;
+        true
+    };
+    // DEBUG2: a missing or lagging standby slot is reported by the worker
+    // itself, once, not on every call.
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    let have = unsafe { !waits_for_standbys() || pg_sys::StandbySlotsHaveCaughtup(lsn, pg_sys::DEBUG2 as c_int) };
+    have
+}
+
 /// This process's index in `ProcGlobal->allProcs` (17+: `MyProcNumber`;
 /// 15: `MyProc->pgprocno`).
 ///

@@ -4,6 +4,24 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{c_char, c_int};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How far the decoder may read past what is flushed: not past what the
+/// standbys in `synchronized_standby_slots` have (17+). `u64::MAX`: no limit.
+static READ_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Runs `f` with reads limited to `limit`.
+pub fn with_read_limit<T>(limit: u64, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            READ_LIMIT.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+    READ_LIMIT.store(limit, Ordering::Relaxed);
+    let _reset = Reset;
+    f()
+}
 
 unsafe extern "C-unwind" {
     // The reader's routine needs C function pointers; pgrx's `pg_sys`
@@ -52,7 +70,7 @@ unsafe extern "C-unwind" fn read_available_page(
 ) -> c_int {
     // SAFETY: arguments from the WAL reader, passed on unchanged.
     unsafe {
-        if target_page + request_len as u64 > available_end() {
+        if target_page + request_len as u64 > available_end().min(READ_LIMIT.load(Ordering::Relaxed)) {
             return -1;
         }
         pg_sys::read_local_xlog_page(reader, target_page, request_len, target_record, buffer)

@@ -979,3 +979,95 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
     assert!(resumed.iter().all(|b| b["meta"]["resumed"] == true), "{resumed:?}");
     back.expect_silence(Duration::from_secs(1)).await;
 }
+
+/// PostgreSQL 17+ (`pg_test/nodes/run.sh` runs it there, alone, last: it
+/// crashes the primary for good). The standbys sync the worker's failover
+/// slot; the primary commits synchronously to standby1 and decodes only what
+/// both standbys have (`synchronized_standby_slots`). Under a stream of
+/// database broadcasts, one per transaction, the primary crashes; standby1 is
+/// promoted, standby2 follows it. Every broadcast the promoted node holds in
+/// `realtime.messages`, which is every one whose commit returned, reaches the
+/// subscribers on both surviving nodes, in order, once, and no gap is reported.
+#[tokio::test]
+async fn failover_on_a_synced_slot_delivers_every_replicated_message_once_in_order() {
+    let topic = unique("synced-failover");
+    let (p, s1, s2) = (primary(), standby1(), standby2());
+    let before = p.node();
+    let mut on1 = s1.subscriber(&topic).await;
+    let mut on2 = s2.subscriber(&topic).await;
+
+    p.psql("ALTER SYSTEM SET synchronized_standby_slots = 'standby1, standby2'");
+    p.psql("ALTER SYSTEM SET synchronous_standby_names = 'standby1'");
+    p.psql("SELECT pg_reload_conf()");
+    wait_until("standby1 to be the synchronous standby", || {
+        p.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'") == "sync"
+    });
+    wait_until("standby1 to keep a synced copy of the worker's slot", || {
+        s1.psql("SELECT synced AND NOT temporary FROM pg_replication_slots WHERE slot_name = 'realtime'") == "t"
+    });
+
+    // One send per psql call: each one whose call returned has committed,
+    // and so is on standby1.
+    let returned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sender = {
+        let (returned, port, topic) = (returned.clone(), p.pg.clone(), topic.clone());
+        std::thread::spawn(move || {
+            for n in 0..2000 {
+                let sql = format!("SELECT realtime.send(jsonb_build_object('n', {n}), 'e', '{topic}', false)");
+                if try_psql_at(&port, &sql).is_err() {
+                    break;
+                }
+                returned.lock().unwrap().push(n);
+            }
+        })
+    };
+    wait_until("60 sends to commit", || returned.lock().unwrap().len() >= 60);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
+    let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
+    assert!(crashed.success(), "nodes.sh crash-primary failed");
+    sender.join().expect("the sender ends when the primary is gone");
+    let returned = returned.lock().unwrap().clone();
+
+    assert_eq!(s1.psql("SELECT pg_promote(true, 30)"), "t");
+    s1.psql("SELECT pg_create_physical_replication_slot('standby2', true)");
+    s2.psql(&format!(
+        "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres application_name=standby2'",
+        s1.pg
+    ));
+    s2.psql("SELECT pg_reload_conf()");
+    let timeline = before.timeline + 1;
+    wait_until("standby2 to follow the new primary", || s2.node().timeline == timeline);
+
+    let held: Vec<i64> = s1
+        .psql(&format!("SELECT payload->>'n' FROM realtime.messages WHERE topic = '{topic}' ORDER BY inserted_at, id"))
+        .lines()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        returned.iter().all(|n| held.contains(&(*n as i64))),
+        "a send whose commit returned is missing on the promoted node: returned {returned:?}, held {held:?}"
+    );
+    assert_eq!(held, (0..held.len() as i64).collect::<Vec<_>>(), "the promoted node holds the sends in order");
+    for (node, c) in [(&s1, &mut on1), (&s2, &mut on2)] {
+        let mut got = Vec::new();
+        while got.len() < held.len() {
+            let m = c.try_recv(DB_WAIT).await.unwrap_or_else(|| {
+                panic!("the {}: {} of the {} held sends arrived: {got:?}", node.name, got.len(), held.len())
+            });
+            match m.event.as_str() {
+                "broadcast" => got.push(m.payload["payload"]["n"].as_i64().unwrap()),
+                "system" => assert!(m.payload.get("missed").is_none(), "the {}: a gap was reported: {m:?}", node.name),
+                _ => {}
+            }
+        }
+        assert_eq!(got, held, "the {}: every held send, in order, once", node.name);
+        while let Some(m) = c.try_recv(Duration::from_secs(2)).await {
+            assert!(m.event != "broadcast", "the {}: a send arrived twice: {m:?}", node.name);
+            assert!(m.payload.get("missed").is_none(), "the {}: a gap was reported: {m:?}", node.name);
+        }
+    }
+    // The new primary's own sends reach both.
+    s1.psql(&sends(&topic, 3));
+    receive_in_order(&s1, &mut on1, &topic, 3).await;
+    receive_in_order(&s2, &mut on2, &topic, 3).await;
+}

@@ -48,8 +48,46 @@ pub enum Step {
     Stopped,
 }
 
+/// On 17+, a failover slot's decoding goes no further than the WAL the
+/// standbys in `synchronized_standby_slots` have, as a walsender's would: what
+/// subscribers see is on the standby a failover promotes. Asks the standbys
+/// about the flush position, and while they have not got there, about the one
+/// asked before, so a steady stream still moves on.
+#[derive(Default)]
+struct StandbyGate {
+    /// The standbys have the WAL before this.
+    have: u64,
+    asked: u64,
+    have_moved: Option<Instant>,
+}
+
+impl StandbyGate {
+    fn limit(&mut self, flush: u64) -> u64 {
+        // SAFETY: main thread; the slot is acquired.
+        let have = |lsn| unsafe { compat::standbys_have(lsn) };
+        let before = self.have;
+        if have(flush) {
+            self.have = flush;
+        } else {
+            if self.asked > self.have && have(self.asked) {
+                self.have = self.asked;
+            }
+            if self.asked <= self.have {
+                self.asked = flush;
+            }
+        }
+        if self.have != before || self.have_moved.is_none() {
+            self.have_moved = Some(Instant::now());
+        }
+        self.have
+    }
+}
+
 pub struct Decoder {
     ctx: *mut pg_sys::LogicalDecodingContext,
+    standbys: StandbyGate,
+    /// Flushed WAL the standbys do not have yet waits (17+, failover slot).
+    held_back: bool,
     /// What the plugin wrote; the context's writer points at it, so it is boxed.
     output: Box<Output>,
     /// Where the reader stood when a step last caught up: everything before
@@ -80,7 +118,9 @@ impl Decoder {
             committed(|| unsafe { create(&name, output_ptr) })
         }));
         match opened {
-            Ok(Ok(ctx)) => Ok(Decoder { ctx, output, caught_up_at: 0 }),
+            Ok(Ok(ctx)) => {
+                Ok(Decoder { ctx, standbys: StandbyGate::default(), held_back: false, output, caught_up_at: 0 })
+            }
             Ok(Err(lost)) => Err(lost),
             Err(e) => {
                 // SAFETY: main thread; a slot acquired before the error is ours.
@@ -114,6 +154,12 @@ impl Decoder {
         self.caught_up_at
     }
 
+    /// How long flushed WAL has waited for the standbys in
+    /// `synchronized_standby_slots`, if it waits now.
+    pub fn waiting_for_standbys(&self) -> Option<Duration> {
+        self.held_back.then(|| self.standbys.have_moved.map_or(Duration::ZERO, |t| t.elapsed()))
+    }
+
     /// Decodes flushed WAL until caught up, or until `max_time` passes or the
     /// output grew by `max_bytes`. Runs outside any transaction (replaying a
     /// commit starts its own). An error leaves the decoder unusable: close it.
@@ -125,6 +171,11 @@ impl Decoder {
         let written = move || unsafe { (*output).memory_bytes() as u64 + (*output).spilled_bytes() };
         let start_bytes = written();
         self.caught_up_at = 0;
+        // SAFETY: main thread; reads a position from shared memory.
+        let flush = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        // SAFETY: main thread; the slot is acquired.
+        let limit = if unsafe { compat::waits_for_standbys() } { self.standbys.limit(flush) } else { u64::MAX };
+        self.held_back = limit < flush;
         // SAFETY: main thread, outside a transaction, with a context created by
         // `open`; memory context and resource owner are restored after every
         // record, since replaying a commit leaves TopMemoryContext current and
@@ -133,38 +184,40 @@ impl Decoder {
             let context = pg_sys::CurrentMemoryContext;
             let owner = pg_sys::CurrentResourceOwner;
             let result = PgTryBuilder::new(AssertUnwindSafe(|| {
-                loop {
-                    if shutdown_requested() {
-                        return Ok((Step::Stopped, 0));
-                    }
-                    let grown = written().saturating_sub(start_bytes);
-                    if grown >= max_bytes || started.elapsed() >= max_time {
-                        return Ok((Step::Paused, 0));
-                    }
-                    // Nothing flushed past the last record: caught up, without
-                    // asking the reader, whose "not yet" would also close and
-                    // reopen the WAL segment on the next read.
-                    let end = (*(*ctx).reader).EndRecPtr;
-                    if end != 0 && pg_sys::GetFlushRecPtr(std::ptr::null_mut()) <= end {
-                        return Ok((Step::CaughtUp, end));
-                    }
-                    // Trap A: the reader allocates its buffers in the current
-                    // context, which must live as long as the decoding context.
-                    pg_sys::MemoryContextSwitchTo((*ctx).context);
-                    let mut error: *mut c_char = std::ptr::null_mut();
-                    let record = pg_sys::XLogReadRecord((*ctx).reader, &mut error);
-                    if record.is_null() {
-                        pg_sys::MemoryContextSwitchTo(context);
-                        if !error.is_null() {
-                            let message = CStr::from_ptr(error).to_string_lossy().into_owned();
-                            return Err(format!("could not read WAL: {message}"));
+                wal::with_read_limit(limit, || {
+                    loop {
+                        if shutdown_requested() {
+                            return Ok((Step::Stopped, 0));
                         }
-                        return Ok((Step::CaughtUp, (*(*ctx).reader).EndRecPtr));
+                        let grown = written().saturating_sub(start_bytes);
+                        if grown >= max_bytes || started.elapsed() >= max_time {
+                            return Ok((Step::Paused, 0));
+                        }
+                        // Nothing flushed past the last record: caught up, without
+                        // asking the reader, whose "not yet" would also close and
+                        // reopen the WAL segment on the next read.
+                        let end = (*(*ctx).reader).EndRecPtr;
+                        if end != 0 && limit.min(pg_sys::GetFlushRecPtr(std::ptr::null_mut())) <= end {
+                            return Ok((Step::CaughtUp, end));
+                        }
+                        // Trap A: the reader allocates its buffers in the current
+                        // context, which must live as long as the decoding context.
+                        pg_sys::MemoryContextSwitchTo((*ctx).context);
+                        let mut error: *mut c_char = std::ptr::null_mut();
+                        let record = pg_sys::XLogReadRecord((*ctx).reader, &mut error);
+                        if record.is_null() {
+                            pg_sys::MemoryContextSwitchTo(context);
+                            if !error.is_null() {
+                                let message = CStr::from_ptr(error).to_string_lossy().into_owned();
+                                return Err(format!("could not read WAL: {message}"));
+                            }
+                            return Ok((Step::CaughtUp, (*(*ctx).reader).EndRecPtr));
+                        }
+                        pg_sys::ffi::pg_guard_ffi_boundary(|| LogicalDecodingProcessRecord(ctx, (*ctx).reader));
+                        pg_sys::MemoryContextSwitchTo(context);
+                        pg_sys::CurrentResourceOwner = owner;
                     }
-                    pg_sys::ffi::pg_guard_ffi_boundary(|| LogicalDecodingProcessRecord(ctx, (*ctx).reader));
-                    pg_sys::MemoryContextSwitchTo(context);
-                    pg_sys::CurrentResourceOwner = owner;
-                }
+                })
             }))
             .catch_others(|e| Err(describe(&e).message))
             .execute();

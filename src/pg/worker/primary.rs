@@ -10,8 +10,10 @@ use crate::bridge::{Batch, Decoded, Gap, Stats};
 use crate::pg::bus::{self, Broker};
 use crate::pg::decoding::{Decoder, OpenError, Step, commits_decoded, slot};
 use crate::pg::interrupts::shutdown_requested;
-use crate::pg::{maintenance, settings, subxact};
+use crate::pg::{compat, maintenance, settings, subxact};
+use crate::redelivery::{AlreadyDelivered, Delivered};
 use pgrx::prelude::*;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,11 @@ const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
 const HELD_BACK_REPORT_EVERY: Duration = Duration::from_secs(600);
 /// While the decoder moves on without rows, a mark goes on the bus at most this often.
 const IDLE_MARK_EVERY: Duration = Duration::from_secs(1);
+/// While flushed WAL waits for the standbys in `synchronized_standby_slots`
+/// (17+), ask them again this often; after `STANDBY_WAIT_REPORT` of no
+/// progress, say so (at most every `HELD_BACK_REPORT_EVERY`).
+const STANDBY_POLL: Duration = Duration::from_millis(2);
+const STANDBY_WAIT_REPORT: Duration = Duration::from_secs(10);
 
 /// Where the primary's bus stands, so that what a node could not deliver is reported.
 #[derive(Default)]
@@ -41,6 +48,12 @@ struct Marks {
     commits_then: u64,
     /// After a promotion: where the gap starts; the new slot tells where it ends.
     failover_from: Option<u64>,
+    /// Each batch's last commit and the end of its mark, until the standbys
+    /// in `synchronized_standby_slots` have the mark (17+): the slot is not
+    /// confirmed past a commit whose bus messages a failover could lose.
+    unreplicated: VecDeque<(u64, u64)>,
+    /// The last commit whose mark the standbys have.
+    replicated_through: u64,
 }
 
 pub struct Primary {
@@ -59,6 +72,12 @@ pub struct Primary {
     next_maintenance: Instant,
     next_slot_check: Instant,
     held_back_reported: Option<Instant>,
+    standby_wait_reported: Option<Instant>,
+    /// After a promotion: what this node delivered from the old primary's
+    /// bus, until the decoder opens; then the filter that drops it from
+    /// what a synced slot decodes again.
+    delivered_before: Option<Delivered>,
+    already_delivered: Option<AlreadyDelivered>,
 }
 
 impl Primary {
@@ -77,14 +96,20 @@ impl Primary {
             next_maintenance: now,
             next_slot_check: now,
             held_back_reported: None,
+            standby_wait_reported: None,
+            delivered_before: None,
+            already_delivered: None,
         }
     }
 
     /// A promoted standby's: the slot first (what commits before it exists
-    /// is in the gap, which starts at `gap_from`), the partitions later.
-    pub fn after_promotion(gap_from: Option<u64>) -> Primary {
+    /// is in the gap, which starts at `gap_from`), the partitions later. A
+    /// failover slot synced from the old primary (17+) may start before what
+    /// this node `delivered` from the bus: that is not delivered again.
+    pub fn after_promotion(gap_from: Option<u64>, delivered: Option<Delivered>) -> Primary {
         let mut primary = Primary::new();
         primary.marks.failover_from = gap_from;
+        primary.delivered_before = delivered;
         primary.next_maintenance = Instant::now() + SLOT_CHECK_EVERY;
         primary
     }
@@ -108,6 +133,19 @@ impl Primary {
                 if let Some(from) = self.marks.failover_from.take() {
                     self.report_failover_gap(cx, from, decoder.confirmed_flush());
                 }
+                if let Some(delivered) = self.delivered_before.take() {
+                    if decoder.confirmed_flush() <= delivered.commits_through {
+                        log!(
+                            "realtime: decoding the failover slot from {} on; what this node delivered from the old \
+                             primary's bus, up to {}, is not delivered again",
+                            crate::bridge::gap::lsn_text(decoder.confirmed_flush()),
+                            crate::bridge::gap::lsn_text(delivered.commits_through)
+                        );
+                    }
+                    self.already_delivered = Some(AlreadyDelivered::new(delivered, decoder.confirmed_flush()));
+                }
+                self.marks.replicated_through = decoder.confirmed_flush();
+                self.marks.unreplicated.clear();
                 self.confirmed = self.confirmed.max(decoder.confirmed_flush());
                 self.saved = self.confirmed;
                 self.decoder = Some(decoder);
@@ -158,6 +196,25 @@ impl Primary {
         }
         cx.network.missed(&gap);
         self.broker.gap(&gap);
+    }
+
+    /// Flushed WAL that has long waited for the standbys named in
+    /// `synchronized_standby_slots` is said in the log, with the fix.
+    fn report_standby_wait(&mut self) {
+        let Some(waited) = self.decoder.as_ref().and_then(Decoder::waiting_for_standbys) else { return };
+        if waited < STANDBY_WAIT_REPORT
+            || self.standby_wait_reported.is_some_and(|t| t.elapsed() < HELD_BACK_REPORT_EVERY)
+        {
+            return;
+        }
+        warning!(
+            "realtime: database broadcasts have waited {} s for the standbys in synchronized_standby_slots ('{}') to \
+             confirm WAL; each named physical slot must exist and its standby stream (pg_replication_slots), or \
+             remove it from the setting",
+            waited.as_secs(),
+            compat::synchronized_standby_slots()
+        );
+        self.standby_wait_reported = Some(Instant::now());
     }
 
     fn failed_to_open(&mut self) {
@@ -219,11 +276,21 @@ impl Primary {
                     return false;
                 }
             };
-            let published = self.broker.publish(&chunk.rows, chunk.end_lsn);
+            let rows = match self.already_delivered.as_mut() {
+                Some(already) => already.filter(chunk.rows),
+                None => chunk.rows,
+            };
+            if self.already_delivered.as_ref().is_some_and(|a| a.is_done())
+                && decoder.read_position() > self.already_delivered.as_ref().map_or(0, |a| a.relayed_through())
+            {
+                self.already_delivered = None;
+            }
+            let published = self.broker.publish(&rows, chunk.end_lsn);
             if let Some(end) = published.mark_end {
                 (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
+                self.marks.unreplicated.push_back((chunk.end_lsn, end));
             }
-            let items = cx.outgoing(chunk.rows, &published.positions);
+            let items = cx.outgoing(rows, &published.positions);
             let charge = cx.budget.charge(items.iter().map(Decoded::bytes).sum());
             cx.network.deliver(Batch { items, end_lsn: chunk.end_lsn, commits: chunk.commits, charge });
         }
@@ -302,9 +369,12 @@ impl Role for Primary {
             self.open(cx);
         }
         let mut more = false;
-        if self.may_decode(cx) && (cx.decode_due || self.last_decode.elapsed() >= DECODE_FALLBACK) {
+        let waiting = self.decoder.as_ref().and_then(Decoder::waiting_for_standbys);
+        if self.may_decode(cx) && (cx.decode_due || waiting.is_some() || self.last_decode.elapsed() >= DECODE_FALLBACK)
+        {
             more |= self.decode(cx);
         }
+        self.report_standby_wait();
         more | self.hand_off(cx)
     }
 
@@ -315,6 +385,17 @@ impl Role for Primary {
         let mut lsn = cx.network.delivered_lsn();
         if decoder.caught_up_at() != 0 && decoder.output().is_empty() && cx.network.pending_batches() == 0 {
             lsn = lsn.max(decoder.caught_up_at());
+        }
+        // SAFETY (both): main thread; the decoder holds the slot.
+        while let Some(&(commit, mark_end)) = self.marks.unreplicated.front() {
+            if !unsafe { compat::standbys_have(mark_end) } {
+                break;
+            }
+            self.marks.replicated_through = commit;
+            self.marks.unreplicated.pop_front();
+        }
+        if !self.marks.unreplicated.is_empty() {
+            lsn = lsn.min(self.marks.replicated_through);
         }
         if lsn > self.confirmed {
             decoder.confirm(lsn);
@@ -346,6 +427,10 @@ impl Role for Primary {
     fn idle_timeout(&mut self) -> Duration {
         if self.output_waiting() {
             BUDGET_POLL
+        } else if self.decoder.as_ref().and_then(Decoder::waiting_for_standbys).is_some()
+            || !self.marks.unreplicated.is_empty()
+        {
+            STANDBY_POLL
         } else if self.decoder.is_none() {
             self.next_open.saturating_duration_since(Instant::now())
         } else {

@@ -12,6 +12,7 @@ use crate::pg::bus::{self, slot as bus_slot};
 use crate::pg::recovery::in_recovery;
 use crate::pg::wal::available_end;
 use crate::pg::{settings, subxact, wake};
+use crate::redelivery::Delivered;
 use crate::row_format::{Control, Row};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -32,6 +33,8 @@ pub struct Standby {
     reader: Option<bus::Reader>,
     /// The last mark read; what committed before it is on the bus.
     covered: u64,
+    /// Rows read since that mark (the first rows of the transactions after it).
+    rows_after_mark: usize,
     /// Where WAL the reader lost before reading it starts.
     lost_from: Option<u64>,
     /// Where the bus slot was last moved to, and when.
@@ -60,10 +63,13 @@ impl Standby {
         let (mut rows, mut positions) = (Vec::with_capacity(messages.len()), Vec::with_capacity(messages.len()));
         for (at, message) in &messages {
             match Control::read(message) {
-                Some(Control::Mark(lsn)) => self.covered = lsn,
+                Some(Control::Mark(lsn)) => (self.covered, self.rows_after_mark) = (lsn, 0),
                 Some(Control::Gap(gap)) => gaps.push(gap),
                 None => {
                     if let Some(row) = Row::from_bus(message) {
+                        if !matches!(row, Row::Relayed(..)) {
+                            self.rows_after_mark += 1;
+                        }
                         rows.push(row);
                         positions.push(*at);
                     }
@@ -217,10 +223,15 @@ impl Role for Standby {
         let draining = Instant::now();
         while self.reader.is_some() && self.read_bus(cx) && draining.elapsed() < DRAIN_AT_PROMOTION {}
         let gap_from = self.reader.as_ref().map(|reader| self.covered.max(reader.started_at()));
+        let delivered = self.reader.as_ref().map(|reader| Delivered {
+            commits_through: self.covered,
+            rows_after: self.rows_after_mark,
+            relayed_through: reader.position(),
+        });
         self.close_reader();
         drop_bus_slot();
         cx.network.set_replication_ready(false);
-        Some(Box::new(Primary::after_promotion(gap_from)))
+        Some(Box::new(Primary::after_promotion(gap_from, delivered)))
     }
 
     fn stop(&mut self, cx: &mut Context) {
