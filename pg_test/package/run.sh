@@ -39,6 +39,10 @@ pick_port PKG_PG_PORT 54470
 pick_port PKG_WS_PORT 4170
 rm -rf "$run"
 RUN_DIR=$run PG_PORT=$PKG_PG_PORT WS_PORT=$PKG_WS_PORT scripts/cluster.sh start >/dev/null
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PKG_WS_PORT/health")" = 200 ] && break
+  sleep 0.2
+done
 PG_PORT=$PKG_PG_PORT WS_PORT=$PKG_WS_PORT EXT_VERSION=$EXT_VERSION \
   node --test --test-timeout=60000 pg_test/package/serves.test.js
 

@@ -12,6 +12,14 @@
 //! until it has. A conflict on a database being dropped still terminates
 //! the worker, from its next signal outside a subtransaction.
 //!
+//! From 17, the signal handler only notes the conflict (in a flag private to
+//! postgres.c) and the next `CHECK_FOR_INTERRUPTS` decides, with the same
+//! outcome: FATAL inside a subtransaction. There the handler here asks for a
+//! query cancel as well, which that check serves first; the conflict noted
+//! behind it is served once the worker is
+//! outside any transaction ([`drain`]), where Postgres ignores it (a database
+//! being dropped still terminates the worker).
+//!
 //! Routing is pure until it hands over, so [`retried`] runs it again in a new
 //! transaction, after replay went on: subscribers lose nothing.
 
@@ -25,6 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 static SIGNALLED: AtomicU64 = AtomicU64::new(0);
 /// A [`retried`] unit is running: a failed subtransaction unwinds to it.
 static RETRYING: AtomicBool = AtomicBool::new(false);
+/// 17+: a conflict was noted that Postgres has not served yet.
+static NOTED: AtomicBool = AtomicBool::new(false);
 
 /// Attempts before a unit keeps what its checks answered, errors included.
 const ATTEMPTS: u32 = 10;
@@ -40,6 +50,7 @@ unsafe extern "C" {
     fn procsignal_sigusr1_handler_raw(signal: c_int);
 }
 
+#[cfg(feature = "pg15")]
 unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
     // SAFETY: sig_atomic_t flags of this process, read and written as
     // Postgres's own handlers do.
@@ -58,6 +69,49 @@ unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
             SIGNALLED.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+unsafe extern "C-unwind" fn on_sigusr1(signal: c_int) {
+    // SAFETY: sig_atomic_t flags of this process, read and written as
+    // Postgres's own handlers do.
+    unsafe {
+        // Of what SIGUSR1 serves in a worker, these set InterruptPending
+        // besides a recovery conflict, each with a flag of its own.
+        let others = || {
+            [
+                pg_sys::ProcSignalBarrierPending,
+                pg_sys::LogMemoryContextPending,
+                pg_sys::ParallelMessagePending,
+                pg_sys::ParallelApplyMessagePending,
+            ]
+        };
+        let (interrupting, others_before) = (pg_sys::InterruptPending, others());
+        procsignal_sigusr1_handler_raw(signal);
+        let others_after = others();
+        let other_rose = others_before.iter().zip(&others_after).any(|(b, a)| *b == 0 && *a != 0);
+        let other_pending = others_after.iter().any(|a| *a != 0);
+        let conflict = pg_sys::InterruptPending != 0 && !other_rose && (interrupting == 0 || !other_pending);
+        if conflict {
+            NOTED.store(true, Ordering::Relaxed);
+            SIGNALLED.fetch_add(1, Ordering::Relaxed);
+            if is_subtransaction_raw() && pg_sys::ShutdownRequestPending == 0 {
+                pg_sys::QueryCancelPending = 1;
+            }
+        }
+    }
+}
+
+/// 17+: lets Postgres serve a conflict noted behind a cancel, where it can
+/// only ignore it (or, for a database being dropped, end the worker). Call
+/// outside any transaction; true when one was waiting.
+pub fn drain() -> bool {
+    if !NOTED.swap(false, Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: main thread; a flag write that makes the next check run.
+    unsafe { pg_sys::InterruptPending = 1 };
+    true
 }
 
 /// Wraps Postgres's SIGUSR1 handler; call on the main thread.
@@ -106,6 +160,7 @@ pub fn retried<R>(mut f: impl FnMut() -> R) -> R {
                 // SAFETY: main thread; the error was caught and flushed, so
                 // aborting is what Postgres's own loops do next.
                 unsafe { pg_sys::AbortOutOfAnyTransaction() };
+                super::interrupts::process_pending();
                 if signalled() == before || attempt >= ATTEMPTS {
                     e.rethrow();
                 }

@@ -64,6 +64,7 @@ pub fn process_pending() {
     // SAFETY: main thread, outside any query or transaction.
     unsafe {
         pg_sys::QueryCancelPending = 0;
+        super::conflict::drain();
         if pg_sys::InterruptPending == 0 {
             return;
         }

@@ -91,7 +91,12 @@ impl ServerLog {
             let major = std::env::var("PG_VERSION").unwrap_or_else(|_| "15".into());
             format!("{}/../../target/pg{major}/test-cluster", env!("CARGO_MANIFEST_DIR"))
         });
-        let path = std::path::Path::new(&dir).join("postgres.log");
+        ServerLog::mark_in(std::path::Path::new(&dir))
+    }
+
+    /// Marks the end of `dir/postgres.log` (a node of `scripts/nodes.sh`).
+    pub fn mark_in(dir: &std::path::Path) -> ServerLog {
+        let path = dir.join("postgres.log");
         let from = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         ServerLog { path, from }
     }
