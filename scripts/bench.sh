@@ -3,7 +3,7 @@
 # peer beside it, the load generator against both; writes BENCHMARKS.md.
 source "$(dirname "$0")/common.sh"
 cd "$REPO_ROOT"
-export RUN_DIR=$PG_STATE/bench-cluster
+export PG_VERSION RUN_DIR=$PG_STATE/bench-cluster
 export EXTRA_CONF=$LOAD_TEST_LIMITS
 PG_PORT=${PG_PORT:-54398} scripts/cluster.sh stop || true
 pick_port PG_PORT 54398

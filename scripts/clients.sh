@@ -17,8 +17,7 @@ if ! cmp -s package-lock.json node_modules/.installed-lock.json 2>/dev/null; the
   npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json node_modules/.installed-lock.json
 fi
-# A chroot's Python is not the host's: each has its own environment.
-venv=.venv${REALTIME_CHROOT:+-$REALTIME_CHROOT}
+venv=$CLIENTS_VENV
 if [ ! -x $venv/bin/python ] || ! cmp -s requirements.txt $venv/requirements.txt; then
   log "installing the Python client (pip)"
   python3 -m venv $venv
@@ -27,6 +26,6 @@ if [ ! -x $venv/bin/python ] || ! cmp -s requirements.txt $venv/requirements.txt
 fi
 
 log "supabase-js / realtime-js"
-node --test --test-concurrency=1 --test-timeout=60000 js/
+node --test --test-concurrency=1 --test-timeout=60000 js/*.test.js
 log "Python realtime"
-(cd python && ../$venv/bin/python -m pytest -q -p no:cacheprovider --durations=3 -W ignore::DeprecationWarning)
+(cd python && $venv/bin/python -m pytest -q -p no:cacheprovider --durations=3 -W ignore::DeprecationWarning)

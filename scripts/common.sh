@@ -5,6 +5,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_VERSION=${PG_VERSION:-15}
 PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin
 PG_CONFIG=$PG_BIN/pg_config
+# The Python client's environment: a chroot's Python is not the host's.
+CLIENTS_VENV=$REPO_ROOT/pg_test/clients/.venv${REALTIME_CHROOT:+-$REALTIME_CHROOT}
 # What the scripts make for one major (clusters, test data, logs): majors never share it.
 PG_STATE=$REPO_ROOT/target/pg$PG_VERSION
 PGRX_VERSION=0.18.0

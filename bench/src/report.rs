@@ -147,7 +147,10 @@ fn machine() -> String {
         .and_then(|s| s.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
-    format!("{cores} cores ({cpu}), {mem_gb:.0} GiB, Debian 12, PostgreSQL 15")
+    // scripts/bench.sh exports the major; 17 and 18 run in a Debian chroot.
+    let major = std::env::var("PG_VERSION").unwrap_or_else(|_| "15".into());
+    let chroot = std::env::var("REALTIME_CHROOT").map(|suite| format!(" (Debian {suite} chroot)")).unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem_gb:.0} GiB, Debian 12, PostgreSQL {major}{chroot}")
 }
 
 fn today() -> String {

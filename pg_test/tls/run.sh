@@ -33,7 +33,7 @@ log "supabase-js over wss"
   node --test --test-concurrency=1 --test-timeout=60000 js/broadcast.test.js)
 log "Python realtime over wss"
 (cd "$REPO_ROOT/pg_test/clients/python" && REALTIME_URL=$base SSL_CERT_FILE=$cert \
-  ../.venv/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -k "broadcast or http_send")
+  "$CLIENTS_VENV/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -k "broadcast or http_send")
 
 log "a certificate path that cannot be read"
 lines=$(wc -l <"$log_file")

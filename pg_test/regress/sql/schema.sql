@@ -17,7 +17,7 @@ FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum
 WHERE attrelid = 'realtime.messages'::regclass AND attnum > 0 AND NOT attisdropped
 ORDER BY attnum;
 SELECT pg_get_partkeydef('realtime.messages'::regclass);
-SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'realtime.messages'::regclass;
+SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'realtime.messages'::regclass AND contype <> 'n';
 SELECT relrowsecurity FROM pg_class WHERE oid = 'realtime.messages'::regclass;
 SELECT count(*) AS policies FROM pg_policies WHERE schemaname = 'realtime';
 SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'realtime' AND tablename = 'messages' ORDER BY 1;
