@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use std::ffi::{c_char, c_int};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// How far the decoder may read past what is flushed: not past what the
+/// How far the decoder may read, short of what is flushed: not past what the
 /// standbys in `synchronized_standby_slots` have (17+). `u64::MAX`: no limit.
 static READ_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 
