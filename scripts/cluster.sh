@@ -2,13 +2,14 @@
 # A local PostgreSQL cluster with the realtime worker loaded.
 #   cluster.sh start   initdb when needed, (re)start, CREATE EXTENSION, print how to connect
 #   cluster.sh stop
-# RUN_DIR (default .run in the repo), PG_PORT and WS_PORT pick where it lives;
+# RUN_DIR (default .run in the repo, .run/pgN for 17 and 18), PG_PORT and WS_PORT pick where it lives;
 # EXTRA_CONF adds settings (the test and bench clusters raise the limits).
 # TLS=1 serves wss:// and https:// (and Postgres's own SSL) with a
 # self-signed certificate made for localhost and 127.0.0.1: $RUN_DIR/pgdata/server.crt.
 source "$(dirname "$0")/common.sh"
 
-RUN_DIR=${RUN_DIR:-$REPO_ROOT/.run}
+# 15's cluster in .run, another major's in .run/pgN: a data directory is one major's.
+if [ "$PG_VERSION" = 15 ]; then RUN_DIR=${RUN_DIR:-$REPO_ROOT/.run}; else RUN_DIR=${RUN_DIR:-$REPO_ROOT/.run/pg$PG_VERSION}; fi
 PG_PORT=${PG_PORT:-54322}
 WS_PORT=${WS_PORT:-4000}
 DATA=$RUN_DIR/pgdata
@@ -96,6 +97,8 @@ stop() {
 
 info() {
   local jwt="python3 $REPO_ROOT/scripts/dev_jwt.py" s=
+  local PG_VERSION_PREFIX=
+  [ "$PG_VERSION" = 15 ] || PG_VERSION_PREFIX="PG_VERSION=$PG_VERSION "
   [ "${TLS:-0}" = 1 ] && s=s
   cat <<INFO
 
@@ -115,7 +118,7 @@ API keys, as a Supabase project of today has them (realtime.api_keys):
   publishable    $DEV_PUBLISHABLE_KEY   (anon; createClient('http$s://127.0.0.1:$WS_PORT', '$DEV_PUBLISHABLE_KEY'))
   secret         $DEV_SECRET_KEY   (service_role; server-side only)
 
-Stop it with: make stop
+Stop it with: ${PG_VERSION_PREFIX}make stop
 INFO
 }
 
