@@ -76,14 +76,14 @@ impl AlreadyDelivered {
         }
     }
 
-    /// Nothing is left to drop or hold: the filter can go.
-    pub fn is_done(&self) -> bool {
-        self.past_commits && self.rows_to_skip == 0 && self.pending.is_empty()
+    /// Nothing is left to drop or hold once decoding has read up to
+    /// `position`: the filter can go.
+    pub fn is_done_at(&self, position: u64) -> bool {
+        self.is_done() && position > self.delivered.relayed_through
     }
 
-    /// Relayed rows up to this position may still come.
-    pub fn relayed_through(&self) -> u64 {
-        self.delivered.relayed_through
+    fn is_done(&self) -> bool {
+        self.past_commits && self.rows_to_skip == 0 && self.pending.is_empty()
     }
 }
 

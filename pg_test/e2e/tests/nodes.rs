@@ -896,6 +896,13 @@ async fn failover_events(node: &Node, c: &mut Client, topic: &str, system_identi
     missed.remove(0)
 }
 
+/// Stops the primary at once (`nodes.sh crash-primary`), as a crash would.
+fn crash_primary() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
+    let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
+    assert!(crashed.success(), "nodes.sh crash-primary failed");
+}
+
 /// `0/16B3748` as a number.
 fn lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').unwrap_or_else(|| panic!("not an LSN: {text:?}"));
@@ -938,9 +945,7 @@ async fn failover_keeps_the_sockets_announces_the_epoch_and_goes_on() {
             lsn(&s.psql("SELECT pg_last_wal_replay_lsn()")) >= gap_ends
         });
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
-    let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
-    assert!(crashed.success(), "nodes.sh crash-primary failed");
+    crash_primary();
     // Without the primary, a private join on a standby is refused, saying why.
     let mut c = user(&s2).await;
     let topic_rw = format!("realtime:nodes-rw:{}", unique("down"));
@@ -1029,9 +1034,7 @@ async fn failover_on_a_synced_slot_delivers_every_replicated_message_once_in_ord
         })
     };
     wait_until("60 sends to commit", || returned.lock().unwrap().len() >= 60);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/nodes.sh");
-    let crashed = std::process::Command::new(script).arg("crash-primary").status().expect("nodes.sh runs");
-    assert!(crashed.success(), "nodes.sh crash-primary failed");
+    crash_primary();
     sender.join().expect("the sender ends when the primary is gone");
     let returned = returned.lock().unwrap().clone();
 

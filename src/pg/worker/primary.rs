@@ -280,15 +280,16 @@ impl Primary {
                 Some(already) => already.filter(chunk.rows),
                 None => chunk.rows,
             };
-            if self.already_delivered.as_ref().is_some_and(|a| a.is_done())
-                && decoder.read_position() > self.already_delivered.as_ref().map_or(0, |a| a.relayed_through())
-            {
+            if self.already_delivered.as_ref().is_some_and(|a| a.is_done_at(decoder.read_position())) {
                 self.already_delivered = None;
             }
             let published = self.broker.publish(&rows, chunk.end_lsn);
             if let Some(end) = published.mark_end {
                 (self.marks.written_end, self.marks.written_at) = (end, Some(Instant::now()));
-                self.marks.unreplicated.push_back((chunk.end_lsn, end));
+                // SAFETY: main thread; the decoder holds the slot.
+                if unsafe { compat::waits_for_standbys() } {
+                    self.marks.unreplicated.push_back((chunk.end_lsn, end));
+                }
             }
             let items = cx.outgoing(rows, &published.positions);
             let charge = cx.budget.charge(items.iter().map(Decoded::bytes).sum());
